@@ -1,0 +1,1 @@
+//! A Zola-compatible static site builder. It receives data values and knows nothing of mailings.
