@@ -1,0 +1,8 @@
+//! Skychimp's daemon and command line: mailings and a blog run from a git repository.
+//!
+//! The crate is a library with a thin binary (`main.rs`): each command is one function in
+//! [`cli`], built on the catalog (what the files say), the schedule (when things send) and
+//! the configuration.
+
+pub mod problem;
+pub mod schedule;
