@@ -4,5 +4,11 @@
 //! [`cli`], built on the catalog (what the files say), the schedule (when things send) and
 //! the configuration.
 
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod message;
 pub mod problem;
 pub mod schedule;

@@ -1,0 +1,724 @@
+//! Reading the files (in parallel), checking each, and resolving them against each other.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use rayon::prelude::*;
+use toml::Spanned;
+use toml::value::Datetime;
+
+use super::address::{self, Caseless};
+use super::discover::{Entry, Kind, discover, name_problem, valid_name};
+use super::raw::{RawList, RawMailing, RawMessage, RawMessageRef, RawUsers};
+use super::{Catalog, Client, ClientList, LoadOptions, Mailing, Message, User, blob_id};
+use crate::duration::HumanDuration;
+use crate::message;
+use crate::problem::{LineIndex, Pos, Problem};
+use crate::schedule::{CronSpec, Repeat, Schedule};
+
+/// Why the repository could not be read at all (as opposed to problems in its files).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The root is missing or unreadable.
+    #[error("cannot read the repository at {path}: {source}")]
+    Root {
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The version of each file in use, by relative path.
+pub(super) type GoodFiles = Arc<HashMap<PathBuf, Good>>;
+
+/// A file's checked content, before cross-file resolution.
+#[derive(Debug, Clone)]
+pub(super) enum Good {
+    Users(Arc<Vec<User>>),
+    List(Arc<ClientList>),
+    Mailing(Arc<MailingDraft>),
+    Message(Arc<Message>),
+}
+
+/// A mailing file that passed its own checks; its lists and message are still names.
+#[derive(Debug)]
+pub(super) struct MailingDraft {
+    id: String,
+    owner: String,
+    name: String,
+    title: String,
+    lists: Vec<(String, Pos)>,
+    schedule: Schedule,
+    enabled: bool,
+    catch_up: Option<Duration>,
+    message: DraftMessage,
+    path: PathBuf,
+    blob: String,
+}
+
+#[derive(Debug)]
+enum DraftMessage {
+    Inline(Arc<Message>),
+    File { name: String, pos: Pos },
+}
+
+struct Parsed {
+    rel: PathBuf,
+    good: Option<Good>,
+    problems: Vec<Problem>,
+}
+
+pub(super) fn load(
+    root: &Path,
+    options: &LoadOptions,
+    previous: Option<&Catalog>,
+) -> Result<Catalog, LoadError> {
+    let root_error = |source| LoadError::Root {
+        path: root.to_path_buf(),
+        source,
+    };
+    if !root.is_dir() {
+        return Err(root_error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such folder",
+        )));
+    }
+    let (entries, mut problems) = discover(root).map_err(root_error)?;
+    let parsed: Vec<Parsed> = entries.par_iter().map(|e| parse_file(e, options)).collect();
+
+    let mut good: HashMap<PathBuf, Good> = HashMap::new();
+    let mut users_broken = false;
+    for p in parsed {
+        let broken = p.problems.iter().any(Problem::is_error);
+        problems.extend(p.problems);
+        let kept = match p.good {
+            Some(g) if !broken => Some(g),
+            _ => previous.and_then(|prev| prev.good.get(&p.rel).cloned()),
+        };
+        users_broken |= broken && p.rel == Path::new("users.toml");
+        if let Some(g) = kept {
+            good.insert(p.rel, g);
+        }
+    }
+    if problems
+        .iter()
+        .any(|p| p.path == Path::new("users.toml") && p.is_error())
+    {
+        users_broken = true;
+    }
+
+    let mut catalog = Catalog {
+        root: root.to_path_buf(),
+        head_commit: super::head_commit(root),
+        ..Catalog::default()
+    };
+    for g in good.values() {
+        if let Good::Users(users) = g {
+            for u in users.iter() {
+                catalog.users.insert(u.id.clone(), Arc::new(u.clone()));
+            }
+        }
+    }
+    let owner_missing = |path: &Path, owner: &str, problems: &mut Vec<Problem>| {
+        if !users_broken {
+            problems.push(Problem::error(
+                path,
+                Pos::START,
+                format!("owner `{owner}` is not in users.toml: add a [{owner}] table there first"),
+            ));
+        }
+    };
+    let mut messages: HashMap<(String, String), Arc<Message>> = HashMap::new();
+    let mut drafts = Vec::new();
+    let mut sorted: Vec<_> = good.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (rel, g) in sorted {
+        match g {
+            Good::Users(_) => {}
+            Good::List(list) => {
+                if catalog.users.contains_key(&list.owner) {
+                    catalog.lists.insert(list.id.clone(), list.clone());
+                } else {
+                    owner_missing(rel, &list.owner, &mut problems);
+                }
+            }
+            Good::Message(m) => {
+                let owner = owner_of(rel);
+                if catalog.users.contains_key(&owner) {
+                    let name = m.name.clone().unwrap_or_default();
+                    messages.insert((owner, name), m.clone());
+                } else {
+                    owner_missing(rel, &owner, &mut problems);
+                }
+            }
+            Good::Mailing(d) => {
+                if catalog.users.contains_key(&d.owner) {
+                    drafts.push(d.clone());
+                } else {
+                    owner_missing(rel, &d.owner, &mut problems);
+                }
+            }
+        }
+    }
+
+    let resolved: Vec<(Option<Mailing>, Vec<Problem>)> = drafts
+        .par_iter()
+        .map(|draft| match resolve(draft, &catalog, &messages) {
+            Ok(m) => (Some(m), Vec::new()),
+            Err(errors) => {
+                // The mailing's previous good version, if it still resolves, stays in use.
+                let fallback = previous
+                    .and_then(|prev| match prev.good.get(&draft.path) {
+                        Some(Good::Mailing(old)) if !Arc::ptr_eq(old, draft) => Some(old.clone()),
+                        _ => None,
+                    })
+                    .and_then(|old| resolve(&old, &catalog, &messages).ok());
+                (fallback, errors)
+            }
+        })
+        .collect();
+    for (mailing, errors) in resolved {
+        problems.extend(errors);
+        if let Some(m) = mailing {
+            catalog.mailings.insert(m.id.clone(), Arc::new(m));
+        }
+    }
+
+    problems.sort_by(|a, b| {
+        (&a.path, a.line, a.column, &a.message).cmp(&(&b.path, b.line, b.column, &b.message))
+    });
+    problems.dedup();
+    catalog.problems = problems;
+    catalog.good = Arc::new(good);
+    Ok(catalog)
+}
+
+fn owner_of(rel: &Path) -> String {
+    rel.components()
+        .nth(1)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Tie a mailing draft to its lists and message, and compute its recipients.
+fn resolve(
+    draft: &MailingDraft,
+    catalog: &Catalog,
+    messages: &HashMap<(String, String), Arc<Message>>,
+) -> Result<Mailing, Vec<Problem>> {
+    let mut errors = Vec::new();
+    let mut lists = Vec::new();
+    let mut seen_lists = HashSet::new();
+    for (name, pos) in &draft.lists {
+        let (owner, list) = match name.split_once('/') {
+            Some((o, l)) => (o, l),
+            None => (draft.owner.as_str(), name.as_str()),
+        };
+        if owner != draft.owner {
+            errors.push(Problem::error(
+                &draft.path,
+                *pos,
+                format!("`{name}` is another owner's list: a mailing of `{}` may only use lists in clients/{}/", draft.owner, draft.owner),
+            ));
+            continue;
+        }
+        let id = format!("{owner}/{list}");
+        match catalog.lists.get(&id) {
+            Some(l) => {
+                if seen_lists.insert(id) {
+                    lists.push(l.clone());
+                }
+            }
+            None => errors.push(Problem::error(
+                &draft.path,
+                *pos,
+                format!("no list `{list}`: expected clients/{owner}/{list}.toml"),
+            )),
+        }
+    }
+    let message = match &draft.message {
+        DraftMessage::Inline(m) => Some(m.clone()),
+        DraftMessage::File { name, pos } => {
+            let found = messages.get(&(draft.owner.clone(), name.clone())).cloned();
+            if found.is_none() {
+                errors.push(Problem::error(
+                    &draft.path,
+                    *pos,
+                    format!(
+                        "no message `{name}`: expected mailings/{}/messages/{name}.toml",
+                        draft.owner
+                    ),
+                ));
+            }
+            found
+        }
+    };
+    let Some(message) = message.filter(|_| errors.is_empty()) else {
+        return Err(errors);
+    };
+    let mut seen = HashSet::new();
+    let mut recipients = Vec::new();
+    for (li, list) in lists.iter().enumerate() {
+        for (ci, client) in list.clients.iter().enumerate() {
+            if seen.insert(Caseless(&client.email)) {
+                recipients.push((li as u32, ci as u32));
+            }
+        }
+    }
+    Ok(Mailing {
+        id: draft.id.clone(),
+        owner: draft.owner.clone(),
+        name: draft.name.clone(),
+        title: draft.title.clone(),
+        lists,
+        schedule: draft.schedule.clone(),
+        enabled: draft.enabled,
+        catch_up: draft.catch_up,
+        message,
+        path: draft.path.clone(),
+        blob: draft.blob.clone(),
+        recipients,
+    })
+}
+
+/// One file's text and the problems found in it, with positions computed on demand.
+struct FileCtx<'a> {
+    rel: &'a Path,
+    text: &'a str,
+    index: OnceLock<LineIndex>,
+    problems: Vec<Problem>,
+}
+
+impl<'a> FileCtx<'a> {
+    fn new(rel: &'a Path, text: &'a str) -> Self {
+        Self {
+            rel,
+            text,
+            index: OnceLock::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn pos(&self, span: &Range<usize>) -> Pos {
+        self.index
+            .get_or_init(|| LineIndex::new(self.text))
+            .span_pos(self.text, span)
+    }
+
+    fn error_at(&mut self, pos: Pos, message: impl Into<String>) {
+        self.problems.push(Problem::error(self.rel, pos, message));
+    }
+
+    fn error<T>(&mut self, value: &Spanned<T>, message: impl Into<String>) {
+        let pos = self.pos(&value.span());
+        self.error_at(pos, message);
+    }
+
+    fn warning<T>(&mut self, value: &Spanned<T>, message: impl Into<String>) {
+        let pos = self.pos(&value.span());
+        self.problems.push(Problem::warning(self.rel, pos, message));
+    }
+
+    fn toml_error(&mut self, e: &toml::de::Error) {
+        let pos = e.span().map_or(Pos::START, |s| self.pos(&s));
+        self.error_at(pos, e.message().trim().to_string());
+    }
+
+    fn has_errors(&self) -> bool {
+        self.problems.iter().any(Problem::is_error)
+    }
+
+    /// Check a template held in a TOML string, placing its problems in the file.
+    fn template(&mut self, value: &Spanned<String>, what: &str) {
+        let Err(e) = message::check(value.get_ref()) else {
+            return;
+        };
+        let span = value.span();
+        let raw = self.text.get(span.clone()).unwrap_or("");
+        let multiline = raw.starts_with("\"\"\"") || raw.starts_with("'''");
+        let skip = if multiline {
+            3 + raw[3..]
+                .chars()
+                .take_while(|&c| c == '\r' || c == '\n')
+                .take(2)
+                .map(char::len_utf8)
+                .sum::<usize>()
+        } else {
+            1
+        };
+        let content = self.pos(&(span.start + skip..span.start + skip));
+        let pos = if e.line <= 1 {
+            Pos {
+                line: content.line,
+                column: content.column + e.column.saturating_sub(1),
+            }
+        } else {
+            Pos {
+                line: content.line + e.line - 1,
+                column: e.column,
+            }
+        };
+        self.error_at(pos, format!("{what}: {}", e.message));
+    }
+}
+
+fn parse_file(entry: &Entry, options: &LoadOptions) -> Parsed {
+    let rel = entry.rel.clone();
+    let fail = |problem: Problem| Parsed {
+        rel: entry.rel.clone(),
+        good: None,
+        problems: vec![problem],
+    };
+    let bytes = match std::fs::read(&entry.abs) {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(Problem::error(
+                &rel,
+                Pos::START,
+                format!("cannot read: {e}"),
+            ));
+        }
+    };
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or("");
+            let pos = LineIndex::new(valid).pos(valid, valid.len());
+            return fail(Problem::error(
+                &rel,
+                pos,
+                "not valid UTF-8: TOML files must be UTF-8 text",
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return fail(Problem::error(&rel, Pos::START, "empty file"));
+    }
+    let blob = blob_id(&bytes);
+    let mut ctx = FileCtx::new(&rel, text);
+    let good = match &entry.kind {
+        Kind::Users => parse_users(&mut ctx).map(|u| Good::Users(Arc::new(u))),
+        Kind::List { owner, name } => {
+            parse_list(&mut ctx, owner, name, blob).map(|l| Good::List(Arc::new(l)))
+        }
+        Kind::Message { name, .. } => toml::from_str::<RawMessage>(text)
+            .map_err(|e| ctx.toml_error(&e))
+            .ok()
+            .and_then(|raw| check_message(&mut ctx, raw, Some(name.clone()), blob))
+            .map(|m| Good::Message(Arc::new(m))),
+        Kind::Mailing { owner, name } => {
+            parse_mailing(&mut ctx, owner, name, blob, options).map(|d| Good::Mailing(Arc::new(d)))
+        }
+    };
+    let good = good.filter(|_| !ctx.has_errors());
+    let problems = ctx.problems;
+    Parsed {
+        rel: entry.rel.clone(),
+        good,
+        problems,
+    }
+}
+
+fn parse_users(ctx: &mut FileCtx) -> Option<Vec<User>> {
+    let raw: RawUsers = toml::from_str(ctx.text)
+        .map_err(|e| ctx.toml_error(&e))
+        .ok()?;
+    let mut users = Vec::new();
+    let mut emails: HashMap<String, usize> = HashMap::new();
+    for (id, user) in raw {
+        let user = user.into_inner();
+        if !valid_name(id.get_ref()) {
+            ctx.error(&id, name_problem("user id", id.get_ref()));
+        }
+        if let Err(m) = address::check(user.email.get_ref()) {
+            ctx.error(&user.email, m);
+        } else if let Some(line) = emails.insert(
+            address::key(user.email.get_ref()),
+            ctx.pos(&user.email.span()).line,
+        ) {
+            ctx.warning(
+                &user.email,
+                format!("another user has this address too (line {line})"),
+            );
+        }
+        check_one_line(ctx, &user.name, "name");
+        users.push(User {
+            id: id.into_inner(),
+            email: user.email.into_inner(),
+            name: user.name.into_inner(),
+        });
+    }
+    Some(users)
+}
+
+fn check_one_line(ctx: &mut FileCtx, value: &Spanned<String>, what: &str) {
+    if value.get_ref().trim().is_empty() {
+        ctx.error(value, format!("`{what}` is empty"));
+    } else if value.get_ref().contains(['\r', '\n']) {
+        ctx.error(value, format!("`{what}` must be one line"));
+    }
+}
+
+fn parse_list(ctx: &mut FileCtx, owner: &str, name: &str, blob: String) -> Option<ClientList> {
+    let raw: RawList = toml::from_str(ctx.text)
+        .map_err(|e| ctx.toml_error(&e))
+        .ok()?;
+    let mut seen: HashMap<Caseless, usize> = HashMap::with_capacity(raw.clients.len());
+    let mut problems_at = Vec::new();
+    for (i, c) in raw.clients.iter().enumerate() {
+        if let Err(m) = address::check(c.email.get_ref()) {
+            problems_at.push((c.email.span(), m));
+        } else if let Some(first) = seen.insert(Caseless(c.email.get_ref()), i) {
+            let line = ctx.pos(&raw.clients[first].email.span()).line;
+            problems_at.push((
+                c.email.span(),
+                format!(
+                    "duplicate client `{}` (first at line {line})",
+                    c.email.get_ref()
+                ),
+            ));
+        }
+        if c.name.get_ref().trim().is_empty() {
+            problems_at.push((c.name.span(), "`name` is empty".to_string()));
+        } else if c.name.get_ref().contains(['\r', '\n']) {
+            problems_at.push((c.name.span(), "`name` must be one line".to_string()));
+        }
+    }
+    for (span, m) in problems_at {
+        let pos = ctx.pos(&span);
+        ctx.error_at(pos, m);
+    }
+    if raw.clients.is_empty() {
+        ctx.problems.push(Problem::warning(
+            ctx.rel,
+            Pos::START,
+            "the list has no clients",
+        ));
+    }
+    let clients = raw
+        .clients
+        .into_iter()
+        .map(|c| Client {
+            email: c.email.into_inner(),
+            name: c.name.into_inner(),
+            comment: c.comment.map(Spanned::into_inner),
+        })
+        .collect();
+    Some(ClientList {
+        id: format!("{owner}/{name}"),
+        owner: owner.to_string(),
+        name: name.to_string(),
+        description: raw.description,
+        clients,
+        path: ctx.rel.to_path_buf(),
+        blob,
+    })
+}
+
+fn check_message(
+    ctx: &mut FileCtx,
+    raw: RawMessage,
+    name: Option<String>,
+    blob: String,
+) -> Option<Message> {
+    check_one_line(ctx, &raw.subject, "subject");
+    ctx.template(&raw.subject, "subject");
+    if raw.body.get_ref().trim().is_empty() {
+        ctx.error(&raw.body, "`body` is empty");
+    }
+    ctx.template(&raw.body, "body");
+    Some(Message {
+        name,
+        subject: raw.subject.into_inner(),
+        body: raw.body.into_inner(),
+        path: ctx.rel.to_path_buf(),
+        blob,
+    })
+}
+
+fn local_datetime(
+    ctx: &mut FileCtx,
+    value: &Spanned<Datetime>,
+    key: &str,
+) -> Option<NaiveDateTime> {
+    let dt = value.get_ref();
+    if dt.offset.is_some() {
+        ctx.error(value, format!("`{key}` is a local time in the mailing's `timezone`: remove the offset (write e.g. 2026-12-01T09:00:00)"));
+        return None;
+    }
+    let Some(d) = dt.date else {
+        ctx.error(
+            value,
+            format!("`{key}` needs a date, e.g. 2026-12-01T09:00:00"),
+        );
+        return None;
+    };
+    let Some(date) =
+        NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
+    else {
+        ctx.error(value, format!("`{key}` is not a calendar date"));
+        return None;
+    };
+    let time = match dt.time {
+        Some(t) => NaiveTime::from_hms_opt(
+            u32::from(t.hour),
+            u32::from(t.minute),
+            u32::from(t.second.unwrap_or(0)),
+        ),
+        None => Some(NaiveTime::MIN),
+    };
+    let Some(time) = time else {
+        ctx.error(value, format!("`{key}` is not a valid time of day"));
+        return None;
+    };
+    Some(date.and_time(time))
+}
+
+fn parse_mailing(
+    ctx: &mut FileCtx,
+    owner: &str,
+    name: &str,
+    blob: String,
+    options: &LoadOptions,
+) -> Option<MailingDraft> {
+    let raw: RawMailing = toml::from_str(ctx.text)
+        .map_err(|e| ctx.toml_error(&e))
+        .ok()?;
+    if raw.title.get_ref().trim().is_empty() {
+        ctx.error(&raw.title, "`title` is empty");
+    }
+    if raw.lists.get_ref().is_empty() {
+        ctx.error(
+            &raw.lists,
+            "`lists` is empty: name at least one list of clients/<owner>/",
+        );
+    }
+    let lists: Vec<(String, Pos)> = raw
+        .lists
+        .get_ref()
+        .iter()
+        .map(|l| (l.get_ref().clone(), ctx.pos(&l.span())))
+        .collect();
+    let timezone = match &raw.timezone {
+        Some(tz) => match tz.get_ref().parse() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                ctx.error(
+                    tz,
+                    format!(
+                        "unknown time zone `{}` (use an IANA name such as Europe/Moscow)",
+                        tz.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+        None => Some(options.default_timezone),
+    };
+    let start = local_datetime(ctx, &raw.start, "start");
+    let end = raw
+        .end
+        .as_ref()
+        .and_then(|e| local_datetime(ctx, e, "end").map(|v| (v, e)));
+    if let (Some(start), Some((end, value))) = (start, &end) {
+        if end <= &start {
+            ctx.error(
+                value,
+                format!("`end` ({end}) must be after `start` ({start})"),
+            );
+        }
+    }
+    let repeat = match (&raw.every, &raw.cron) {
+        (Some(_), Some(cron)) => {
+            ctx.error(cron, "use either `every` or `cron`, not both");
+            None
+        }
+        (None, None) => {
+            ctx.error(
+                &raw.start,
+                "missing `every` (once, daily, weekly, monthly) or `cron`",
+            );
+            None
+        }
+        (Some(every), None) => match every.get_ref().as_str() {
+            "once" => Some(Repeat::Once),
+            "daily" => Some(Repeat::Daily),
+            "weekly" => Some(Repeat::Weekly),
+            "monthly" => Some(Repeat::Monthly),
+            other => {
+                ctx.error(every, format!("`every` must be once, daily, weekly or monthly, not `{other}` (or use `cron`)"));
+                None
+            }
+        },
+        (None, Some(cron)) => match CronSpec::parse(cron.get_ref()) {
+            Ok(spec) => Some(Repeat::Cron(spec)),
+            Err(e) => {
+                ctx.error(cron, e.to_string());
+                None
+            }
+        },
+    };
+    let catch_up = raw
+        .catch_up
+        .as_ref()
+        .and_then(|c| match c.get_ref().parse::<HumanDuration>() {
+            Ok(d) => Some(d.0),
+            Err(e) => {
+                ctx.error(c, e.to_string());
+                None
+            }
+        });
+    let message = match raw.message.get_ref() {
+        RawMessageRef::File(file) => {
+            if !valid_name(file) {
+                ctx.error(&raw.message, name_problem("message", file));
+            }
+            Some(DraftMessage::File {
+                name: file.clone(),
+                pos: ctx.pos(&raw.message.span()),
+            })
+        }
+        RawMessageRef::Inline(inline) => check_message(ctx, inline.clone(), None, blob.clone())
+            .map(|m| DraftMessage::Inline(Arc::new(m))),
+    };
+    let (Some(timezone), Some(start), Some(repeat), Some(message)) =
+        (timezone, start, repeat, message)
+    else {
+        return None;
+    };
+    let schedule = Schedule {
+        start,
+        end: end.map(|(e, _)| e),
+        repeat,
+        timezone,
+    };
+    let enabled = raw.enabled.unwrap_or(true);
+    if schedule.repeat == Repeat::Once && enabled && schedule.start_instant() < options.now {
+        let at = schedule
+            .start_instant()
+            .with_timezone(&Utc)
+            .format("%Y-%m-%d %H:%M UTC");
+        ctx.warning(
+            &raw.start,
+            format!("this `once` mailing's start ({at}) has passed: deploying it sends it at once"),
+        );
+    }
+    Some(MailingDraft {
+        id: format!("{owner}/{name}"),
+        owner: owner.to_string(),
+        name: name.to_string(),
+        title: raw.title.into_inner(),
+        lists,
+        schedule,
+        enabled,
+        catch_up,
+        message,
+        path: ctx.rel.to_path_buf(),
+        blob,
+    })
+}

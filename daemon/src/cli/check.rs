@@ -1,0 +1,61 @@
+//! `skychimpd check`: validate the repository for CI and pre-commit hooks.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::{Cli, Format, Setup};
+use crate::problem::Problem;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    ok: bool,
+    errors: usize,
+    warnings: usize,
+    users: usize,
+    lists: usize,
+    mailings: usize,
+    problems: &'a [Problem],
+}
+
+/// Print every problem; exit 1 if any is an error.
+pub fn run(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
+    let setup = Setup::new(cli)?;
+    let catalog = setup.catalog()?;
+    let problems = catalog.problems();
+    let errors = problems.iter().filter(|p| p.is_error()).count();
+    let report = Report {
+        ok: errors == 0,
+        errors,
+        warnings: problems.len() - errors,
+        users: catalog.users().len(),
+        lists: catalog.lists().len(),
+        mailings: catalog.mailings().len(),
+        problems,
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            for p in problems {
+                println!("{p}");
+            }
+            let clients: usize = catalog.lists().values().map(|l| l.clients.len()).sum();
+            eprintln!(
+                "checked {}: {} users, {} lists ({clients} clients), {} mailings; {} error{}, {} warning{}",
+                super::shown(catalog.root()),
+                report.users,
+                report.lists,
+                report.mailings,
+                report.errors,
+                if report.errors == 1 { "" } else { "s" },
+                report.warnings,
+                if report.warnings == 1 { "" } else { "s" },
+            );
+        }
+    }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,120 @@
+//! `skychimpd status`: every mailing's status and next occurrence.
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Cli, Format, Setup};
+use crate::catalog::Mailing;
+use crate::schedule::{self, MailingFacts, Status};
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    title: String,
+    status: Status,
+    schedule: String,
+    timezone: String,
+    recipients: usize,
+    next_local: Option<String>,
+    next_utc: Option<DateTime<Utc>>,
+}
+
+fn row(m: &Mailing, now: DateTime<Utc>, catch_up: std::time::Duration) -> Row {
+    let facts = MailingFacts::default();
+    let catch_up = m.catch_up.unwrap_or(catch_up);
+    let status = schedule::status(&m.schedule, m.enabled, &facts, now, catch_up);
+    // A due occurrence that has not run is "next": it goes as soon as the daemon sees it.
+    let next = schedule::due(&m.schedule, now, facts.last_run, catch_up)
+        .or_else(|| m.schedule.next_after(now));
+    let next = next.filter(|_| matches!(status, Status::Created | Status::Running));
+    Row {
+        id: m.id.clone(),
+        title: m.title.clone(),
+        status,
+        schedule: m.schedule.repeat.to_string(),
+        timezone: m.schedule.timezone.to_string(),
+        recipients: m.recipient_count(),
+        next_local: next.map(|t| {
+            t.with_timezone(&m.schedule.timezone)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        }),
+        next_utc: next,
+    }
+}
+
+/// Print statuses; exit 1 when the named mailing does not exist.
+pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<ExitCode> {
+    let setup = Setup::new(cli)?;
+    let catalog = setup.catalog()?;
+    let now = setup.clock.now();
+    let catch_up = setup.config.daemon.catch_up.0;
+    let rows: Vec<Row> = match only {
+        Some(id) => match catalog.mailing(id) {
+            Some(m) => vec![row(m, now, catch_up)],
+            None => {
+                eprintln!(
+                    "skychimpd: no mailing `{id}` (ids are OWNER/NAME, from mailings/OWNER/NAME.toml)"
+                );
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => catalog
+            .mailings()
+            .values()
+            .map(|m| row(m, now, catch_up))
+            .collect(),
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Text => {
+            let mut table = vec![[
+                "MAILING".to_string(),
+                "STATUS".into(),
+                "SCHEDULE".into(),
+                "RECIPIENTS".into(),
+                "NEXT (LOCAL)".into(),
+                "NEXT (UTC)".into(),
+            ]];
+            for r in &rows {
+                table.push([
+                    r.id.clone(),
+                    r.status.to_string(),
+                    r.schedule.clone(),
+                    r.recipients.to_string(),
+                    r.next_local.clone().unwrap_or_else(|| "-".into()),
+                    r.next_utc.map_or_else(
+                        || "-".into(),
+                        |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+                    ),
+                ]);
+            }
+            print_table(&table);
+            let problems = catalog.problems().iter().filter(|p| p.is_error()).count();
+            if problems > 0 {
+                eprintln!("{problems} error(s) in the repository: run `skychimpd check`");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Left-aligned columns separated by two spaces.
+pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

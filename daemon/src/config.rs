@@ -1,0 +1,533 @@
+//! `config.toml`: the daemon's settings, with embedded defaults and environment overrides.
+//!
+//! The defaults below are the ones the repository's `config.toml` spells out, so a fresh
+//! clone runs with no file at all (SQLite, the outbox transport, the manager API on
+//! loopback). Every setting can be overridden by `SKYCHIMP_<SECTION>_<KEY>` (plus
+//! `DATABASE_URL` and `REDIS_URL`); secrets are never settings, only the names of the
+//! environment variables or files that hold them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+use crate::problem::{LineIndex, Pos};
+
+/// All settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Scheduling defaults and logging.
+    pub daemon: DaemonConfig,
+    /// Where runs, deliveries and the log live.
+    pub database: DatabaseConfig,
+    /// Optional Redis for caching, replay protection and a shared rate limit.
+    pub redis: RedisConfig,
+    /// How users are admitted.
+    pub users: UsersConfig,
+    /// Where and how fast mail goes.
+    pub smtp: SmtpConfig,
+    /// Retries, leases and the at-most-once switch.
+    pub delivery: DeliveryConfig,
+    /// The manager's HTTP API and the public links in mail.
+    pub manager: ManagerConfig,
+    /// The static site.
+    pub site: SiteConfig,
+    /// Optional DKIM signing.
+    pub dkim: DkimConfig,
+    /// The folder relative paths resolve against: the config file's folder.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Zone of mailings that name none.
+    pub timezone: String,
+    /// How late a missed occurrence may still go out after downtime.
+    pub catch_up: HumanDuration,
+    /// `human` or `json` logs.
+    pub log_format: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            timezone: "UTC".into(),
+            catch_up: HumanDuration::secs(86_400),
+            log_format: "human".into(),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (created on first start) or `postgres://…`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://var/skychimp.db".into(),
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Empty: no Redis.
+    pub url: String,
+}
+
+/// `[users]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersConfig {
+    /// Owners must open an emailed link before their mailings send.
+    pub require_verification: bool,
+    /// How long a verification link stays valid.
+    pub verification_ttl: HumanDuration,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            require_verification: true,
+            verification_ttl: HumanDuration::secs(7 * 86_400),
+        }
+    }
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `outbox:DIR` or `smtp://[user@]host[:port][?tls=starttls|tls|none]`.
+    pub url: String,
+    /// The From header and envelope sender.
+    pub from: String,
+    /// Messages per second across all workers (and instances, with Redis); 0 = unlimited.
+    pub rate: u32,
+    /// Parallel SMTP sessions.
+    pub concurrency: u32,
+    /// Environment variable holding the SMTP password.
+    pub password_env: String,
+    /// Connect and command timeout.
+    pub timeout: HumanDuration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            url: "outbox:var/outbox".into(),
+            from: "Skychimp <news@example.com>".into(),
+            rate: 50,
+            concurrency: 8,
+            password_env: "SKYCHIMP_SMTP_PASSWORD".into(),
+            timeout: HumanDuration::secs(30),
+        }
+    }
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Resend deliveries a crash left `unknown` (at-least-once) instead of never (at-most-once).
+    pub redeliver_unknown: bool,
+    /// Attempts per recipient before a transient failure becomes final.
+    pub max_attempts: u32,
+    /// The first retry's delay; each further one doubles it.
+    pub backoff: HumanDuration,
+    /// The longest delay between two attempts.
+    pub backoff_max: HumanDuration,
+    /// No retry later than this after the first attempt.
+    pub give_up_after: HumanDuration,
+    /// How long a claimed delivery stays reserved for one daemon.
+    pub lease: HumanDuration,
+    /// Deliveries claimed per database round trip.
+    pub batch: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            redeliver_unknown: false,
+            max_attempts: 8,
+            backoff: HumanDuration::secs(60),
+            backoff_max: HumanDuration::secs(3600),
+            give_up_after: HumanDuration::secs(2 * 86_400),
+            lease: HumanDuration::secs(300),
+            batch: 64,
+        }
+    }
+}
+
+/// `[manager]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerConfig {
+    /// Address of the manager API.
+    pub listen: String,
+    /// How clients reach the unsigned routes (unsubscribe and verification links in mail).
+    pub public_url: String,
+    /// Request handler threads.
+    pub threads: u32,
+    /// Signing keys by key id; each names where its secret is.
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// Environment variable with the secret that signs unsubscribe and verification tokens.
+    pub token_secret_env: String,
+    /// File with that secret when the variable is unset; generated (mode 0600) if missing.
+    pub token_secret_file: String,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8025".into(),
+            public_url: "http://127.0.0.1:8025".into(),
+            threads: 4,
+            keys: BTreeMap::from([(
+                "ops".to_string(),
+                KeyConfig {
+                    secret_env: "SKYCHIMP_MANAGER_KEY_OPS".into(),
+                    secret_file: String::new(),
+                },
+            )]),
+            token_secret_env: "SKYCHIMP_TOKEN_SECRET".into(),
+            token_secret_file: "var/token-secret".into(),
+        }
+    }
+}
+
+/// Where one manager key's secret is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyConfig {
+    /// Environment variable holding the secret.
+    pub secret_env: String,
+    /// Or a file holding it.
+    pub secret_file: String,
+}
+
+/// `[site]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// The Zola-layout site.
+    pub dir: String,
+    /// Where the built site goes.
+    pub out: String,
+    /// `skychimpd run` rebuilds it on changes and after runs.
+    pub rebuild: bool,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        Self {
+            dir: "site".into(),
+            out: "public".into(),
+            rebuild: true,
+        }
+    }
+}
+
+/// `[dkim]`; signing is on when `selector`, `domain` and `private_key_file` are all set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkimConfig {
+    /// DKIM selector.
+    pub selector: String,
+    /// Signing domain.
+    pub domain: String,
+    /// PEM private key.
+    pub private_key_file: String,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid, or a setting has the wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment override could not be used.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read `path` (or only the defaults when it does not exist and `required` is false),
+    /// then apply the environment.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::from_str_with_env(&text, path, base_dir, std::env::vars())
+    }
+
+    /// Parse config text, overlay environment variables and check every value.
+    pub fn from_str_with_env(
+        text: &str,
+        path: &Path,
+        base_dir: PathBuf,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, message: String| {
+            let pos = span.map_or(Pos::START, |s| LineIndex::new(text).pos(text, s.start));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: pos.line,
+                column: pos.column,
+                message,
+            }
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().to_string()))?;
+        config.base_dir = base_dir;
+        config.apply_env(env)?;
+        config.validate().map_err(|m| invalid(None, m))?;
+        Ok(config)
+    }
+
+    /// Overlay `SKYCHIMP_<SECTION>_<KEY>`, `DATABASE_URL` and `REDIS_URL`.
+    ///
+    /// Variables that name no setting are left alone: the same prefix also carries secrets
+    /// (`SKYCHIMP_MANAGER_KEY_OPS`, `SKYCHIMP_SMTP_PASSWORD`), which are read where used.
+    fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut table = toml::Table::try_from(&*self).map_err(|e| ConfigError::Env {
+            var: "SKYCHIMP_*".into(),
+            message: e.to_string(),
+        })?;
+        let mut specific = Vec::new();
+        let mut changed = false;
+        for (var, value) in env {
+            let target = match var.as_str() {
+                "DATABASE_URL" => Some(("database".to_string(), "url".to_string())),
+                "REDIS_URL" => Some(("redis".to_string(), "url".to_string())),
+                _ => var.strip_prefix("SKYCHIMP_").and_then(|rest| {
+                    let (section, key) = rest.split_once('_')?;
+                    Some((section.to_ascii_lowercase(), key.to_ascii_lowercase()))
+                }),
+            };
+            let Some((section, key)) = target else {
+                continue;
+            };
+            // The SKYCHIMP_ form wins over DATABASE_URL / REDIS_URL.
+            specific.push((var.starts_with("SKYCHIMP_"), var, section, key, value));
+        }
+        specific.sort_by_key(|(skychimp, ..)| *skychimp);
+        for (_, var, section, key, value) in specific {
+            let Some(toml::Value::Table(sect)) = table.get_mut(&section) else {
+                continue;
+            };
+            let Some(current) = sect.get_mut(&key) else {
+                continue;
+            };
+            let env_err = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            *current = match current {
+                toml::Value::String(_) => toml::Value::String(value),
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    value
+                        .trim()
+                        .parse()
+                        .map_err(|_| env_err(format!("`{value}` is not a whole number")))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(match value.trim() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(env_err(format!("`{value}` is not true or false"))),
+                }),
+                _ => {
+                    return Err(env_err(
+                        "this setting cannot be set from the environment".into(),
+                    ));
+                }
+            };
+            changed = true;
+        }
+        if changed {
+            let base_dir = std::mem::take(&mut self.base_dir);
+            *self = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Env {
+                    var: "SKYCHIMP_*".into(),
+                    message: e.message().to_string(),
+                })?;
+            self.base_dir = base_dir;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.daemon.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(format!(
+                "daemon.timezone: unknown time zone `{}`",
+                self.daemon.timezone
+            ));
+        }
+        if !matches!(self.daemon.log_format.as_str(), "human" | "json") {
+            return Err(format!(
+                "daemon.log_format must be `human` or `json`, not `{}`",
+                self.daemon.log_format
+            ));
+        }
+        if self.smtp.concurrency == 0 {
+            return Err("smtp.concurrency must be at least 1".into());
+        }
+        if self.delivery.max_attempts == 0 {
+            return Err("delivery.max_attempts must be at least 1".into());
+        }
+        if self.delivery.batch == 0 {
+            return Err("delivery.batch must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The default zone of mailings (checked at load).
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.daemon.timezone.parse().unwrap_or(chrono_tz::UTC)
+    }
+
+    /// A path from the config, resolved against the config file's folder.
+    pub fn resolve(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_str_with_env(text, Path::new("config.toml"), PathBuf::from("/srv"), env)
+    }
+
+    #[test]
+    fn the_repository_config_is_the_embedded_default() {
+        let text = include_str!("../../config.toml");
+        let mut want = Config::default();
+        want.base_dir = PathBuf::from("/srv");
+        assert_eq!(parse(text, &[]).unwrap(), want);
+    }
+
+    #[test]
+    fn environment_overrides_by_type() {
+        let c = parse(
+            "",
+            &[
+                ("SKYCHIMP_SMTP_URL", "smtp://mx.example.com"),
+                ("SKYCHIMP_SMTP_RATE", "5"),
+                ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
+                ("SKYCHIMP_DAEMON_CATCH_UP", "2h"),
+                ("DATABASE_URL", "postgres://a/b"),
+                ("SKYCHIMP_MANAGER_KEY_OPS", "not a setting, a secret"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.smtp.url, "smtp://mx.example.com");
+        assert_eq!(c.smtp.rate, 5);
+        assert!(!c.users.require_verification);
+        assert_eq!(c.daemon.catch_up.to_string(), "2h");
+        assert_eq!(c.database.url, "postgres://a/b");
+        let c = parse(
+            "",
+            &[
+                ("DATABASE_URL", "postgres://a/b"),
+                ("SKYCHIMP_DATABASE_URL", "postgres://c/d"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "postgres://c/d");
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let e = parse("[smtp]\nrate = \"fast\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config.toml:2:8:"), "{e}");
+        let e = parse("[smtp]\nspeed = 5\n", &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config.toml:2:1:") && e.contains("speed"),
+            "{e}"
+        );
+        let e = parse("", &[("SKYCHIMP_SMTP_RATE", "fast")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SKYCHIMP_SMTP_RATE") && e.contains("whole number"),
+            "{e}"
+        );
+        let e = parse("[daemon]\ntimezone = \"Mars/Olympus\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown time zone"), "{e}");
+        let e = parse("[daemon]\ncatch_up = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config.toml:2:12:") && e.contains("not a duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.resolve("var/outbox"), PathBuf::from("/srv/var/outbox"));
+        assert_eq!(c.resolve("/abs"), PathBuf::from("/abs"));
+    }
+}
