@@ -458,8 +458,10 @@ mod tests {
     #[test]
     fn the_repository_config_is_the_embedded_default() {
         let text = include_str!("../../config.toml");
-        let mut want = Config::default();
-        want.base_dir = PathBuf::from("/srv");
+        let want = Config {
+            base_dir: PathBuf::from("/srv"),
+            ..Config::default()
+        };
         assert_eq!(parse(text, &[]).unwrap(), want);
     }
 

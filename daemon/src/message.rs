@@ -104,19 +104,19 @@ fn to_error(error: &tera::Error) -> TemplateError {
             .chars()
             .take_while(|c| c.is_ascii_digit() || *c == ':')
             .collect();
-        if let Some((l, c)) = coords.split_once(':') {
-            if let (Ok(line), Ok(column)) = (l.parse(), c.parse()) {
-                let message = innermost
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("= "))
-                    .unwrap_or("syntax error")
-                    .to_string();
-                return TemplateError {
-                    line,
-                    column,
-                    message: format!("template syntax: {message}"),
-                };
-            }
+        if let Some((l, c)) = coords.split_once(':')
+            && let (Ok(line), Ok(column)) = (l.parse(), c.parse())
+        {
+            let message = innermost
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("= "))
+                .unwrap_or("syntax error")
+                .to_string();
+            return TemplateError {
+                line,
+                column,
+                message: format!("template syntax: {message}"),
+            };
         }
     }
     let message = innermost.replace(" while rendering 'template'", "");

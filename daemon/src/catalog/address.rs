@@ -14,11 +14,11 @@ pub fn check(address: &str) -> Result<(), String> {
     if address.len() > 254 {
         return bad("longer than 254 characters");
     }
-    if address.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return bad("it contains a space or a control character");
-    }
     if address.contains(['<', '>', '(', ')', ',', ';', '"', '\\', '[', ']']) {
         return bad("write the bare address, without a name, quotes or brackets");
+    }
+    if address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("it contains a space or a control character");
     }
     let Some((local, domain)) = address.rsplit_once('@') else {
         return bad("no `@`");

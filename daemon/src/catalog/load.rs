@@ -92,6 +92,7 @@ pub(super) fn load(
     let parsed: Vec<Parsed> = entries.par_iter().map(|e| parse_file(e, options)).collect();
 
     let mut good: HashMap<PathBuf, Good> = HashMap::new();
+    let mut broken_files: HashSet<PathBuf> = HashSet::new();
     let mut users_broken = false;
     for p in parsed {
         let broken = p.problems.iter().any(Problem::is_error);
@@ -101,8 +102,13 @@ pub(super) fn load(
             _ => previous.and_then(|prev| prev.good.get(&p.rel).cloned()),
         };
         users_broken |= broken && p.rel == Path::new("users.toml");
-        if let Some(g) = kept {
-            good.insert(p.rel, g);
+        match kept {
+            Some(g) => {
+                good.insert(p.rel, g);
+            }
+            None => {
+                broken_files.insert(p.rel);
+            }
         }
     }
     if problems
@@ -168,19 +174,23 @@ pub(super) fn load(
 
     let resolved: Vec<(Option<Mailing>, Vec<Problem>)> = drafts
         .par_iter()
-        .map(|draft| match resolve(draft, &catalog, &messages) {
-            Ok(m) => (Some(m), Vec::new()),
-            Err(errors) => {
-                // The mailing's previous good version, if it still resolves, stays in use.
-                let fallback = previous
-                    .and_then(|prev| match prev.good.get(&draft.path) {
-                        Some(Good::Mailing(old)) if !Arc::ptr_eq(old, draft) => Some(old.clone()),
-                        _ => None,
-                    })
-                    .and_then(|old| resolve(&old, &catalog, &messages).ok());
-                (fallback, errors)
-            }
-        })
+        .map(
+            |draft| match resolve(draft, &catalog, &messages, &broken_files) {
+                Ok(m) => (Some(m), Vec::new()),
+                Err(errors) => {
+                    // The mailing's previous good version, if it still resolves, stays in use.
+                    let fallback = previous
+                        .and_then(|prev| match prev.good.get(&draft.path) {
+                            Some(Good::Mailing(old)) if !Arc::ptr_eq(old, draft) => {
+                                Some(old.clone())
+                            }
+                            _ => None,
+                        })
+                        .and_then(|old| resolve(&old, &catalog, &messages, &broken_files).ok());
+                    (fallback, errors)
+                }
+            },
+        )
         .collect();
     for (mailing, errors) in resolved {
         problems.extend(errors);
@@ -210,7 +220,16 @@ fn resolve(
     draft: &MailingDraft,
     catalog: &Catalog,
     messages: &HashMap<(String, String), Arc<Message>>,
+    broken_files: &HashSet<PathBuf>,
 ) -> Result<Mailing, Vec<Problem>> {
+    // A referenced file that exists but has errors is named as such, not as missing.
+    let missing = |what: &str, name: &str, path: String| {
+        if broken_files.contains(Path::new(&path)) {
+            format!("{what} `{name}` cannot be used: {path} has errors")
+        } else {
+            format!("no {what} `{name}`: expected {path}")
+        }
+    };
     let mut errors = Vec::new();
     let mut lists = Vec::new();
     let mut seen_lists = HashSet::new();
@@ -237,7 +256,7 @@ fn resolve(
             None => errors.push(Problem::error(
                 &draft.path,
                 *pos,
-                format!("no list `{list}`: expected clients/{owner}/{list}.toml"),
+                missing("list", list, format!("clients/{owner}/{list}.toml")),
             )),
         }
     }
@@ -249,9 +268,10 @@ fn resolve(
                 errors.push(Problem::error(
                     &draft.path,
                     *pos,
-                    format!(
-                        "no message `{name}`: expected mailings/{}/messages/{name}.toml",
-                        draft.owner
+                    missing(
+                        "message",
+                        name,
+                        format!("mailings/{}/messages/{name}.toml", draft.owner),
                     ),
                 ));
             }
@@ -625,14 +645,15 @@ fn parse_mailing(
         .end
         .as_ref()
         .and_then(|e| local_datetime(ctx, e, "end").map(|v| (v, e)));
-    if let (Some(start), Some((end, value))) = (start, &end) {
-        if end <= &start {
-            ctx.error(
-                value,
-                format!("`end` ({end}) must be after `start` ({start})"),
-            );
-        }
+    if let (Some(start), Some((end, value))) = (start, &end)
+        && end <= &start
+    {
+        ctx.error(
+            value,
+            format!("`end` ({end}) must be after `start` ({start})"),
+        );
     }
+
     let repeat = match (&raw.every, &raw.cron) {
         (Some(_), Some(cron)) => {
             ctx.error(cron, "use either `every` or `cron`, not both");

@@ -186,10 +186,8 @@ impl Schedule {
         let first_day = t.with_timezone(&self.timezone).date_naive().pred_opt()?;
         let mut day = first_day;
         let last_day = first_day.checked_add_days(Days::new(CRON_HORIZON_DAYS))?;
-        if let Some(end) = self.end {
-            if end.date() < day {
-                return None;
-            }
+        if self.end.is_some_and(|end| end.date() < day) {
+            return None;
         }
         while day <= last_day {
             if spec.matches_day(day) {

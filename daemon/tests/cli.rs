@@ -1,0 +1,165 @@
+//! The command line as a user runs it: exit codes, output formats, the example repository.
+
+mod common;
+
+use std::path::Path;
+
+use common::{OutputText, copy_dir, fixture, skychimpd, skychimpd_env};
+
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+#[test]
+fn the_example_repository_checks_clean() {
+    let out = skychimpd(&[
+        "--config",
+        repo_root().join("config.toml").to_str().unwrap(),
+        "check",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    assert!(
+        out.stderr_text()
+            .contains("2 users, 3 lists (7 clients), 4 mailings; 0 errors, 0 warnings"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[test]
+fn check_exits_2_when_it_cannot_run() {
+    let out = skychimpd(&["check", "--root", "/nonexistent/skychimp"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr_text().contains("/nonexistent/skychimp"),
+        "{}",
+        out.stderr_text()
+    );
+    let out = skychimpd(&["--config", "/nonexistent/config.toml", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr_text().contains("/nonexistent/config.toml"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[test]
+fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    std::fs::write(
+        dir.path().join("mailings/alice/late.toml"),
+        "title = \"Late\"\nlists = [\"newsletter\"]\nstart = 2026-01-01T09:00:00\nevery = \"once\"\nmessage = \"digest\"\n",
+    )
+    .unwrap();
+    let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert_eq!(
+        out.stdout_text().trim(),
+        "mailings/alice/late.toml:3:9: warning: this `once` mailing's start (2026-01-01 09:00 UTC) has passed: deploying it sends it at once"
+    );
+    let out = skychimpd(&[
+        "check",
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["warnings"], 1);
+    assert_eq!(v["problems"][0]["severity"], "warning");
+}
+
+#[test]
+fn status_shows_next_occurrences_in_local_time_and_utc() {
+    let config = repo_root().join("config.toml");
+    let out = skychimpd(&[
+        "--config",
+        config.to_str().unwrap(),
+        "status",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    let weekly = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "alice/weekly")
+        .unwrap();
+    assert_eq!(weekly["status"], "created");
+    assert_eq!(
+        weekly["recipients"], 4,
+        "Ivan is on both lists and counts once"
+    );
+    assert_eq!(weekly["next_local"], "2026-12-01 09:00 MSK");
+    assert_eq!(weekly["next_utc"], "2026-12-01T06:00:00Z");
+    let standup = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "bob/standup")
+        .unwrap();
+    assert_eq!(standup["schedule"], "cron 45 8 * * MON-FRI");
+    assert_eq!(standup["next_utc"], "2026-12-01T13:45:00Z");
+
+    // Later: the weekly mailing's latest occurrence is due (it never ran), so it is next.
+    let out = skychimpd_env(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "status",
+            "alice/weekly",
+        ],
+        &[("SKYCHIMP_NOW", "2026-12-10T12:00:00Z")],
+    );
+    let text = out.stdout_text();
+    assert!(text.starts_with("MAILING"), "{text}");
+    assert!(
+        text.contains("alice/weekly  created  weekly    4           2026-12-08 09:00 MSK"),
+        "{text}"
+    );
+
+    let out = skychimpd(&["--config", config.to_str().unwrap(), "status", "alice/nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr_text().contains("no mailing `alice/nope`"));
+}
+
+#[test]
+fn environment_overrides_reach_the_commands() {
+    // The default zone comes from [daemon] timezone; the launch mailing names none.
+    let config = repo_root().join("config.toml");
+    let out = skychimpd_env(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "status",
+            "alice/launch",
+            "--format",
+            "json",
+        ],
+        &[("SKYCHIMP_DAEMON_TIMEZONE", "Asia/Tokyo")],
+    );
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    assert_eq!(rows[0]["timezone"], "Asia/Tokyo");
+    assert_eq!(rows[0]["next_utc"], "2027-03-01T01:00:00Z");
+    let out = skychimpd_env(
+        &["--config", config.to_str().unwrap(), "check"],
+        &[("SKYCHIMP_DAEMON_TIMEZONE", "Mars/Base")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr_text().contains("unknown time zone `Mars/Base`"),
+        "{}",
+        out.stderr_text()
+    );
+}
