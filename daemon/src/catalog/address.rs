@@ -70,8 +70,13 @@ impl Eq for Caseless<'_> {}
 impl Hash for Caseless<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         if self.0.is_ascii() {
-            for b in self.0.bytes() {
-                state.write_u8(b.to_ascii_lowercase());
+            // Lower-case through a small buffer: one `write` per chunk, not per byte.
+            let mut buf = [0u8; 64];
+            for chunk in self.0.as_bytes().chunks(buf.len()) {
+                let lowered = &mut buf[..chunk.len()];
+                lowered.copy_from_slice(chunk);
+                lowered.make_ascii_lowercase();
+                state.write(lowered);
             }
         } else {
             for c in self.0.chars().flat_map(char::to_lowercase) {

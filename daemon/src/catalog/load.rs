@@ -281,8 +281,9 @@ fn resolve(
     let Some(message) = message.filter(|_| errors.is_empty()) else {
         return Err(errors);
     };
-    let mut seen = HashSet::new();
-    let mut recipients = Vec::new();
+    let capacity = lists.iter().map(|l| l.clients.len()).sum();
+    let mut seen = foldhash::HashSet::with_capacity_and_hasher(capacity, Default::default());
+    let mut recipients = Vec::with_capacity(capacity);
     for (li, list) in lists.iter().enumerate() {
         for (ci, client) in list.clients.iter().enumerate() {
             if seen.insert(Caseless(&client.email)) {
@@ -488,7 +489,8 @@ fn parse_list(ctx: &mut FileCtx, owner: &str, name: &str, blob: String) -> Optio
     let raw: RawList = toml::from_str(ctx.text)
         .map_err(|e| ctx.toml_error(&e))
         .ok()?;
-    let mut seen: HashMap<Caseless, usize> = HashMap::with_capacity(raw.clients.len());
+    let mut seen: foldhash::HashMap<Caseless, usize> =
+        foldhash::HashMap::with_capacity_and_hasher(raw.clients.len(), Default::default());
     let mut problems_at = Vec::new();
     for (i, c) in raw.clients.iter().enumerate() {
         if let Err(m) = address::check(c.email.get_ref()) {

@@ -201,7 +201,7 @@ impl Catalog {
 
     /// Distinct client addresses across all lists.
     pub fn unique_clients(&self) -> usize {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = foldhash::HashSet::default();
         for list in self.lists.values() {
             for c in &list.clients {
                 seen.insert(address::Caseless(&c.email));
