@@ -327,18 +327,19 @@ impl Storage for PgStore {
         }
         let now = to_millis(now);
         // SKIP LOCKED: rows another claimer is taking right now are passed over, not waited
-        // for; a row it has already leased fails the lease test when re-checked.
+        // for; a row it has already leased fails the lease test when re-checked. The ids go
+        // through ARRAY(…) so the update is a primary-key lookup: joining a CTE instead let
+        // the planner hash the whole table (20 ms of 29 ms per 1,000 rows at 100k rows).
         let rows = sqlx::query(
-            "WITH due AS ( \
+            "UPDATE deliveries d SET lease_owner = $3, lease_until = $4 \
+             FROM runs r \
+             WHERE r.id = d.run_id AND d.id = ANY(ARRAY( \
                  SELECT id FROM deliveries \
                  WHERE status IN ('queued', 'deferred') AND next_attempt_at <= $1 \
                    AND (lease_until IS NULL OR lease_until <= $1) \
                  ORDER BY next_attempt_at, id \
                  LIMIT $2 \
-                 FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET lease_owner = $3, lease_until = $4 \
-             FROM due, runs r \
-             WHERE d.id = due.id AND r.id = d.run_id \
+                 FOR UPDATE SKIP LOCKED)) \
              RETURNING d.id, d.run_id, r.mailing_id, d.address, d.email, d.name, d.comment, \
                        d.attempts, d.status",
         )
