@@ -1,1 +1,308 @@
 //! Skychimp storage: one interface, a SQLite and a PostgreSQL back end. All SQL lives here.
+//!
+//! The daemon holds a [`Store`] (an enum over [`SqliteStore`] and [`PgStore`]) and calls the
+//! methods of the [`Storage`] trait on it. Both back ends implement the same trait, so the
+//! compiler keeps them in step, and one contract test suite (`tests/contract.rs`) runs
+//! against both.
+//!
+//! Guarantees are carried by the schema, not by code paths:
+//! - a run is created once per (mailing, occurrence): `UNIQUE (mailing_id, occurrence)`;
+//! - a recipient never gets one run twice: `UNIQUE (run_id, address)` on the lowercased
+//!   address;
+//! - two workers never hold one delivery: leases are taken with `FOR UPDATE SKIP LOCKED` on
+//!   PostgreSQL and inside one write transaction on SQLite.
+//!
+//! Time is always passed in (`now`), never read here, so tests need no sleeping.
+//! Timestamps are kept to the millisecond on both back ends (INTEGER unix milliseconds in
+//! SQLite, TIMESTAMPTZ in PostgreSQL), so both give back exactly what the other would.
+//!
+//! [`Store::connect`] does not migrate: call [`Storage::migrate`] at start (the daemon does)
+//! or alone (`skychimpd migrate`).
+
+#![warn(missing_docs)]
+
+mod error;
+mod model;
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use error::StorageError;
+pub use model::*;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Connection options of the PostgreSQL driver, for [`PgStore::connect_with`] (e.g. to set
+/// `search_path`).
+pub use sqlx::postgres::PgConnectOptions;
+
+/// The storage of one daemon: whichever back end the database URL named.
+///
+/// Enum dispatch rather than `dyn`: the trait's methods are `async`, and an enum keeps every
+/// future concrete and `Send` without boxing. Cloning is cheap (it clones a pool handle).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A SQLite file (the zero-setup default).
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database (production, several daemons).
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens the database named by `url`: `sqlite://PATH` (the file and its folders are
+    /// created on first use; WAL mode; a busy timeout so writers wait instead of failing),
+    /// `sqlite::memory:`, or `postgres://…` / `postgresql://…`. Does not migrate.
+    pub async fn connect(url: &str) -> Result<Store, StorageError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::connect(url).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PgStore::connect(url).await?))
+        } else {
+            Err(StorageError::UnsupportedUrl(error::redact_url(url)))
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and metrics labels.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool: waits for connections in use to come back, then closes them all.
+    /// Called at shutdown so SQLite checkpoints its WAL and PostgreSQL sees clean exits.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+impl From<SqliteStore> for Store {
+    fn from(s: SqliteStore) -> Self {
+        Store::Sqlite(s)
+    }
+}
+
+impl From<PgStore> for Store {
+    fn from(s: PgStore) -> Self {
+        Store::Postgres(s)
+    }
+}
+
+/// Declares the [`Storage`] trait and implements it for [`Store`] by forwarding to the
+/// back end, so a method is written once here and cannot be forgotten in the enum.
+macro_rules! storage_interface {
+    ($(
+        $(#[$meta:meta])*
+        fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+    )*) => {
+        /// The storage interface: every read and write the daemon makes. Implemented by
+        /// [`SqliteStore`], [`PgStore`] and, by forwarding, [`Store`].
+        ///
+        /// Every future is `Send`, so callers may spawn them on a multi-threaded runtime.
+        pub trait Storage {
+            $(
+                $(#[$meta])*
+                fn $name(&self $(, $arg: $ty)*)
+                    -> impl Future<Output = Result<$ret, StorageError>> + Send;
+            )*
+        }
+
+        impl Storage for Store {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StorageError> {
+                    match self {
+                        Store::Sqlite(s) => s.$name($($arg),*).await,
+                        Store::Postgres(s) => s.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+storage_interface! {
+    /// Applies the embedded migrations of this back end (idempotent; on PostgreSQL
+    /// serialised across daemons by an advisory lock).
+    fn migrate(&self) -> ();
+
+    /// Creates a run with its deliveries in one transaction, or returns `None` when that
+    /// (mailing, occurrence) already has one — so several daemons may all try.
+    /// Addresses are deduplicated case-insensitively by the unique key (the first spelling
+    /// wins); recipients unsubscribed from the owner are stored as `skipped`.
+    fn create_run(&self, run: &NewRun, now: DateTime<Utc>) -> Option<RunId>;
+
+    /// One run, with its templates (the sender fetches it once per run).
+    fn run(&self, id: RunId) -> Option<Run>;
+
+    /// The runs of a mailing, newest occurrence first.
+    fn runs_of(&self, mailing_id: &str) -> Vec<Run>;
+
+    /// The occurrence of the mailing's latest scheduled run: what the due rule compares with.
+    fn last_occurrence(&self, mailing_id: &str) -> Option<DateTime<Utc>>;
+
+    /// The deliveries of a run in creation order (for `skychimpd send`'s progress and for
+    /// inspection).
+    fn deliveries_of(&self, run_id: RunId) -> Vec<Delivery>;
+
+    /// Leases up to `limit` due deliveries (`queued`/`deferred`, `next_attempt_at <= now`,
+    /// lease free or expired) to `worker` until `now + lease`. Two workers never get the
+    /// same row. Claimed rows keep their status until [`Storage::mark_sending`].
+    fn claim(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Vec<ClaimedDelivery>;
+
+    /// Marks leased deliveries `sending` just before their SMTP transaction and returns the
+    /// ids actually marked. A delivery skipped since it was claimed (mailing disabled, owner
+    /// blocked, client unsubscribed) or leased by another worker is left out: send only
+    /// what this returns.
+    fn mark_sending(
+        &self,
+        ids: &[DeliveryId],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Vec<DeliveryId>;
+
+    /// Writes the outcomes of finished attempts: updates each delivery (status, attempts,
+    /// next attempt, last code and reply; lease released) and appends one attempt row each,
+    /// all in one transaction with multi-row statements. Returns the attempt rows written.
+    fn record_outcomes(&self, outcomes: &[Outcome]) -> u64;
+
+    /// Deals with deliveries left `sending` by a crash: those `which` selects become
+    /// `unknown` (at most once) or, when `redeliver_unknown`, `queued` again (at least
+    /// once); each gets an attempt row with outcome `unknown`. Returns how many.
+    fn recover_interrupted(
+        &self,
+        now: DateTime<Utc>,
+        which: Interrupted,
+        redeliver_unknown: bool,
+    ) -> u64;
+
+    /// Turns the mailing's queued and deferred deliveries into `skipped` with `reason`
+    /// (a manager disabled it). Returns how many.
+    fn skip_queued_for_mailing(&self, mailing_id: &str, reason: &str, now: DateTime<Utc>) -> u64;
+
+    /// Turns the queued and deferred deliveries of all the owner's mailings into `skipped`
+    /// with `reason` (a manager blocked the owner). Returns how many.
+    fn skip_queued_for_owner(&self, owner: &str, reason: &str, now: DateTime<Utc>) -> u64;
+
+    /// Marks finished every run with nothing left queued, sending or deferred, and returns
+    /// them (the daemon rebuilds the site after a finished run).
+    fn finish_runs(&self, now: DateTime<Utc>) -> Vec<RunId>;
+
+    /// Per-run counts of a mailing, newest first.
+    fn report(&self, mailing_id: &str) -> Vec<RunReport>;
+
+    /// The attempt log of a mailing, newest first: at most `limit` rows with an id below
+    /// `before` (the last id of the previous page).
+    fn logs(&self, mailing_id: &str, limit: u32, before: Option<AttemptId>) -> Vec<Attempt>;
+
+    /// Totals: messages sent in the last 24 hours, 30 days and ever, runs, queued work.
+    fn stats(&self, now: DateTime<Utc>) -> Stats;
+
+    /// Deliveries not yet done (queued, deferred or sending): zero means idle.
+    fn pending_count(&self) -> i64;
+
+    /// What the daemon knows about a user, if anything.
+    fn user_state(&self, user_id: &str) -> Option<UserState>;
+
+    /// Every user the daemon knows something about.
+    fn user_states(&self) -> Vec<UserState>;
+
+    /// Remembers that a verification link with `nonce` went to `email`, so the daemon does
+    /// not send one at every start and an older link stops working.
+    fn record_verification_sent(
+        &self,
+        user_id: &str,
+        email: &str,
+        nonce: &str,
+        now: DateTime<Utc>,
+    ) -> ();
+
+    /// Records that the user proved to own `email` (they opened the link).
+    fn set_verified(&self, user_id: &str, email: &str, now: DateTime<Utc>) -> ();
+
+    /// Blocks or unblocks a user. Blocking does not skip queued deliveries by itself: call
+    /// [`Storage::skip_queued_for_owner`] too.
+    fn set_blocked(
+        &self,
+        user_id: &str,
+        blocked: bool,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> ();
+
+    /// The manager's switch on a mailing, if ever set.
+    fn mailing_state(&self, mailing_id: &str) -> Option<MailingState>;
+
+    /// Every mailing switch ever set.
+    fn mailing_states(&self) -> Vec<MailingState>;
+
+    /// Disables or enables a mailing. Disabling does not skip queued deliveries by itself:
+    /// call [`Storage::skip_queued_for_mailing`] too.
+    fn set_mailing_disabled(
+        &self,
+        mailing_id: &str,
+        disabled: bool,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> ();
+
+    /// Records that `email` left the owner's mailings and, in the same transaction, skips
+    /// that address's queued and deferred deliveries in the owner's runs. Returns false
+    /// when it had already left (one-click POSTs may repeat).
+    fn unsubscribe(
+        &self,
+        owner: &str,
+        email: &str,
+        mailing_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> bool;
+
+    /// Whether `email` left the owner's mailings (case-insensitive).
+    fn is_unsubscribed(&self, owner: &str, email: &str) -> bool;
+
+    /// Everyone who left the owner's mailings, by address.
+    fn unsubscribes(&self, owner: &str) -> Vec<Unsubscribe>;
+
+    /// Appends a manager action to the audit log; returns its id.
+    fn audit(&self, entry: &NewAuditEntry) -> i64;
+
+    /// The audit log, newest first, paged like [`Storage::logs`].
+    fn audit_log(&self, limit: u32, before: Option<i64>) -> Vec<AuditEntry>;
+}
+
+/// Milliseconds of a duration, saturating (a duration past `i64::MAX` ms is not a real
+/// SMTP transaction).
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `now + lease`, saturating at chrono's maximum instead of panicking on absurd leases.
+pub(crate) fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A time cut to whole milliseconds: the precision both back ends keep, so a value reads
+/// back equal on either.
+pub(crate) fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// The reply text written on deliveries and attempt rows that `recover_interrupted` handles.
+pub(crate) const INTERRUPTED_REPLY: &str =
+    "interrupted: the daemon stopped during the SMTP transaction; the outcome is unknown";

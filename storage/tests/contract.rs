@@ -1,0 +1,1341 @@
+//! The storage contract: one suite of tests, each run against SQLite (a fresh temporary
+//! file) and PostgreSQL (a fresh schema in the database named by
+//! `SKYCHIMP_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+//!
+//! When PostgreSQL cannot be reached the PostgreSQL half prints
+//! `skipped: PostgreSQL not reachable at …` and passes, unless `SKYCHIMP_REQUIRE_POSTGRES=1`,
+//! in which case it fails. Every assertion reads rows back through the interface (or, for
+//! the schema's own guarantees, with raw SQL), so a broken feature fails the test.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use skychimp_storage::*;
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+/// Generates `sqlite::NAME` and `postgres::NAME` for each contract test `NAME`.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::on_sqlite(super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::on_postgres(super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    migrations_are_idempotent,
+    run_is_created_once,
+    run_is_created_once_when_daemons_race,
+    one_delivery_per_address_case_insensitively,
+    unsubscribed_recipients_are_skipped,
+    unsubscribing_skips_queued_deliveries,
+    claim_leases_each_row_to_one_worker,
+    concurrent_claimers_get_disjoint_sets,
+    send_cycle_records_outcomes_and_log_rows,
+    deferred_delivery_is_due_again_at_next_attempt,
+    mark_sending_leaves_out_skipped_and_foreign_rows,
+    recover_interrupted_at_most_once,
+    recover_interrupted_at_least_once,
+    skip_on_disable_and_block,
+    report_counts_per_run,
+    logs_are_paged_newest_first,
+    stats_count_sent_within_windows,
+    user_state_verification_and_block,
+    mailing_state_and_audit,
+);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+async fn on_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A nested path checks that the folders are created on first use.
+    let url = format!("sqlite://{}/var/db/skychimp.db", dir.path().display());
+    let store = Store::connect(&url).await.expect("open SQLite");
+    store.migrate().await.expect("migrate SQLite");
+    let result = tokio::spawn(test(store.clone())).await;
+    store.close().await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn on_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let url = std::env::var("SKYCHIMP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let required = std::env::var("SKYCHIMP_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    if let Some(why) = postgres_unreachable(&url) {
+        if required {
+            panic!("PostgreSQL not reachable at {url}: {why}");
+        }
+        println!("skipped: PostgreSQL not reachable at {url}: {why}");
+        return;
+    }
+    let admin = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) if required => panic!("PostgreSQL not reachable at {url}: {e}"),
+        Err(e) => {
+            println!("skipped: PostgreSQL not reachable at {url}: {e}");
+            return;
+        }
+    };
+    let schema = format!(
+        "contract_{}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        Utc::now().timestamp_micros()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("create schema");
+    let options = PgConnectOptions::from_str(&url)
+        .expect("parse URL")
+        .options([("search_path", schema.as_str())]);
+    let store = Store::from(
+        PgStore::connect_with(options, 8)
+            .await
+            .expect("connect to schema"),
+    );
+    store.migrate().await.expect("migrate PostgreSQL");
+    let result = tokio::spawn(test(store.clone())).await;
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .expect("drop schema");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Why PostgreSQL cannot be reached, probed once per test process with a short TCP
+/// connect, so an absent server costs one timeout rather than one per test.
+fn postgres_unreachable(url: &str) -> Option<String> {
+    static PROBE: OnceLock<Option<String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let options = match PgConnectOptions::from_str(url) {
+                Ok(o) => o,
+                Err(e) => return Some(e.to_string()),
+            };
+            let host = options.get_host();
+            if host.starts_with('/') {
+                return None; // a Unix socket: let the real connection decide
+            }
+            let addrs = match (host, options.get_port()).to_socket_addrs() {
+                Ok(a) => a.collect::<Vec<_>>(),
+                Err(e) => return Some(e.to_string()),
+            };
+            let mut last = String::from("no address");
+            for addr in addrs {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(_) => return None,
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Some(last)
+        })
+        .clone()
+}
+
+/// A raw scalar query on either back end, for what the interface does not expose (the
+/// migrations table, the unique key itself).
+async fn raw_i64(store: &Store, sql: &'static str) -> Result<i64, sqlx::Error> {
+    match store {
+        Store::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await,
+        Store::Postgres(s) => sqlx::query_scalar(sql).fetch_one(s.pool()).await,
+    }
+}
+
+async fn raw_exec(store: &Store, sql: String) -> Result<u64, sqlx::Error> {
+    match store {
+        Store::Sqlite(s) => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(s.pool())
+            .await
+            .map(|r| r.rows_affected()),
+        Store::Postgres(s) => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(s.pool())
+            .await
+            .map(|r| r.rows_affected()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Builders
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 1, 6, 0, 0)
+        .single()
+        .expect("valid time")
+        + TimeDelta::milliseconds(123)
+}
+
+fn secs(n: i64) -> TimeDelta {
+    TimeDelta::seconds(n)
+}
+
+fn recipient(email: &str, name: &str) -> Recipient {
+    Recipient {
+        email: email.to_string(),
+        name: name.to_string(),
+        comment: None,
+    }
+}
+
+fn numbered(n: usize) -> Vec<Recipient> {
+    (0..n)
+        .map(|i| recipient(&format!("client{i:05}@example.com"), &format!("Client {i}")))
+        .collect()
+}
+
+fn new_run(mailing_id: &str, occurrence: DateTime<Utc>, recipients: Vec<Recipient>) -> NewRun {
+    NewRun {
+        mailing_id: mailing_id.to_string(),
+        occurrence,
+        kind: RunKind::Scheduled,
+        mailing_blob: "3b18e512dba79e4c8300dd08aeb37f8e728b8dad".to_string(),
+        head_commit: Some("9fceb02d0ae598e95dc970b74767f19372d61af8".to_string()),
+        subject: "This week, {{ client.name }}".to_string(),
+        body: "Hello {{ client.name }}".to_string(),
+        recipients,
+    }
+}
+
+async fn create(store: &Store, mailing_id: &str, occ: DateTime<Utc>, n: usize) -> RunId {
+    store
+        .create_run(&new_run(mailing_id, occ, numbered(n)), t0())
+        .await
+        .expect("create_run")
+        .expect("a new run")
+}
+
+fn outcome(
+    id: DeliveryId,
+    status: OutcomeStatus,
+    code: u16,
+    reply: &str,
+    at: DateTime<Utc>,
+) -> Outcome {
+    Outcome {
+        delivery_id: id,
+        status,
+        smtp_code: Some(code),
+        reply: reply.to_string(),
+        at,
+        duration: Duration::from_millis(42),
+    }
+}
+
+/// Claims, marks and records `sent` for up to `n` deliveries at `at`.
+async fn send_n(store: &Store, n: usize, at: DateTime<Utc>) -> Vec<DeliveryId> {
+    let claimed = store
+        .claim("w", n, Duration::from_secs(60), at)
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    let marked = store.mark_sending(&ids, "w", at).await.expect("mark");
+    let outcomes: Vec<Outcome> = marked
+        .iter()
+        .map(|id| outcome(*id, OutcomeStatus::Sent, 250, "2.0.0 Ok: queued", at))
+        .collect();
+    store.record_outcomes(&outcomes).await.expect("record");
+    marked
+}
+
+async fn statuses(store: &Store, run: RunId) -> Vec<(String, DeliveryStatus)> {
+    store
+        .deliveries_of(run)
+        .await
+        .expect("deliveries_of")
+        .into_iter()
+        .map(|d| (d.address, d.status))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The contract
+
+async fn migrations_are_idempotent(store: Store) {
+    // The harness migrated once already.
+    store.migrate().await.expect("second migrate");
+    store.migrate().await.expect("third migrate");
+    assert_eq!(
+        raw_i64(&store, "SELECT count(*) FROM _sqlx_migrations")
+            .await
+            .expect("migrations table"),
+        1
+    );
+    // And the schema works afterwards.
+    let run = create(&store, "alice/weekly", t0(), 3).await;
+    assert_eq!(store.deliveries_of(run).await.expect("deliveries").len(), 3);
+}
+
+async fn run_is_created_once(store: Store) {
+    let first = store
+        .create_run(&new_run("alice/weekly", t0(), numbered(3)), t0())
+        .await
+        .expect("create");
+    let again = store
+        .create_run(&new_run("alice/weekly", t0(), numbered(7)), t0() + secs(5))
+        .await
+        .expect("create again");
+    let Some(first) = first else {
+        panic!("first create_run returned None")
+    };
+    assert_eq!(
+        again, None,
+        "the same occurrence must not create a second run"
+    );
+
+    let runs = store.runs_of("alice/weekly").await.expect("runs_of");
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run.id, first);
+    assert_eq!(
+        run.occurrence,
+        t0(),
+        "timestamps round-trip to the millisecond"
+    );
+    assert_eq!(run.kind, RunKind::Scheduled);
+    assert_eq!(
+        run.recipients, 3,
+        "the second call's recipients were not added"
+    );
+    assert_eq!(run.subject, "This week, {{ client.name }}");
+    assert_eq!(run.body, "Hello {{ client.name }}");
+    assert_eq!(run.mailing_blob, "3b18e512dba79e4c8300dd08aeb37f8e728b8dad");
+    assert_eq!(
+        run.head_commit.as_deref(),
+        Some("9fceb02d0ae598e95dc970b74767f19372d61af8")
+    );
+    assert_eq!(run.finished_at, None);
+    assert_eq!(
+        store.deliveries_of(first).await.expect("deliveries").len(),
+        3
+    );
+    assert_eq!(store.run(first).await.expect("run").as_ref(), Some(run));
+
+    // A manual run at a later time does not count as the last scheduled occurrence.
+    let mut manual = new_run("alice/weekly", t0() + secs(3600), numbered(1));
+    manual.kind = RunKind::Manual;
+    assert!(
+        store
+            .create_run(&manual, t0())
+            .await
+            .expect("manual")
+            .is_some()
+    );
+    assert_eq!(
+        store.last_occurrence("alice/weekly").await.expect("last"),
+        Some(t0())
+    );
+    let later = create(&store, "alice/weekly", t0() + secs(7 * 86400), 1).await;
+    assert!(later.0 > first.0);
+    assert_eq!(
+        store.last_occurrence("alice/weekly").await.expect("last"),
+        Some(t0() + secs(7 * 86400))
+    );
+    assert_eq!(
+        store.last_occurrence("bob/other").await.expect("none"),
+        None
+    );
+    let runs = store.runs_of("alice/weekly").await.expect("runs_of");
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0].id, later, "newest occurrence first");
+}
+
+async fn run_is_created_once_when_daemons_race(store: Store) {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_run(&new_run("alice/weekly", t0(), numbered(500)), t0())
+                .await
+        }));
+    }
+    let mut created = Vec::new();
+    for task in tasks {
+        if let Some(id) = task.await.expect("task").expect("create_run") {
+            created.push(id);
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one daemon creates the run");
+    assert_eq!(store.runs_of("alice/weekly").await.expect("runs").len(), 1);
+    assert_eq!(
+        store
+            .deliveries_of(created[0])
+            .await
+            .expect("deliveries")
+            .len(),
+        500
+    );
+}
+
+async fn one_delivery_per_address_case_insensitively(store: Store) {
+    let recipients = vec![
+        Recipient {
+            email: "Ivan@Example.com".into(),
+            name: "Ivan Petrov".into(),
+            comment: Some("met at the fair".into()),
+        },
+        recipient("ivan@example.com", "Ivan again"),
+        recipient("  IVAN@EXAMPLE.COM ", "Ivan shouting"),
+        recipient("maria@example.com", "Maria"),
+    ];
+    let run = store
+        .create_run(&new_run("alice/weekly", t0(), recipients), t0())
+        .await
+        .expect("create")
+        .expect("new run");
+    let deliveries = store.deliveries_of(run).await.expect("deliveries");
+    assert_eq!(deliveries.len(), 2);
+    let ivan = &deliveries[0];
+    assert_eq!(ivan.address, "ivan@example.com");
+    assert_eq!(ivan.email, "Ivan@Example.com", "the first spelling wins");
+    assert_eq!(ivan.name, "Ivan Petrov");
+    assert_eq!(ivan.comment.as_deref(), Some("met at the fair"));
+    assert_eq!(ivan.status, DeliveryStatus::Queued);
+    assert_eq!(ivan.attempts, 0);
+    assert_eq!(ivan.next_attempt_at, t0());
+    assert_eq!(deliveries[1].address, "maria@example.com");
+    assert_eq!(
+        store.run(run).await.expect("run").map(|r| r.recipients),
+        Some(2)
+    );
+
+    // The guarantee is the database's key, not this code: a raw duplicate insert fails.
+    let duplicate = raw_exec(
+        &store,
+        format!(
+            "INSERT INTO deliveries (run_id, address, email, name, status, attempts, \
+                                     next_attempt_at, updated_at) \
+             SELECT run_id, address, email, name, 'queued', 0, next_attempt_at, updated_at \
+             FROM deliveries WHERE id = {}",
+            ivan.id
+        ),
+    )
+    .await;
+    assert!(
+        duplicate.is_err(),
+        "UNIQUE(run_id, address) must reject a second row"
+    );
+}
+
+async fn unsubscribed_recipients_are_skipped(store: Store) {
+    assert!(
+        store
+            .unsubscribe("alice", "IVAN@example.com", Some("alice/weekly"), t0())
+            .await
+            .expect("unsubscribe")
+    );
+    assert!(
+        !store
+            .unsubscribe("alice", "ivan@example.com", None, t0())
+            .await
+            .expect("again"),
+        "a repeated one-click POST changes nothing"
+    );
+    assert!(
+        store
+            .is_unsubscribed("alice", "Ivan@Example.COM")
+            .await
+            .expect("check")
+    );
+    assert!(
+        !store
+            .is_unsubscribed("bob", "ivan@example.com")
+            .await
+            .expect("check")
+    );
+    let list = store.unsubscribes("alice").await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].address, "ivan@example.com");
+    assert_eq!(list[0].mailing_id.as_deref(), Some("alice/weekly"));
+    assert_eq!(list[0].at, t0());
+
+    let both = vec![
+        recipient("Ivan@example.com", "Ivan"),
+        recipient("maria@example.com", "Maria"),
+    ];
+    let alice_run = store
+        .create_run(&new_run("alice/weekly", t0(), both.clone()), t0())
+        .await
+        .expect("create")
+        .expect("new");
+    let bob_run = store
+        .create_run(&new_run("bob/news", t0(), both), t0())
+        .await
+        .expect("create")
+        .expect("new");
+    let alice = store.deliveries_of(alice_run).await.expect("deliveries");
+    assert_eq!(alice[0].status, DeliveryStatus::Skipped);
+    assert_eq!(alice[0].last_reply.as_deref(), Some("unsubscribed"));
+    assert_eq!(alice[1].status, DeliveryStatus::Queued);
+    assert_eq!(
+        statuses(&store, bob_run).await,
+        vec![
+            ("ivan@example.com".to_string(), DeliveryStatus::Queued),
+            ("maria@example.com".to_string(), DeliveryStatus::Queued),
+        ],
+        "unsubscribing from alice does not leave bob"
+    );
+    let claimed = store
+        .claim("w", 10, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    assert!(
+        !claimed
+            .iter()
+            .any(|c| c.run_id == alice_run && c.address == "ivan@example.com"),
+        "a skipped delivery is never claimed"
+    );
+}
+
+async fn unsubscribing_skips_queued_deliveries(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 3).await;
+    store
+        .unsubscribe("alice", "Client00001@example.com", None, t0() + secs(1))
+        .await
+        .expect("unsubscribe");
+    assert_eq!(
+        statuses(&store, run).await,
+        vec![
+            (
+                "client00000@example.com".to_string(),
+                DeliveryStatus::Queued
+            ),
+            (
+                "client00001@example.com".to_string(),
+                DeliveryStatus::Skipped
+            ),
+            (
+                "client00002@example.com".to_string(),
+                DeliveryStatus::Queued
+            ),
+        ]
+    );
+}
+
+async fn claim_leases_each_row_to_one_worker(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 10).await;
+    let lease = Duration::from_secs(60);
+    let a = store
+        .claim("worker-a", 4, lease, t0())
+        .await
+        .expect("claim a");
+    assert_eq!(a.len(), 4);
+    assert!(
+        a.iter()
+            .all(|c| c.run_id == run && c.mailing_id == "alice/weekly")
+    );
+    assert_eq!(a[0].email, "client00000@example.com");
+    assert_eq!(a[0].name, "Client 0");
+    assert_eq!(a[0].status, DeliveryStatus::Queued);
+    let b = store
+        .claim("worker-b", 100, lease, t0())
+        .await
+        .expect("claim b");
+    assert_eq!(b.len(), 6);
+    let c = store
+        .claim("worker-c", 100, lease, t0() + secs(59))
+        .await
+        .expect("claim c");
+    assert!(
+        c.is_empty(),
+        "leased rows are not claimed again before the lease ends"
+    );
+
+    let a_ids: HashSet<_> = a.iter().map(|c| c.id).collect();
+    assert!(b.iter().all(|c| !a_ids.contains(&c.id)));
+    let rows = store.deliveries_of(run).await.expect("deliveries");
+    for d in &rows {
+        let owner = if a_ids.contains(&d.id) {
+            "worker-a"
+        } else {
+            "worker-b"
+        };
+        assert_eq!(d.lease_owner.as_deref(), Some(owner));
+        assert_eq!(d.lease_until, Some(t0() + secs(60)));
+        assert_eq!(
+            d.status,
+            DeliveryStatus::Queued,
+            "claimed rows keep their status"
+        );
+    }
+
+    // The lease ends: anyone may take them.
+    let c = store
+        .claim("worker-c", 100, lease, t0() + secs(60))
+        .await
+        .expect("claim c");
+    assert_eq!(c.len(), 10);
+    assert!(
+        store
+            .deliveries_of(run)
+            .await
+            .expect("deliveries")
+            .iter()
+            .all(|d| d.lease_owner.as_deref() == Some("worker-c"))
+    );
+    assert!(
+        store
+            .claim("worker-d", 0, lease, t0())
+            .await
+            .expect("zero")
+            .is_empty()
+    );
+}
+
+async fn concurrent_claimers_get_disjoint_sets(store: Store) {
+    create(&store, "alice/weekly", t0(), 2000).await;
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let worker = format!("worker-{w}");
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim(&worker, 37, Duration::from_secs(300), t0())
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    break;
+                }
+                mine.extend(batch.into_iter().map(|c| c.id));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_worker = Vec::new();
+    for task in tasks {
+        let mine = task.await.expect("task");
+        per_worker.push(mine.len());
+        all.extend(mine);
+    }
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 2000, "every row claimed once: {per_worker:?}");
+    assert_eq!(distinct.len(), 2000, "no row claimed twice");
+}
+
+async fn send_cycle_records_outcomes_and_log_rows(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 3).await;
+    let now = t0() + secs(1);
+    let claimed = store
+        .claim("w1", 10, Duration::from_secs(60), now)
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    let marked = store.mark_sending(&ids, "w1", now).await.expect("mark");
+    assert_eq!(marked, ids);
+    assert!(
+        store
+            .deliveries_of(run)
+            .await
+            .expect("deliveries")
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Sending && d.updated_at == now)
+    );
+    assert_eq!(store.pending_count().await.expect("pending"), 3);
+
+    let at = now + secs(2);
+    let retry = at + secs(600);
+    let written = store
+        .record_outcomes(&[
+            outcome(
+                ids[0],
+                OutcomeStatus::Sent,
+                250,
+                "2.0.0 Ok: queued as 4F2A1",
+                at,
+            ),
+            outcome(
+                ids[1],
+                OutcomeStatus::Failed,
+                550,
+                "5.1.1 <client00001@example.com>: no such user",
+                at,
+            ),
+            outcome(
+                ids[2],
+                OutcomeStatus::Deferred {
+                    next_attempt_at: retry,
+                },
+                451,
+                "4.7.1 try again later",
+                at,
+            ),
+        ])
+        .await
+        .expect("record");
+    assert_eq!(written, 3);
+
+    let rows = store.deliveries_of(run).await.expect("deliveries");
+    let expect = [
+        (DeliveryStatus::Sent, 250, "2.0.0 Ok: queued as 4F2A1", now),
+        (
+            DeliveryStatus::Failed,
+            550,
+            "5.1.1 <client00001@example.com>: no such user",
+            now,
+        ),
+        (
+            DeliveryStatus::Deferred,
+            451,
+            "4.7.1 try again later",
+            retry,
+        ),
+    ];
+    for (d, (status, code, reply, next)) in rows.iter().zip(expect) {
+        assert_eq!(d.status, status);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.last_code, Some(code));
+        assert_eq!(d.last_reply.as_deref(), Some(reply));
+        assert_eq!(d.lease_owner, None, "the lease is released");
+        assert_eq!(d.lease_until, None);
+        assert_eq!(d.updated_at, at);
+        if status == DeliveryStatus::Deferred {
+            assert_eq!(d.next_attempt_at, next);
+        }
+    }
+
+    let logs = store.logs("alice/weekly", 10, None).await.expect("logs");
+    assert_eq!(logs.len(), 3);
+    let mut logs = logs;
+    logs.sort_by_key(|a| a.delivery_id);
+    let outcomes = [
+        AttemptOutcome::Sent,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Deferred,
+    ];
+    for ((a, (_, code, reply, _)), o) in logs.iter().zip(expect).zip(outcomes) {
+        assert_eq!(a.run_id, run);
+        assert_eq!(a.mailing_id, "alice/weekly");
+        assert_eq!(a.outcome, o);
+        assert_eq!(a.smtp_code, Some(code));
+        assert_eq!(a.reply, reply);
+        assert_eq!(a.at, at);
+        assert_eq!(a.duration_ms, 42);
+    }
+    assert_eq!(logs[0].address, "client00000@example.com");
+
+    // The run is not finished while a retry is pending.
+    assert!(store.finish_runs(at).await.expect("finish").is_empty());
+    assert_eq!(store.pending_count().await.expect("pending"), 1);
+}
+
+async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 1).await;
+    let claimed = store
+        .claim("w1", 1, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    let id = claimed[0].id;
+    store.mark_sending(&[id], "w1", t0()).await.expect("mark");
+    let retry = t0() + secs(300);
+    store
+        .record_outcomes(&[outcome(
+            id,
+            OutcomeStatus::Deferred {
+                next_attempt_at: retry,
+            },
+            421,
+            "4.3.2 service shutting down",
+            t0(),
+        )])
+        .await
+        .expect("record");
+
+    let early = store
+        .claim(
+            "w2",
+            10,
+            Duration::from_secs(60),
+            retry - TimeDelta::milliseconds(1),
+        )
+        .await
+        .expect("claim early");
+    assert!(early.is_empty(), "not due before next_attempt_at");
+    let due = store
+        .claim("w2", 10, Duration::from_secs(60), retry)
+        .await
+        .expect("claim due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, id);
+    assert_eq!(due[0].status, DeliveryStatus::Deferred);
+    assert_eq!(due[0].attempts, 1, "the backoff sees the attempts so far");
+
+    store.mark_sending(&[id], "w2", retry).await.expect("mark");
+    store
+        .record_outcomes(&[outcome(id, OutcomeStatus::Sent, 250, "2.0.0 Ok", retry)])
+        .await
+        .expect("record");
+    let d = &store.deliveries_of(run).await.expect("deliveries")[0];
+    assert_eq!(d.status, DeliveryStatus::Sent);
+    assert_eq!(d.attempts, 2);
+    assert_eq!(
+        store
+            .logs("alice/weekly", 10, None)
+            .await
+            .expect("logs")
+            .len(),
+        2
+    );
+    assert_eq!(store.finish_runs(retry).await.expect("finish"), vec![run]);
+    assert_eq!(
+        store
+            .run(run)
+            .await
+            .expect("run")
+            .and_then(|r| r.finished_at),
+        Some(retry)
+    );
+    assert!(store.finish_runs(retry).await.expect("again").is_empty());
+}
+
+async fn mark_sending_leaves_out_skipped_and_foreign_rows(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 2).await;
+    let claimed = store
+        .claim("w1", 10, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    assert!(
+        store
+            .mark_sending(&ids, "w2", t0())
+            .await
+            .expect("foreign")
+            .is_empty(),
+        "another worker's lease is not ours to send"
+    );
+    // The manager disables the mailing between claim and send.
+    assert_eq!(
+        store
+            .skip_queued_for_mailing("alice/weekly", "disabled by manager: spam", t0())
+            .await
+            .expect("skip"),
+        2
+    );
+    assert!(
+        store
+            .mark_sending(&ids, "w1", t0())
+            .await
+            .expect("mark")
+            .is_empty()
+    );
+    for d in store.deliveries_of(run).await.expect("deliveries") {
+        assert_eq!(d.status, DeliveryStatus::Skipped);
+        assert_eq!(d.last_reply.as_deref(), Some("disabled by manager: spam"));
+        assert_eq!(d.lease_owner, None);
+    }
+    assert_eq!(store.finish_runs(t0()).await.expect("finish"), vec![run]);
+}
+
+async fn interrupt_two(store: &Store) -> (RunId, Vec<DeliveryId>) {
+    let run = create(store, "alice/weekly", t0(), 3).await;
+    let claimed = store
+        .claim("w1", 2, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store.mark_sending(&ids, "w1", t0()).await.expect("mark");
+    (run, ids)
+}
+
+async fn recover_interrupted_at_most_once(store: Store) {
+    let (run, ids) = interrupt_two(&store).await;
+    assert_eq!(
+        store
+            .recover_interrupted(t0() + secs(30), Interrupted::ExpiredLeases, false)
+            .await
+            .expect("recover"),
+        0,
+        "a live lease is someone's transaction in flight"
+    );
+    let later = t0() + secs(60);
+    assert_eq!(
+        store
+            .recover_interrupted(later, Interrupted::ExpiredLeases, false)
+            .await
+            .expect("recover"),
+        2
+    );
+    let rows = store.deliveries_of(run).await.expect("deliveries");
+    for d in &rows {
+        if ids.contains(&d.id) {
+            assert_eq!(d.status, DeliveryStatus::Unknown);
+            assert_eq!(d.attempts, 1);
+            assert_eq!(d.lease_owner, None);
+        } else {
+            assert_eq!(d.status, DeliveryStatus::Queued);
+        }
+    }
+    let logs = store.logs("alice/weekly", 10, None).await.expect("logs");
+    assert_eq!(logs.len(), 2);
+    assert!(logs.iter().all(|a| a.outcome == AttemptOutcome::Unknown
+        && a.at == later
+        && a.smtp_code.is_none()
+        && ids.contains(&a.delivery_id)));
+    // Unknown is not resent.
+    let again = store
+        .claim("w2", 10, Duration::from_secs(60), later + secs(3600))
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert!(!ids.contains(&again[0].id));
+    let report = store.report("alice/weekly").await.expect("report");
+    assert_eq!(report[0].unknown, 2);
+
+    // At a single instance's start every `sending` row is interrupted, lease or not.
+    let fresh = again[0].id;
+    store
+        .mark_sending(&[fresh], "w2", later)
+        .await
+        .expect("mark");
+    assert_eq!(
+        store
+            .recover_interrupted(later, Interrupted::All, false)
+            .await
+            .expect("recover all"),
+        1
+    );
+    assert_eq!(report_unknown(&store).await, 3);
+}
+
+async fn report_unknown(store: &Store) -> i64 {
+    store.report("alice/weekly").await.expect("report")[0].unknown
+}
+
+async fn recover_interrupted_at_least_once(store: Store) {
+    let (run, ids) = interrupt_two(&store).await;
+    let now = t0() + secs(5);
+    assert_eq!(
+        store
+            .recover_interrupted(now, Interrupted::All, true)
+            .await
+            .expect("recover"),
+        2
+    );
+    for d in store.deliveries_of(run).await.expect("deliveries") {
+        assert_eq!(d.status, DeliveryStatus::Queued);
+        if ids.contains(&d.id) {
+            assert_eq!(d.attempts, 1);
+            assert_eq!(d.next_attempt_at, now);
+        }
+    }
+    let logs = store.logs("alice/weekly", 10, None).await.expect("logs");
+    assert_eq!(logs.len(), 2);
+    assert!(logs.iter().all(|a| a.outcome == AttemptOutcome::Unknown));
+    let again = store
+        .claim("w2", 10, Duration::from_secs(60), now)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 3, "requeued rows are claimable again");
+}
+
+async fn skip_on_disable_and_block(store: Store) {
+    let weekly = create(&store, "alice/weekly", t0(), 4).await;
+    let daily = create(&store, "alice/daily", t0(), 3).await;
+    let bob = create(&store, "bob/news", t0(), 2).await;
+    // One of weekly's is sent, one deferred: sent stays, deferred is skipped.
+    let claimed = store
+        .claim("w", 2, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    assert!(claimed.iter().all(|c| c.run_id == weekly));
+    store.mark_sending(&ids, "w", t0()).await.expect("mark");
+    store
+        .record_outcomes(&[
+            outcome(ids[0], OutcomeStatus::Sent, 250, "ok", t0()),
+            outcome(
+                ids[1],
+                OutcomeStatus::Deferred {
+                    next_attempt_at: t0() + secs(60),
+                },
+                451,
+                "later",
+                t0(),
+            ),
+        ])
+        .await
+        .expect("record");
+
+    assert_eq!(
+        store
+            .skip_queued_for_mailing("alice/weekly", "disabled", t0())
+            .await
+            .expect("skip mailing"),
+        3
+    );
+    let weekly_rows = store.deliveries_of(weekly).await.expect("weekly");
+    assert_eq!(weekly_rows[0].status, DeliveryStatus::Sent);
+    assert!(
+        weekly_rows[1..]
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Skipped)
+    );
+    assert!(
+        statuses(&store, daily)
+            .await
+            .iter()
+            .all(|(_, s)| *s == DeliveryStatus::Queued)
+    );
+
+    assert_eq!(
+        store
+            .skip_queued_for_owner("alice", "owner blocked", t0())
+            .await
+            .expect("skip owner"),
+        3
+    );
+    assert!(
+        store
+            .deliveries_of(daily)
+            .await
+            .expect("daily")
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Skipped
+                && d.last_reply.as_deref() == Some("owner blocked"))
+    );
+    assert!(
+        statuses(&store, bob)
+            .await
+            .iter()
+            .all(|(_, s)| *s == DeliveryStatus::Queued)
+    );
+    let left = store
+        .claim("w", 100, Duration::from_secs(60), t0() + secs(3600))
+        .await
+        .expect("claim");
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|c| c.mailing_id == "bob/news"));
+    let mut finished = store.finish_runs(t0()).await.expect("finish");
+    finished.sort();
+    assert_eq!(finished, vec![weekly, daily]);
+}
+
+async fn report_counts_per_run(store: Store) {
+    let old = create(&store, "alice/weekly", t0(), 5).await;
+    let new = create(&store, "alice/weekly", t0() + secs(7 * 86400), 4).await;
+    create(&store, "bob/news", t0(), 9).await;
+    // old: 2 sent, 1 failed, 1 deferred (client 3), 1 queued; then client 3 unsubscribes,
+    // which skips its deferred retry in old and its queued delivery in new.
+    let claimed = store
+        .claim("w", 4, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    assert!(claimed.iter().all(|c| c.run_id == old));
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store.mark_sending(&ids, "w", t0()).await.expect("mark");
+    store
+        .record_outcomes(&[
+            outcome(ids[0], OutcomeStatus::Sent, 250, "ok", t0()),
+            outcome(ids[1], OutcomeStatus::Sent, 250, "ok", t0()),
+            outcome(ids[2], OutcomeStatus::Failed, 550, "no", t0()),
+            outcome(
+                ids[3],
+                OutcomeStatus::Deferred {
+                    next_attempt_at: t0() + secs(600),
+                },
+                451,
+                "later",
+                t0(),
+            ),
+        ])
+        .await
+        .expect("record");
+    store
+        .unsubscribe("alice", "client00003@example.com", None, t0())
+        .await
+        .expect("unsubscribe");
+    let claimed = store
+        .claim("w", 1, Duration::from_secs(60), t0())
+        .await
+        .expect("claim one");
+    store
+        .mark_sending(&[claimed[0].id], "w", t0())
+        .await
+        .expect("mark one");
+
+    let report = store.report("alice/weekly").await.expect("report");
+    assert_eq!(report.len(), 2);
+    let (r_new, r_old) = (&report[0], &report[1]);
+    assert_eq!(r_new.run_id, new, "newest first");
+    assert_eq!(r_new.occurrence, t0() + secs(7 * 86400));
+    assert_eq!(
+        (r_new.recipients, r_new.queued, r_new.skipped, r_new.sent),
+        (4, 3, 1, 0)
+    );
+    assert_eq!(r_old.run_id, old);
+    assert_eq!(r_old.kind, RunKind::Scheduled);
+    assert_eq!(r_old.created_at, t0());
+    assert_eq!(r_old.finished_at, None);
+    assert_eq!(
+        (
+            r_old.recipients,
+            r_old.sent,
+            r_old.failed,
+            r_old.deferred,
+            r_old.skipped,
+            r_old.unknown,
+            r_old.queued,
+            r_old.sending
+        ),
+        (5, 2, 1, 0, 1, 0, 0, 1)
+    );
+    assert!(store.report("carol/none").await.expect("empty").is_empty());
+}
+
+async fn logs_are_paged_newest_first(store: Store) {
+    create(&store, "alice/weekly", t0(), 25).await;
+    create(&store, "bob/news", t0() + secs(1), 5).await;
+    // Send everything one row at a time so attempt ids follow time.
+    for i in 0..30 {
+        let sent = send_n(&store, 1, t0() + secs(i)).await;
+        assert_eq!(sent.len(), 1);
+    }
+    let page1 = store.logs("alice/weekly", 10, None).await.expect("page 1");
+    assert_eq!(page1.len(), 10);
+    assert!(page1.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert!(page1.iter().all(|a| a.mailing_id == "alice/weekly"));
+    let page2 = store
+        .logs("alice/weekly", 10, page1.last().map(|a| a.id))
+        .await
+        .expect("page 2");
+    let page3 = store
+        .logs("alice/weekly", 10, page2.last().map(|a| a.id))
+        .await
+        .expect("page 3");
+    assert_eq!((page2.len(), page3.len()), (10, 5));
+    assert!(page1.last().map(|a| a.id) > page2.first().map(|a| a.id));
+    let all: HashSet<_> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .map(|a| a.delivery_id)
+        .collect();
+    assert_eq!(all.len(), 25, "pages neither overlap nor skip");
+    let end = store
+        .logs("alice/weekly", 10, page3.last().map(|a| a.id))
+        .await
+        .expect("end");
+    assert!(end.is_empty());
+    assert_eq!(
+        store.logs("bob/news", 100, None).await.expect("bob").len(),
+        5
+    );
+}
+
+async fn stats_count_sent_within_windows(store: Store) {
+    let now = t0() + secs(90 * 86400);
+    create(&store, "alice/weekly", t0(), 6).await;
+    let claimed = store
+        .claim("w", 5, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store.mark_sending(&ids, "w", t0()).await.expect("mark");
+    store
+        .record_outcomes(&[
+            outcome(ids[0], OutcomeStatus::Sent, 250, "ok", now - secs(3600)),
+            outcome(
+                ids[1],
+                OutcomeStatus::Sent,
+                250,
+                "ok",
+                now - secs(2 * 86400),
+            ),
+            outcome(
+                ids[2],
+                OutcomeStatus::Sent,
+                250,
+                "ok",
+                now - secs(40 * 86400),
+            ),
+            outcome(ids[3], OutcomeStatus::Failed, 550, "no", now - secs(3600)),
+            outcome(
+                ids[4],
+                OutcomeStatus::Deferred {
+                    next_attempt_at: now,
+                },
+                451,
+                "later",
+                now - secs(3600),
+            ),
+        ])
+        .await
+        .expect("record");
+    create(&store, "bob/news", t0(), 2).await;
+    let stats = store.stats(now).await.expect("stats");
+    assert_eq!(
+        stats,
+        Stats {
+            sent_24h: 1,
+            sent_30d: 2,
+            sent_total: 3,
+            runs: 2,
+            queued: 4, // 1 alice queued + 1 alice deferred + 2 bob
+        }
+    );
+    assert_eq!(store.pending_count().await.expect("pending"), 4);
+    // Exactly 24 h old falls out of the day's window.
+    let edge = store
+        .stats(now - secs(3600) + secs(86400))
+        .await
+        .expect("edge");
+    assert_eq!(edge.sent_24h, 0);
+}
+
+async fn user_state_verification_and_block(store: Store) {
+    assert_eq!(store.user_state("alice").await.expect("none"), None);
+    store
+        .record_verification_sent("alice", "alice@example.com", "n1", t0())
+        .await
+        .expect("sent");
+    let s = store.user_state("alice").await.expect("get").expect("some");
+    assert_eq!(s.verification_email.as_deref(), Some("alice@example.com"));
+    assert_eq!(s.verification_nonce.as_deref(), Some("n1"));
+    assert_eq!(s.verification_sent_at, Some(t0()));
+    assert!(!s.is_verified_for("alice@example.com"));
+    assert!(!s.blocked);
+
+    store
+        .set_verified("alice", "alice@example.com", t0() + secs(60))
+        .await
+        .expect("verify");
+    let s = store.user_state("alice").await.expect("get").expect("some");
+    assert!(s.is_verified_for("Alice@Example.com"));
+    assert!(
+        !s.is_verified_for("alice@new.example.com"),
+        "a changed address needs a new link"
+    );
+    assert_eq!(s.verified_at, Some(t0() + secs(60)));
+    assert_eq!(
+        s.verification_nonce.as_deref(),
+        Some("n1"),
+        "verification keeps the nonce"
+    );
+
+    store
+        .set_blocked("alice", true, Some("spam complaints"), t0() + secs(120))
+        .await
+        .expect("block");
+    let s = store.user_state("alice").await.expect("get").expect("some");
+    assert!(s.blocked);
+    assert_eq!(s.blocked_reason.as_deref(), Some("spam complaints"));
+    assert!(
+        s.is_verified_for("alice@example.com"),
+        "blocking keeps verification"
+    );
+    store
+        .set_blocked("alice", false, None, t0() + secs(180))
+        .await
+        .expect("unblock");
+    store
+        .set_blocked("bob", true, None, t0())
+        .await
+        .expect("block bob");
+    let all = store.user_states().await.expect("all");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].user_id, "alice");
+    assert!(!all[0].blocked);
+    assert_eq!(all[0].blocked_reason, None);
+    assert_eq!(all[0].updated_at, t0() + secs(180));
+    assert!(all[1].blocked);
+    assert_eq!(all[1].verified_email, None);
+}
+
+async fn mailing_state_and_audit(store: Store) {
+    assert_eq!(
+        store.mailing_state("alice/weekly").await.expect("none"),
+        None
+    );
+    store
+        .set_mailing_disabled("alice/weekly", true, Some("complaints"), t0())
+        .await
+        .expect("disable");
+    let m = store
+        .mailing_state("alice/weekly")
+        .await
+        .expect("get")
+        .expect("some");
+    assert!(m.disabled);
+    assert_eq!(m.reason.as_deref(), Some("complaints"));
+    assert_eq!(m.updated_at, t0());
+    store
+        .set_mailing_disabled("alice/weekly", false, None, t0() + secs(1))
+        .await
+        .expect("enable");
+    let states = store.mailing_states().await.expect("all");
+    assert_eq!(states.len(), 1);
+    assert!(!states[0].disabled);
+    assert_eq!(states[0].reason, None);
+
+    let mut ids = Vec::new();
+    for (i, action) in ["mailing.disable", "mailing.enable", "user.block"]
+        .iter()
+        .enumerate()
+    {
+        ids.push(
+            store
+                .audit(&NewAuditEntry {
+                    at: t0() + secs(i as i64),
+                    key_id: "ops".into(),
+                    action: (*action).into(),
+                    target: "alice/weekly".into(),
+                    reason: (i == 0).then(|| "complaints".into()),
+                    peer: Some("127.0.0.1:50123".into()),
+                })
+                .await
+                .expect("audit"),
+        );
+    }
+    let page = store.audit_log(2, None).await.expect("audit log");
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0].id, ids[2]);
+    assert_eq!(page[0].action, "user.block");
+    assert_eq!(page[1].action, "mailing.enable");
+    let rest = store.audit_log(2, Some(page[1].id)).await.expect("rest");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].reason.as_deref(), Some("complaints"));
+    assert_eq!(rest[0].key_id, "ops");
+    assert_eq!(rest[0].peer.as_deref(), Some("127.0.0.1:50123"));
+    assert_eq!(rest[0].at, t0());
+}
