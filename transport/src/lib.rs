@@ -15,6 +15,8 @@
 //! ≈ 44 ms per message (≈ 23 messages/s per connection). [`smtp::SmtpSender`] opens the TCP
 //! stream itself with `set_nodelay(true)` and drives lettre's `AsyncSmtpConnection` on it.
 
+#![warn(missing_docs)]
+
 pub mod compose;
 pub mod dkim;
 pub mod outbox;

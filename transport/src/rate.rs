@@ -126,11 +126,11 @@ impl RateLimiter {
         }
     }
 
-    /// The limiter for `smtp.rate`: [`Unlimited`] for 0 (or less), otherwise a bucket
+    /// The limiter for `smtp.rate`: [`Unlimited`] for 0 (or less, or NaN), otherwise a bucket
     /// with a burst of one tenth of a second's worth (at least 1), so a fresh start does
     /// not flood the relay.
     pub fn for_config(rate: f64) -> Arc<dyn RateLimit> {
-        if !(rate > 0.0) {
+        if !rate.is_finite() || rate <= 0.0 {
             return Arc::new(Unlimited);
         }
         let burst = (rate / 10.0).ceil().clamp(1.0, u32::MAX as f64) as u32;

@@ -128,7 +128,10 @@ async fn a_server_that_never_greets_times_out_as_transient() {
     let report = s.send(&message("x")).await;
     match &report.outcome {
         SendOutcome::Transient { code: None, reply } => {
-            assert!(reply.contains("timed out") && reply.contains("connecting"), "{reply}")
+            assert!(
+                reply.contains("timed out") && reply.contains("connecting"),
+                "{reply}"
+            )
         }
         other => panic!("{other:?}"),
     }

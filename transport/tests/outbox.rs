@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use mailparse::MailHeaderMap;
 use skychimp_transport::{
-    ComposeInput, DkimConfig, DkimError, DkimSigner, ListId, SmtpOptions, Transport,
-    TransportUrl, compose,
+    ComposeInput, DkimConfig, DkimError, DkimSigner, ListId, SmtpOptions, Transport, TransportUrl,
+    compose,
 };
 
 #[tokio::test]
@@ -118,7 +118,12 @@ fn dkim_signature_covers_the_list_headers() {
     assert_eq!(tag("a"), "rsa-sha256");
     assert_eq!(tag("c"), "relaxed/relaxed");
     let signed: Vec<String> = tag("h").split(':').map(|h| h.to_lowercase()).collect();
-    for h in ["from", "subject", "list-unsubscribe", "list-unsubscribe-post"] {
+    for h in [
+        "from",
+        "subject",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    ] {
         assert!(signed.contains(&h.to_owned()), "{h} not in h={signed:?}");
     }
     assert!(tag("b").len() > 100, "signature present");
@@ -138,7 +143,11 @@ fn dkim_key_errors_are_actionable() {
         bad("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----"),
         DkimError::Pkcs8
     );
-    assert!(bad("-----BEGIN PRIVATE KEY-----").to_string().contains("openssl rsa"));
+    assert!(
+        bad("-----BEGIN PRIVATE KEY-----")
+            .to_string()
+            .contains("openssl rsa")
+    );
     assert!(matches!(
         bad("-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----"),
         DkimError::BadKey(_)
