@@ -374,6 +374,26 @@ mod tests {
     }
 
     #[test]
+    fn names_with_commas_and_quotes_stay_one_mailbox() {
+        let mut i = input();
+        i.to_name = r#"Petrov, Ivan "Vanya" <boss@evil.example>"#;
+        let m = compose(&i).unwrap();
+        let parsed = mailparse::parse_mail(&m.bytes).unwrap();
+        use mailparse::MailHeaderMap;
+        let to = parsed.headers.get_first_header("To").unwrap();
+        let addrs = mailparse::addrparse_header(to).unwrap();
+        // Exactly one mailbox, the real address, with the whole name as its display name.
+        assert_eq!(addrs.len(), 1, "{addrs:?}");
+        match &addrs[0] {
+            mailparse::MailAddr::Single(s) => {
+                assert_eq!(s.addr, "ivan@example.org");
+                assert_eq!(s.display_name.as_deref(), Some(i.to_name));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn non_ascii_names_and_subjects_are_encoded() {
         let mut i = input();
         i.to_name = "Иван Петров";
