@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release -p skychimp-transport --example bench_smtp -- \
 //!     [--messages 20000] [--concurrency 8] [--addr 127.0.0.1:PORT] [--no-nodelay] [--no-source]
+//!     [--dkim-key rsa.pem]
 //! ```
+//!
+//! It first measures composing (one thread), and with `--dkim-key` composing plus DKIM
+//! signing with that PKCS#1 key, since signing is CPU work per recipient.
 //!
 //! Without `--addr` it starts its own `smtp-sink` through `scripts/smtp-sink.sh` on a free
 //! loopback port and stops it at the end. `--no-nodelay` leaves Nagle's algorithm on, to
@@ -17,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use skychimp_transport::{
-    ComposeInput, ListId, OutgoingMessage, SendOutcome, SmtpOptions, SmtpSender, TransportUrl,
+    ComposeInput, DkimConfig, DkimSigner, ListId, OutgoingMessage, SendOutcome, SmtpOptions, SmtpSender, TransportUrl,
     compose,
 };
 
@@ -27,6 +31,7 @@ struct Args {
     addr: Option<String>,
     nodelay: bool,
     source: bool,
+    dkim_key: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
         addr: None,
         nodelay: true,
         source: true,
+        dkim_key: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -52,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--addr" => args.addr = Some(value(&a)?),
             "--no-nodelay" => args.nodelay = false,
             "--no-source" => args.source = false,
+            "--dkim-key" => args.dkim_key = Some(PathBuf::from(value(&a)?)),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -112,6 +119,13 @@ fn start_sink() -> Result<(OwnSink, String), String> {
 
 /// A composed message of about `size` bytes.
 fn message_of_size(size: usize) -> Result<OutgoingMessage, String> {
+    message_of_size_signed(size, None)
+}
+
+fn message_of_size_signed(
+    size: usize,
+    dkim: Option<&DkimSigner>,
+) -> Result<OutgoingMessage, String> {
     let mut filler = 0usize;
     loop {
         let text = format!("Hello Ivan.\n{}\n", "x".repeat(filler));
@@ -129,7 +143,7 @@ fn message_of_size(size: usize) -> Result<OutgoingMessage, String> {
             },
             unsubscribe_url: "https://news.example.com/unsubscribe/bench",
             date: SystemTime::now(),
-            dkim: None,
+            dkim,
         })
         .map_err(|e| e.to_string())?;
         if m.bytes.len() >= size {
@@ -147,8 +161,42 @@ async fn main() {
     }
 }
 
+/// Composing cost per message, without and (given a key) with DKIM signing.
+fn bench_compose(dkim_key: Option<&Path>) -> Result<(), String> {
+    let n = 2000;
+    let started = Instant::now();
+    for _ in 0..n {
+        message_of_size(2000)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("compose (no DKIM, 1 thread): {:.0} messages/s", n as f64 / secs);
+    if let Some(path) = dkim_key {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let signer = DkimSigner::new(&DkimConfig {
+            selector: "bench".to_owned(),
+            domain: "example.com".to_owned(),
+            private_key_pem: pem,
+        })
+        .map_err(|e| e.to_string())?;
+        let n = 200;
+        let started = Instant::now();
+        for _ in 0..n {
+            message_of_size_signed(2000, Some(&signer))?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "compose + DKIM ({}, 1 thread): {:.0} messages/s",
+            path.display(),
+            n as f64 / secs
+        );
+    }
+    Ok(())
+}
+
 async fn run() -> Result<(), String> {
     let args = parse_args()?;
+    bench_compose(args.dkim_key.as_deref())?;
     let (_sink, addr) = match &args.addr {
         Some(a) => (None, a.clone()),
         None => {
