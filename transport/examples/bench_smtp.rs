@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use skychimp_transport::{
-    ComposeInput, DkimConfig, DkimSigner, ListId, OutgoingMessage, SendOutcome, SmtpOptions, SmtpSender, TransportUrl,
-    compose,
+    ComposeInput, DkimConfig, DkimSigner, ListId, OutgoingMessage, SendOutcome, SmtpOptions,
+    SmtpSender, TransportUrl, compose,
 };
 
 struct Args {
@@ -169,7 +169,10 @@ fn bench_compose(dkim_key: Option<&Path>) -> Result<(), String> {
         message_of_size(2000)?;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("compose (no DKIM, 1 thread): {:.0} messages/s", n as f64 / secs);
+    println!(
+        "compose (no DKIM, 1 thread): {:.0} messages/s",
+        n as f64 / secs
+    );
     if let Some(path) = dkim_key {
         let pem = std::fs::read_to_string(path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;

@@ -1,7 +1,7 @@
 //! Skychimp's mail transports.
 //!
 //! This crate owns everything between "a rendered message for one recipient" and "the SMTP
-//! server's answer": composing the RFC 5322 bytes ([`compose`]), optional DKIM signing
+//! server's answer": composing the RFC 5322 bytes ([`compose()`](mod@compose)), optional DKIM signing
 //! ([`dkim`]), sending them over one long-lived SMTP connection per worker ([`smtp`]) or
 //! into an outbox folder ([`outbox`]), bounding the rate of sending ([`rate`]) and deciding
 //! when a transient failure is retried ([`retry`]).

@@ -242,3 +242,27 @@ async fn header_injection_never_reaches_the_server_and_encoded_names_arrive_inta
     assert_eq!(parsed.subparts.len(), 2);
     assert_eq!(parsed.subparts[0].get_body().unwrap().trim(), "Привет");
 }
+
+#[tokio::test]
+async fn refusals_while_connecting_are_transient_even_with_5xx() {
+    // A relay refusing us (greeting or EHLO) is about our configuration, not the
+    // recipient: retried later rather than failing every delivery (see USAGE.md).
+    for (flag, stage) in [("-r", "connect"), ("-f", "connect"), ("-f", "ehlo")] {
+        let Some(sink) = Sink::start(&[flag, stage]) else {
+            return;
+        };
+        let mut sender = sender_for(&sink);
+        match sender.send(&message("x")).await.outcome {
+            SendOutcome::Transient {
+                code: Some(code),
+                reply,
+            } => {
+                let expected = if flag == "-r" { 400..500 } else { 500..600 };
+                assert!(expected.contains(&code), "{flag} {stage}: {code} {reply}");
+                assert!(reply.contains("Error"), "{flag} {stage}: {reply}");
+            }
+            other => panic!("{flag} {stage}: {other:?}"),
+        }
+        assert!(!sender.is_connected());
+    }
+}
