@@ -111,7 +111,13 @@ impl Sink {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if listening(port) {
-                return Some(sink);
+                // Someone else may own the port and our sink have failed to bind: make
+                // sure the listener is ours before handing it out.
+                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(None) = sink.child.try_wait() {
+                    return Some(sink);
+                }
+                return None;
             }
             if let Ok(Some(_)) = sink.child.try_wait() {
                 return None;
