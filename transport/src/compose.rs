@@ -1,0 +1,430 @@
+//! Composing the RFC 5322 message for one recipient.
+//!
+//! The caller (the daemon's renderer) has already rendered the subject and both bodies for
+//! this recipient; this module turns them into bytes with lettre's `Message` builder, adds
+//! the headers a serious mailing needs, and optionally DKIM-signs the result:
+//!
+//! * `Message-ID: <TIME.RANDOM@from-domain>` — unique per message (and so per attempt
+//!   series: compose once per delivery and keep the bytes if you want retries to carry the
+//!   same id).
+//! * `List-Id: <NAME.OWNER.from-domain>` (RFC 2919) — one list id per *mailing*
+//!   (`alice/weekly` → `<weekly.alice.example.com>`), because that is what a recipient
+//!   filters and unsubscribes from. Labels are lower-cased and characters outside
+//!   `[a-z0-9-_]` become `-`, so any file name gives a valid dot-atom.
+//! * `List-Unsubscribe: <URL>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+//!   (RFC 8058), so mail clients show a one-click unsubscribe button.
+//! * `multipart/alternative` with `text/plain` first and `text/html` last (the preferred).
+//!
+//! Header injection: a CR or LF in a display name or the subject is rejected with
+//! [`ComposeError::LineBreak`] naming the field, rather than silently folded or encoded —
+//! a newline there is a bug in the template or the client list, and it must never become a
+//! new header. Other control characters are rejected the same way.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lettre::Address;
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+
+use crate::dkim::DkimSigner;
+
+/// Everything needed to compose one message for one recipient.
+#[derive(Debug, Clone)]
+pub struct ComposeInput<'a> {
+    /// The `From` mailbox as configured in `[smtp] from`, e.g. `Skychimp <news@example.com>`.
+    /// Its address is also the envelope sender and its domain names the Message-ID and
+    /// List-Id.
+    pub from: &'a str,
+    /// The recipient's display name (from the client list).
+    pub to_name: &'a str,
+    /// The recipient's address.
+    pub to_address: &'a str,
+    /// The rendered subject.
+    pub subject: &'a str,
+    /// The rendered plain-text body.
+    pub text: &'a str,
+    /// The rendered HTML body.
+    pub html: &'a str,
+    /// Which mailing this message belongs to; becomes `List-Id`.
+    pub list: ListId<'a>,
+    /// The recipient's one-click unsubscribe URL (`https://…/unsubscribe/{token}`).
+    pub unsubscribe_url: &'a str,
+    /// The `Date` header; passed in so composing is a pure function of its input.
+    pub date: SystemTime,
+    /// Sign with DKIM when set.
+    pub dkim: Option<&'a DkimSigner>,
+}
+
+/// The mailing a message belongs to: `owner/name`, as in DESIGN.md's mailing ids.
+#[derive(Debug, Clone, Copy)]
+pub struct ListId<'a> {
+    /// The owner (user) of the mailing, e.g. `alice`.
+    pub owner: &'a str,
+    /// The mailing's name, e.g. `weekly`.
+    pub name: &'a str,
+}
+
+/// A composed message, ready for any [`crate::Sender`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// `MAIL FROM`: the address of `From`.
+    pub envelope_from: Address,
+    /// `RCPT TO`: the one recipient (Skychimp sends one message per recipient, so that each
+    /// has its own unsubscribe link and its own outcome).
+    pub envelope_to: Address,
+    /// The Message-ID header's value, with angle brackets, e.g. `<…@example.com>`.
+    pub message_id: String,
+    /// The complete RFC 5322 message, CRLF line endings.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a message could not be composed. Every variant names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComposeError {
+    /// An address (or `from` mailbox) that does not parse.
+    #[error("{field}: bad address '{value}': {reason}")]
+    BadAddress {
+        /// Which input field (`from`, `to_address`).
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// The parser's explanation.
+        reason: String,
+    },
+    /// A CR, LF or other control character where it could start a new header.
+    #[error(
+        "{field}: contains a line break or control character ({value:?}); it could inject a header"
+    )]
+    LineBreak {
+        /// Which input field (`to_name`, `subject`, …).
+        field: &'static str,
+        /// The value as given (Debug-escaped in the message).
+        value: String,
+    },
+    /// An unsubscribe URL that cannot go inside `<…>` in a header.
+    #[error("unsubscribe_url: '{value}' is not an absolute http(s) URL without spaces or '<>'")]
+    BadUnsubscribeUrl {
+        /// The value as given.
+        value: String,
+    },
+    /// A list owner or name that is empty.
+    #[error("list: owner and name must not be empty (got '{owner}/{name}')")]
+    BadListId {
+        /// The owner as given.
+        owner: String,
+        /// The name as given.
+        name: String,
+    },
+    /// lettre refused to build the message.
+    #[error("building the message: {0}")]
+    Build(String),
+}
+
+/// Composes the message for one recipient; see the module documentation for the headers.
+pub fn compose(input: &ComposeInput<'_>) -> Result<OutgoingMessage, ComposeError> {
+    reject_control("from", input.from)?;
+    reject_control("to_name", input.to_name)?;
+    reject_control("to_address", input.to_address)?;
+    reject_control("subject", input.subject)?;
+
+    let from: Mailbox = input.from.parse().map_err(|e| ComposeError::BadAddress {
+        field: "from",
+        value: input.from.to_owned(),
+        reason: format!("{e}"),
+    })?;
+    let to_address: Address = input
+        .to_address
+        .parse()
+        .map_err(|e| ComposeError::BadAddress {
+            field: "to_address",
+            value: input.to_address.to_owned(),
+            reason: format!("{e}"),
+        })?;
+    let to_name = input.to_name.trim();
+    let to = Mailbox::new(
+        (!to_name.is_empty()).then(|| to_name.to_owned()),
+        to_address.clone(),
+    );
+
+    let url = input.unsubscribe_url;
+    let url_ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '<' && c != '>');
+    if !url_ok {
+        return Err(ComposeError::BadUnsubscribeUrl {
+            value: url.to_owned(),
+        });
+    }
+    let owner = dot_atom_label(input.list.owner);
+    let name = dot_atom_label(input.list.name);
+    if owner.is_empty() || name.is_empty() {
+        return Err(ComposeError::BadListId {
+            owner: input.list.owner.to_owned(),
+            name: input.list.name.to_owned(),
+        });
+    }
+
+    let domain = from.email.domain().to_owned();
+    let message_id = new_message_id(&domain);
+
+    let mut message = lettre::Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(input.subject)
+        .date(input.date)
+        .message_id(Some(message_id.clone()))
+        .header(ListIdHeader(format!("<{name}.{owner}.{domain}>")))
+        .header(ListUnsubscribe(format!("<{url}>")))
+        .header(ListUnsubscribePost)
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(input.text.to_owned()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(input.html.to_owned()),
+                ),
+        )
+        .map_err(|e| ComposeError::Build(e.to_string()))?;
+    if let Some(signer) = input.dkim {
+        signer.sign(&mut message);
+    }
+
+    Ok(OutgoingMessage {
+        envelope_from: from.email,
+        envelope_to: to_address,
+        message_id,
+        bytes: message.formatted(),
+    })
+}
+
+fn reject_control(field: &'static str, value: &str) -> Result<(), ComposeError> {
+    if value.chars().any(char::is_control) {
+        return Err(ComposeError::LineBreak {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Lower-cases and maps everything outside `[a-z0-9-_]` to `-`, so a mailing's file name
+/// is always a valid List-Id label.
+fn dot_atom_label(s: &str) -> String {
+    s.trim()
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// `<{nanoseconds since 1970, hex}.{64 random bits, hex}@{domain}>`: the time part keeps
+/// ids from different processes apart even if their random generators collide.
+fn new_message_id(domain: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("<{nanos:x}.{:016x}@{domain}>", fastrand::u64(..))
+}
+
+/// `List-Id` (RFC 2919). The value is built from sanitised labels, so it is plain ASCII.
+#[derive(Debug, Clone)]
+struct ListIdHeader(String);
+
+impl Header for ListIdHeader {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Id")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(s.to_owned()))
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// `List-Unsubscribe` (RFC 2369); the URL was checked to be printable ASCII without `<>`.
+#[derive(Debug, Clone)]
+struct ListUnsubscribe(String);
+
+impl Header for ListUnsubscribe {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(s.to_owned()))
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+#[derive(Debug, Clone)]
+struct ListUnsubscribePost;
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self)
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn input<'a>() -> ComposeInput<'a> {
+        ComposeInput {
+            from: "Skychimp News <news@example.com>",
+            to_name: "Ivan Petrov",
+            to_address: "ivan@example.org",
+            subject: "This week, Ivan",
+            text: "Hello Ivan.\n",
+            html: "<p>Hello Ivan.</p>\n",
+            list: ListId {
+                owner: "alice",
+                name: "Weekly",
+            },
+            unsubscribe_url: "https://news.example.com/unsubscribe/abc123",
+            date: UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            dkim: None,
+        }
+    }
+
+    fn text(m: &OutgoingMessage) -> String {
+        String::from_utf8(m.bytes.clone()).unwrap()
+    }
+
+    #[test]
+    fn has_the_list_headers_and_both_parts() {
+        let m = compose(&input()).unwrap();
+        let t = text(&m);
+        assert!(
+            t.contains("From: \"Skychimp News\" <news@example.com>\r\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("To: \"Ivan Petrov\" <ivan@example.org>\r\n"),
+            "{t}"
+        );
+        assert!(t.contains("Subject: This week, Ivan\r\n"), "{t}");
+        assert!(t.contains("List-Id: <weekly.alice.example.com>\r\n"), "{t}");
+        assert!(
+            t.contains("List-Unsubscribe: <https://news.example.com/unsubscribe/abc123>\r\n"),
+            "{t}"
+        );
+        assert!(t.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+        assert!(t.contains(&format!("Message-ID: {}\r\n", m.message_id)));
+        assert!(m.message_id.starts_with('<') && m.message_id.ends_with("@example.com>"));
+        assert!(t.contains("Content-Type: multipart/alternative;"));
+        let plain = t.find("Content-Type: text/plain").unwrap();
+        let html = t.find("Content-Type: text/html").unwrap();
+        assert!(plain < html, "text/plain must come first");
+        assert_eq!(m.envelope_from.to_string(), "news@example.com");
+        assert_eq!(m.envelope_to.to_string(), "ivan@example.org");
+    }
+
+    #[test]
+    fn message_ids_are_unique() {
+        let ids: std::collections::HashSet<_> = (0..1000)
+            .map(|_| compose(&input()).unwrap().message_id)
+            .collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn line_breaks_cannot_inject_headers() {
+        for (field, evil) in [
+            ("subject", "Hi\r\nBcc: victim@example.net"),
+            ("subject", "Hi\nBcc: victim@example.net"),
+            ("to_name", "Ivan\rBcc: victim@example.net"),
+            ("from", "News\n<news@example.com>"),
+        ] {
+            let mut i = input();
+            match field {
+                "subject" => i.subject = evil,
+                "to_name" => i.to_name = evil,
+                _ => i.from = evil,
+            }
+            let err = compose(&i).unwrap_err();
+            assert!(
+                matches!(err, ComposeError::LineBreak { field: f, .. } if f == field),
+                "{field}: {err}"
+            );
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_with_commas_and_quotes_stay_one_mailbox() {
+        let mut i = input();
+        i.to_name = r#"Petrov, Ivan "Vanya" <boss@evil.example>"#;
+        let m = compose(&i).unwrap();
+        let parsed = mailparse::parse_mail(&m.bytes).unwrap();
+        use mailparse::MailHeaderMap;
+        let to = parsed.headers.get_first_header("To").unwrap();
+        let addrs = mailparse::addrparse_header(to).unwrap();
+        // Exactly one mailbox, the real address, with the whole name as its display name.
+        assert_eq!(addrs.len(), 1, "{addrs:?}");
+        match &addrs[0] {
+            mailparse::MailAddr::Single(s) => {
+                assert_eq!(s.addr, "ivan@example.org");
+                assert_eq!(s.display_name.as_deref(), Some(i.to_name));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_ascii_names_and_subjects_are_encoded() {
+        let mut i = input();
+        i.to_name = "Иван Петров";
+        i.subject = "Неделя: «итоги»";
+        let t = text(&compose(&i).unwrap());
+        let headers = &t[..t.find("\r\n\r\n").unwrap()];
+        assert!(headers.is_ascii(), "{headers}");
+        assert!(headers.contains("=?utf-8?"), "{headers}");
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        let mut i = input();
+        i.to_address = "not an address";
+        assert!(
+            compose(&i)
+                .unwrap_err()
+                .to_string()
+                .starts_with("to_address")
+        );
+        let mut i = input();
+        i.unsubscribe_url = "https://x/y> <evil";
+        assert!(matches!(
+            compose(&i).unwrap_err(),
+            ComposeError::BadUnsubscribeUrl { .. }
+        ));
+        let mut i = input();
+        i.list.name = " ";
+        assert!(matches!(
+            compose(&i).unwrap_err(),
+            ComposeError::BadListId { .. }
+        ));
+    }
+}

@@ -1,0 +1,268 @@
+//! The SMTP sender against a real Postfix smtp-sink: what reached the server, and how each
+//! kind of server failure is classified.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sink, fast_options, message};
+use skychimp_transport::{SendOutcome, SmtpSender, Transport, TransportUrl};
+
+fn sender_for(sink: &Sink) -> SmtpSender {
+    sender_on(sink.port)
+}
+
+fn sender_on(port: u16) -> SmtpSender {
+    let url = format!("smtp://127.0.0.1:{port}?tls=none");
+    match TransportUrl::parse(&url) {
+        Ok(TransportUrl::Smtp(u)) => SmtpSender::new(u, fast_options()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn many_messages_over_one_connection_all_arrive() {
+    let Some(sink) = Sink::start(&[]) else { return };
+    let mut sender = sender_for(&sink);
+    let n = 40;
+    for i in 0..n {
+        let report = sender.send(&message(&format!("Issue {i}"))).await;
+        match &report.outcome {
+            SendOutcome::Sent { code, reply } => {
+                assert_eq!(*code, 250, "{reply}");
+                assert!(!reply.is_empty());
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+        assert!(report.duration > Duration::ZERO);
+    }
+    assert_eq!(sender.connections_opened(), 1);
+    sender.close().await;
+
+    // The server saw exactly one session carrying all n messages.
+    let (sess, quit, mesg) = sink.counters_until(|(s, _, m)| s >= 1 && m >= n);
+    assert_eq!((sess, quit, mesg), (1, 1, n), "smtp-sink counters");
+
+    let dumped = sink.wait_for_messages(n as usize);
+    assert_eq!(dumped.len(), n as usize);
+    for (i, m) in dumped.iter().enumerate() {
+        assert!(m.contains("X-Mail-Args: <news@example.com>"), "{m}");
+        assert!(m.contains("X-Rcpt-Args: <ivan@example.org>"), "{m}");
+        assert!(m.contains(&format!("Subject: Issue {i}\n")), "{m}");
+        assert!(m.contains("List-Id: <weekly.alice.example.com>"), "{m}");
+        assert!(
+            m.contains("List-Unsubscribe: <https://news.example.com/unsubscribe/tok>"),
+            "{m}"
+        );
+        assert!(m.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+        assert!(m.contains(&format!("Body of Issue {i}.")), "{m}");
+        assert!(m.contains(&format!("<p>Body of Issue {i}.</p>")), "{m}");
+    }
+}
+
+#[tokio::test]
+async fn transport_url_opens_an_smtp_sender() {
+    let Some(sink) = Sink::start(&[]) else { return };
+    let url = TransportUrl::parse(&sink.url()).unwrap();
+    let mut sender = Transport::new(url, fast_options()).connect();
+    let report = sender.send(&message("via Transport")).await;
+    assert!(report.outcome.is_sent(), "{report:?}");
+    sender.close().await;
+    let dumped = sink.wait_for_messages(1);
+    assert!(dumped[0].contains("Subject: via Transport"));
+}
+
+#[tokio::test]
+async fn rcpt_4xx_is_transient_with_the_reply_and_the_connection_is_kept() {
+    let Some(sink) = Sink::start(&["-r", "rcpt"]) else {
+        return;
+    };
+    let mut sender = sender_for(&sink);
+    for _ in 0..3 {
+        match sender.send(&message("x")).await.outcome {
+            SendOutcome::Transient {
+                code: Some(code),
+                reply,
+            } => {
+                assert!((400..500).contains(&code), "{code} {reply}");
+                assert!(reply.contains("Error"), "server's text kept: {reply}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // RSET after each refusal: one connection carried all three tries.
+    assert_eq!(sender.connections_opened(), 1);
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn data_and_end_of_data_4xx_are_transient() {
+    for stage in ["data", "."] {
+        let Some(sink) = Sink::start(&["-r", stage]) else {
+            return;
+        };
+        let mut sender = sender_for(&sink);
+        match sender.send(&message("x")).await.outcome {
+            SendOutcome::Transient {
+                code: Some(code),
+                reply,
+            } => assert!((400..500).contains(&code), "{stage}: {code} {reply}"),
+            other => panic!("{stage}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn five_xx_is_permanent_with_the_reply() {
+    for stage in ["mail", "rcpt", "data", "."] {
+        let Some(sink) = Sink::start(&["-f", stage]) else {
+            return;
+        };
+        let mut sender = sender_for(&sink);
+        match sender.send(&message("x")).await.outcome {
+            SendOutcome::Permanent { code, reply } => {
+                assert!((500..600).contains(&code), "{stage}: {code} {reply}");
+                assert!(reply.contains("Error"), "{stage}: {reply}");
+                eprintln!("-f {stage}: {code} {reply}");
+            }
+            other => panic!("{stage}: {other:?}"),
+        }
+        if stage != "." {
+            // (After "." smtp-sink has already written its dump before refusing.)
+            assert!(sink.messages().is_empty(), "{stage}: nothing delivered");
+        }
+    }
+}
+
+#[tokio::test]
+async fn connection_refused_is_transient() {
+    if !common::require_tools() {
+        return;
+    }
+    let port = common::free_port();
+    let mut sender = sender_on(port);
+    let report = sender.send(&message("x")).await;
+    match report.outcome {
+        SendOutcome::Transient { code: None, reply } => {
+            assert!(reply.to_lowercase().contains("refused"), "{reply}");
+            assert!(reply.contains(&port.to_string()), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dropped_connection_is_transient_and_a_later_send_reconnects() {
+    let Some(sink) = Sink::start(&["-q", "data"]) else {
+        return;
+    };
+    let mut sender = sender_for(&sink);
+    match sender.send(&message("dropped")).await.outcome {
+        SendOutcome::Transient { code: None, reply } => assert!(!reply.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(!sender.is_connected());
+
+    // The server comes back healthy on the same port; the same sender reconnects.
+    let port = sink.stop();
+    let sink = Sink::start_on(port, &[]).expect("restart smtp-sink on the same port");
+    let report = sender.send(&message("after reconnect")).await;
+    assert!(report.outcome.is_sent(), "{report:?}");
+    assert_eq!(sender.connections_opened(), 2);
+    let dumped = sink.wait_for_messages(1);
+    assert_eq!(dumped.len(), 1);
+    assert!(dumped[0].contains("Subject: after reconnect"));
+}
+
+#[tokio::test]
+async fn idle_connection_closed_by_the_server_is_replaced_without_a_failure() {
+    let Some(sink) = Sink::start(&[]) else { return };
+    let mut sender = sender_for(&sink);
+    assert!(sender.send(&message("first")).await.outcome.is_sent());
+    let port = sink.stop();
+    let sink = Sink::start_on(port, &[]).expect("restart smtp-sink");
+    // The kept connection is dead, but nothing of this message was sent on it: the sender
+    // reconnects and delivers instead of reporting a failure.
+    let report = sender.send(&message("second")).await;
+    assert!(report.outcome.is_sent(), "{report:?}");
+    assert_eq!(sender.connections_opened(), 2);
+    let dumped = sink.wait_for_messages(1);
+    assert!(dumped[0].contains("Subject: second"));
+}
+
+#[tokio::test]
+async fn header_injection_never_reaches_the_server_and_encoded_names_arrive_intact() {
+    let Some(sink) = Sink::start(&[]) else { return };
+    let err = skychimp_transport::compose(&skychimp_transport::ComposeInput {
+        from: "Skychimp <news@example.com>",
+        to_name: "Ivan",
+        to_address: "ivan@example.org",
+        subject: "Hello\r\nBcc: victim@example.net",
+        text: "t",
+        html: "h",
+        list: skychimp_transport::ListId {
+            owner: "alice",
+            name: "weekly",
+        },
+        unsubscribe_url: "https://x.example/u",
+        date: std::time::SystemTime::now(),
+        dkim: None,
+    })
+    .unwrap_err();
+    assert!(err.to_string().starts_with("subject:"), "{err}");
+
+    let m = skychimp_transport::compose(&skychimp_transport::ComposeInput {
+        from: "Skychimp <news@example.com>",
+        to_name: "Иван \"the fair\" Петров",
+        to_address: "ivan@example.org",
+        subject: "Итоги недели: «Bcc: nobody»",
+        text: "Привет",
+        html: "<p>Привет</p>",
+        list: skychimp_transport::ListId {
+            owner: "alice",
+            name: "weekly",
+        },
+        unsubscribe_url: "https://x.example/u",
+        date: std::time::SystemTime::now(),
+        dkim: None,
+    })
+    .unwrap();
+    let mut sender = sender_for(&sink);
+    assert!(sender.send(&m).await.outcome.is_sent());
+    let dumped = sink.wait_for_messages(1);
+    let raw = &dumped[0];
+    assert!(!raw.contains("\nBcc:"), "{raw}");
+    let parsed = mailparse::parse_mail(raw.as_bytes()).unwrap();
+    let header = |name: &str| {
+        use mailparse::MailHeaderMap;
+        parsed.headers.get_first_value(name).unwrap_or_default()
+    };
+    assert_eq!(header("Subject"), "Итоги недели: «Bcc: nobody»");
+    assert!(header("To").contains("Иван"), "{}", header("To"));
+    assert_eq!(parsed.subparts.len(), 2);
+    assert_eq!(parsed.subparts[0].get_body().unwrap().trim(), "Привет");
+}
+
+#[tokio::test]
+async fn refusals_while_connecting_are_transient_even_with_5xx() {
+    // A relay refusing us (greeting or EHLO) is about our configuration, not the
+    // recipient: retried later rather than failing every delivery (see USAGE.md).
+    for (flag, stage) in [("-r", "connect"), ("-f", "connect"), ("-f", "ehlo")] {
+        let Some(sink) = Sink::start(&[flag, stage]) else {
+            return;
+        };
+        let mut sender = sender_for(&sink);
+        match sender.send(&message("x")).await.outcome {
+            SendOutcome::Transient {
+                code: Some(code),
+                reply,
+            } => {
+                let expected = if flag == "-r" { 400..500 } else { 500..600 };
+                assert!(expected.contains(&code), "{flag} {stage}: {code} {reply}");
+                assert!(reply.contains("Error"), "{flag} {stage}: {reply}");
+            }
+            other => panic!("{flag} {stage}: {other:?}"),
+        }
+        assert!(!sender.is_connected());
+    }
+}
