@@ -204,6 +204,10 @@ storage_interface! {
     /// Per-run counts of a mailing, newest first.
     fn report(&self, mailing_id: &str) -> Vec<RunReport>;
 
+    /// The latest run (by creation) of every mailing that has one, with its counts, by
+    /// mailing id: the "last run" column of `GET /v1/mailings` in one query.
+    fn latest_reports(&self) -> Vec<RunReport>;
+
     /// The attempt log of a mailing, newest first: at most `limit` rows with an id below
     /// `before` (the last id of the previous page).
     fn logs(&self, mailing_id: &str, limit: u32, before: Option<AttemptId>) -> Vec<Attempt>;

@@ -59,6 +59,7 @@ contract!(
     recover_interrupted_at_least_once,
     skip_on_disable_and_block,
     report_counts_per_run,
+    latest_reports_show_each_mailings_last_run,
     logs_are_paged_newest_first,
     stats_count_sent_within_windows,
     user_state_verification_and_block,
@@ -1098,6 +1099,7 @@ async fn report_counts_per_run(store: Store) {
     assert_eq!(report.len(), 2);
     let (r_new, r_old) = (&report[0], &report[1]);
     assert_eq!(r_new.run_id, new, "newest first");
+    assert_eq!(r_new.mailing_id, "alice/weekly");
     assert_eq!(r_new.occurrence, t0() + secs(7 * 86400));
     assert_eq!(
         (r_new.recipients, r_new.queued, r_new.skipped, r_new.sent),
@@ -1121,6 +1123,41 @@ async fn report_counts_per_run(store: Store) {
         (5, 2, 1, 0, 1, 0, 0, 1)
     );
     assert!(store.report("carol/none").await.expect("empty").is_empty());
+}
+
+async fn latest_reports_show_each_mailings_last_run(store: Store) {
+    assert!(store.latest_reports().await.expect("empty").is_empty());
+    create(&store, "alice/weekly", t0(), 2).await;
+    let weekly = create(&store, "alice/weekly", t0() + secs(7 * 86400), 3).await;
+    let news = create(&store, "bob/news", t0(), 4).await;
+    send_n(&store, 1, t0()).await; // alice/weekly's first run
+    store
+        .skip_queued_for_mailing("bob/news", "disabled", t0())
+        .await
+        .expect("skip");
+    let latest = store.latest_reports().await.expect("latest");
+    assert_eq!(latest.len(), 2);
+    assert_eq!(
+        (
+            latest[0].mailing_id.as_str(),
+            latest[0].run_id,
+            latest[0].recipients
+        ),
+        ("alice/weekly", weekly, 3)
+    );
+    assert_eq!(
+        (latest[0].queued, latest[0].sent),
+        (3, 0),
+        "only the latest run counts"
+    );
+    assert_eq!(
+        (
+            latest[1].mailing_id.as_str(),
+            latest[1].run_id,
+            latest[1].skipped
+        ),
+        ("bob/news", news, 4)
+    );
 }
 
 async fn logs_are_paged_newest_first(store: Store) {
