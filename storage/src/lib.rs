@@ -177,6 +177,9 @@ storage_interface! {
     /// Writes the outcomes of finished attempts: updates each delivery (status, attempts,
     /// next attempt, last code and reply; lease released) and appends one attempt row each,
     /// all in one transaction with multi-row statements. Returns the attempt rows written.
+    /// An outcome that arrives after its row was recovered as `unknown` (the worker
+    /// outlived its lease) still wins: the row takes the real outcome and the log keeps
+    /// both attempt rows.
     fn record_outcomes(&self, outcomes: &[Outcome]) -> u64;
 
     /// Deals with deliveries left `sending` by a crash: those `which` selects become

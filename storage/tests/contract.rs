@@ -52,6 +52,7 @@ contract!(
     unsubscribing_skips_queued_deliveries,
     claim_leases_each_row_to_one_worker,
     concurrent_claimers_get_disjoint_sets,
+    large_batches_cross_statement_chunks,
     send_cycle_records_outcomes_and_log_rows,
     deferred_delivery_is_due_again_at_next_attempt,
     mark_sending_leaves_out_skipped_and_foreign_rows,
@@ -655,6 +656,65 @@ async fn concurrent_claimers_get_disjoint_sets(store: Store) {
     assert_eq!(distinct.len(), 2000, "no row claimed twice");
 }
 
+async fn large_batches_cross_statement_chunks(store: Store) {
+    // 9,001 recipients and 4,500 outcomes span several multi-row statements on SQLite
+    // (4,000 recipients / 2,000 outcomes per statement), with a short last one; a
+    // duplicate sits across a chunk boundary.
+    let mut list = numbered(9001);
+    list[4500].email = "CLIENT00003@example.com".into();
+    let run = store
+        .create_run(&new_run("alice/weekly", t0(), list), t0())
+        .await
+        .expect("create")
+        .expect("new");
+    assert_eq!(
+        store.run(run).await.expect("run").map(|r| r.recipients),
+        Some(9000)
+    );
+    let claimed = store
+        .claim("w", 4500, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4500);
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    let marked = store.mark_sending(&ids, "w", t0()).await.expect("mark");
+    assert_eq!(marked.len(), 4500);
+    let outcomes: Vec<Outcome> = marked
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let status = if i % 3 == 0 {
+                OutcomeStatus::Failed
+            } else {
+                OutcomeStatus::Sent
+            };
+            outcome(
+                *id,
+                status,
+                if i % 3 == 0 { 550 } else { 250 },
+                &format!("reply {i}"),
+                t0(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        store.record_outcomes(&outcomes).await.expect("record"),
+        4500
+    );
+    let report = &store.report("alice/weekly").await.expect("report")[0];
+    assert_eq!(
+        (report.failed, report.sent, report.queued),
+        (1500, 3000, 4500)
+    );
+    let rows = store.deliveries_of(run).await.expect("deliveries");
+    let last = rows
+        .iter()
+        .find(|d| d.id == marked[4499])
+        .expect("last outcome's row");
+    assert_eq!(last.last_reply.as_deref(), Some("reply 4499"));
+    assert_eq!(store.stats(t0()).await.expect("stats").sent_total, 3000);
+}
+
 async fn send_cycle_records_outcomes_and_log_rows(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 3).await;
     let now = t0() + secs(1);
@@ -937,6 +997,29 @@ async fn recover_interrupted_at_most_once(store: Store) {
         1
     );
     assert_eq!(report_unknown(&store).await, 3);
+
+    // The slow worker reports after all: its real outcome wins and the log keeps both.
+    store
+        .record_outcomes(&[outcome(ids[0], OutcomeStatus::Sent, 250, "2.0.0 Ok", later)])
+        .await
+        .expect("late record");
+    let row = store
+        .deliveries_of(run)
+        .await
+        .expect("deliveries")
+        .into_iter()
+        .find(|d| d.id == ids[0])
+        .expect("row");
+    assert_eq!((row.status, row.attempts), (DeliveryStatus::Sent, 2));
+    let mine: Vec<AttemptOutcome> = store
+        .logs("alice/weekly", 10, None)
+        .await
+        .expect("logs")
+        .iter()
+        .filter(|a| a.delivery_id == ids[0])
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(mine, vec![AttemptOutcome::Sent, AttemptOutcome::Unknown]);
 }
 
 async fn report_unknown(store: &Store) -> i64 {
