@@ -174,6 +174,17 @@ storage_interface! {
         now: DateTime<Utc>,
     ) -> Vec<DeliveryId>;
 
+    /// Extends this worker's leases to `now + lease` (a rate-limited sender may hold a
+    /// batch longer than one lease) and returns the ids still held. A row whose lease was
+    /// already taken over, or that was skipped or finished meanwhile, is left out.
+    fn renew_lease(
+        &self,
+        ids: &[DeliveryId],
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Vec<DeliveryId>;
+
     /// Writes the outcomes of finished attempts: updates each delivery (status, attempts,
     /// next attempt, last code and reply; lease released) and appends one attempt row each,
     /// all in one transaction with multi-row statements. Returns the attempt rows written.

@@ -427,6 +427,35 @@ impl Storage for PgStore {
         Ok(marked)
     }
 
+    async fn renew_lease(
+        &self,
+        ids: &[DeliveryId],
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryId>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let mut held: Vec<DeliveryId> = sqlx::query_scalar::<_, i64>(
+            "UPDATE deliveries SET lease_until = $3 \
+             WHERE id = ANY($1) AND lease_owner = $2 \
+               AND status IN ('queued', 'deferred', 'sending') \
+             RETURNING id",
+        )
+        .bind(ids)
+        .bind(worker)
+        .bind(to_millis(lease_until(to_millis(now), lease)))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(DeliveryId)
+        .collect();
+        held.sort();
+        Ok(held)
+    }
+
     async fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<u64, StorageError> {
         if outcomes.is_empty() {
             return Ok(0);

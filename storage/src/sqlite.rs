@@ -525,6 +525,39 @@ impl Storage for SqliteStore {
         Ok(marked)
     }
 
+    async fn renew_lease(
+        &self,
+        ids: &[DeliveryId],
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryId>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let mut held = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = ? \
+                 WHERE lease_owner = ? AND status IN ('queued', 'deferred', 'sending') \
+                   AND id IN ({}) \
+                 RETURNING id",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                .bind(ms(lease_until(now, lease)))
+                .bind(worker);
+            for id in chunk {
+                q = q.bind(id.0);
+            }
+            held.extend(q.fetch_all(&mut *tx).await?.into_iter().map(DeliveryId));
+        }
+        tx.commit().await?;
+        held.sort();
+        Ok(held)
+    }
+
     async fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<u64, StorageError> {
         if outcomes.is_empty() {
             return Ok(0);

@@ -56,6 +56,7 @@ contract!(
     send_cycle_records_outcomes_and_log_rows,
     deferred_delivery_is_due_again_at_next_attempt,
     mark_sending_leaves_out_skipped_and_foreign_rows,
+    renewed_lease_keeps_rows_from_recovery_and_claims,
     recover_interrupted_at_most_once,
     recover_interrupted_at_least_once,
     skip_on_disable_and_block,
@@ -926,6 +927,55 @@ async fn mark_sending_leaves_out_skipped_and_foreign_rows(store: Store) {
         assert_eq!(d.lease_owner, None);
     }
     assert_eq!(store.finish_runs(t0()).await.expect("finish"), vec![run]);
+}
+
+async fn renewed_lease_keeps_rows_from_recovery_and_claims(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 3).await;
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim("w1", 3, lease, t0()).await.expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store
+        .mark_sending(&ids[..1], "w1", t0())
+        .await
+        .expect("mark");
+    store
+        .skip_queued_for_mailing("alice/weekly", "disabled", t0())
+        .await
+        .expect("skip"); // ids[1], ids[2] are skipped now; ids[0] is in flight
+    let at = t0() + secs(50);
+    assert_eq!(
+        store
+            .renew_lease(&ids, "w2", lease, at)
+            .await
+            .expect("foreign"),
+        Vec::<DeliveryId>::new(),
+        "only the holder renews"
+    );
+    assert_eq!(
+        store
+            .renew_lease(&ids, "w1", lease, at)
+            .await
+            .expect("renew"),
+        vec![ids[0]],
+        "skipped rows are not held any more"
+    );
+    let rows = store.deliveries_of(run).await.expect("deliveries");
+    assert_eq!(rows[0].lease_until, Some(at + secs(60)));
+    // Past the first lease, before the renewed one: not interrupted.
+    assert_eq!(
+        store
+            .recover_interrupted(t0() + secs(100), Interrupted::ExpiredLeases, false)
+            .await
+            .expect("recover"),
+        0
+    );
+    assert_eq!(
+        store
+            .recover_interrupted(at + secs(60), Interrupted::ExpiredLeases, false)
+            .await
+            .expect("recover"),
+        1
+    );
 }
 
 async fn interrupt_two(store: &Store) -> (RunId, Vec<DeliveryId>) {
