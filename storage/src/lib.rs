@@ -174,9 +174,23 @@ storage_interface! {
         now: DateTime<Utc>,
     ) -> Vec<DeliveryId>;
 
+    /// Extends this worker's leases to `now + lease` (a rate-limited sender may hold a
+    /// batch longer than one lease) and returns the ids still held. A row whose lease was
+    /// already taken over, or that was skipped or finished meanwhile, is left out.
+    fn renew_lease(
+        &self,
+        ids: &[DeliveryId],
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Vec<DeliveryId>;
+
     /// Writes the outcomes of finished attempts: updates each delivery (status, attempts,
     /// next attempt, last code and reply; lease released) and appends one attempt row each,
     /// all in one transaction with multi-row statements. Returns the attempt rows written.
+    /// An outcome that arrives after its row was recovered as `unknown` (the worker
+    /// outlived its lease) still wins: the row takes the real outcome and the log keeps
+    /// both attempt rows.
     fn record_outcomes(&self, outcomes: &[Outcome]) -> u64;
 
     /// Deals with deliveries left `sending` by a crash: those `which` selects become
@@ -203,6 +217,10 @@ storage_interface! {
 
     /// Per-run counts of a mailing, newest first.
     fn report(&self, mailing_id: &str) -> Vec<RunReport>;
+
+    /// The latest run (by creation) of every mailing that has one, with its counts, by
+    /// mailing id: the "last run" column of `GET /v1/mailings` in one query.
+    fn latest_reports(&self) -> Vec<RunReport>;
 
     /// The attempt log of a mailing, newest first: at most `limit` rows with an id below
     /// `before` (the last id of the previous page).

@@ -314,6 +314,8 @@ pub enum Interrupted {
 pub struct RunReport {
     /// The run.
     pub run_id: RunId,
+    /// Its mailing, `owner/name`.
+    pub mailing_id: String,
     /// The occurrence it served.
     pub occurrence: DateTime<Utc>,
     /// Scheduled or manual.

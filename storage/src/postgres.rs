@@ -179,6 +179,37 @@ fn audit_from(row: &PgRow) -> Result<AuditEntry, StorageError> {
     })
 }
 
+/// Per-run counts; callers add WHERE, GROUP BY r.id and ORDER BY.
+const REPORT_SELECT: &str = "SELECT r.id, r.mailing_id, r.occurrence, r.kind, r.created_at, \
+            r.finished_at, r.recipients, \
+            count(*) FILTER (WHERE d.status = 'queued') AS queued, \
+            count(*) FILTER (WHERE d.status = 'sending') AS sending, \
+            count(*) FILTER (WHERE d.status = 'sent') AS sent, \
+            count(*) FILTER (WHERE d.status = 'failed') AS failed, \
+            count(*) FILTER (WHERE d.status = 'deferred') AS deferred, \
+            count(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
+            count(*) FILTER (WHERE d.status = 'unknown') AS unknown \
+     FROM runs r LEFT JOIN deliveries d ON d.run_id = r.id";
+
+fn report_from(row: &PgRow) -> Result<RunReport, StorageError> {
+    Ok(RunReport {
+        run_id: RunId(row.try_get("id")?),
+        mailing_id: row.try_get("mailing_id")?,
+        occurrence: row.try_get("occurrence")?,
+        kind: RunKind::parse(row.try_get("kind")?)?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+        recipients: row.try_get("recipients")?,
+        queued: row.try_get("queued")?,
+        sending: row.try_get("sending")?,
+        sent: row.try_get("sent")?,
+        failed: row.try_get("failed")?,
+        deferred: row.try_get("deferred")?,
+        skipped: row.try_get("skipped")?,
+        unknown: row.try_get("unknown")?,
+    })
+}
+
 const RUN_COLUMNS: &str = "id, mailing_id, occurrence, kind, created_at, mailing_blob, \
      head_commit, subject, body, recipients, finished_at";
 
@@ -396,6 +427,35 @@ impl Storage for PgStore {
         Ok(marked)
     }
 
+    async fn renew_lease(
+        &self,
+        ids: &[DeliveryId],
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryId>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let mut held: Vec<DeliveryId> = sqlx::query_scalar::<_, i64>(
+            "UPDATE deliveries SET lease_until = $3 \
+             WHERE id = ANY($1) AND lease_owner = $2 \
+               AND status IN ('queued', 'deferred', 'sending') \
+             RETURNING id",
+        )
+        .bind(ids)
+        .bind(worker)
+        .bind(to_millis(lease_until(to_millis(now), lease)))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(DeliveryId)
+        .collect();
+        held.sort();
+        Ok(held)
+    }
+
     async fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<u64, StorageError> {
         if outcomes.is_empty() {
             return Ok(0);
@@ -557,41 +617,29 @@ impl Storage for PgStore {
     }
 
     async fn report(&self, mailing_id: &str) -> Result<Vec<RunReport>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.occurrence, r.kind, r.created_at, r.finished_at, r.recipients, \
-                    count(*) FILTER (WHERE d.status = 'queued') AS queued, \
-                    count(*) FILTER (WHERE d.status = 'sending') AS sending, \
-                    count(*) FILTER (WHERE d.status = 'sent') AS sent, \
-                    count(*) FILTER (WHERE d.status = 'failed') AS failed, \
-                    count(*) FILTER (WHERE d.status = 'deferred') AS deferred, \
-                    count(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
-                    count(*) FILTER (WHERE d.status = 'unknown') AS unknown \
-             FROM runs r LEFT JOIN deliveries d ON d.run_id = r.id \
-             WHERE r.mailing_id = $1 \
-             GROUP BY r.id \
-             ORDER BY r.occurrence DESC, r.id DESC",
-        )
-        .bind(mailing_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RunReport {
-                    run_id: RunId(row.try_get("id")?),
-                    occurrence: row.try_get("occurrence")?,
-                    kind: RunKind::parse(row.try_get("kind")?)?,
-                    created_at: row.try_get("created_at")?,
-                    finished_at: row.try_get("finished_at")?,
-                    recipients: row.try_get("recipients")?,
-                    queued: row.try_get("queued")?,
-                    sending: row.try_get("sending")?,
-                    sent: row.try_get("sent")?,
-                    failed: row.try_get("failed")?,
-                    deferred: row.try_get("deferred")?,
-                    skipped: row.try_get("skipped")?,
-                    unknown: row.try_get("unknown")?,
-                })
-            })
+        let sql = format!(
+            "{REPORT_SELECT} WHERE r.mailing_id = $1 GROUP BY r.id \
+             ORDER BY r.occurrence DESC, r.id DESC"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(mailing_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(report_from)
+            .collect()
+    }
+
+    async fn latest_reports(&self) -> Result<Vec<RunReport>, StorageError> {
+        let sql = format!(
+            "{REPORT_SELECT} WHERE r.id IN (SELECT max(id) FROM runs GROUP BY mailing_id) \
+             GROUP BY r.id ORDER BY r.mailing_id"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(report_from)
             .collect()
     }
 

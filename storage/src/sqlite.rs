@@ -244,6 +244,37 @@ fn audit_from(row: &SqliteRow) -> Result<AuditEntry, StorageError> {
     })
 }
 
+/// Per-run counts; callers add WHERE, GROUP BY r.id and ORDER BY.
+const REPORT_SELECT: &str = "SELECT r.id, r.mailing_id, r.occurrence, r.kind, r.created_at, \
+            r.finished_at, r.recipients, \
+            count(*) FILTER (WHERE d.status = 'queued') AS queued, \
+            count(*) FILTER (WHERE d.status = 'sending') AS sending, \
+            count(*) FILTER (WHERE d.status = 'sent') AS sent, \
+            count(*) FILTER (WHERE d.status = 'failed') AS failed, \
+            count(*) FILTER (WHERE d.status = 'deferred') AS deferred, \
+            count(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
+            count(*) FILTER (WHERE d.status = 'unknown') AS unknown \
+     FROM runs r LEFT JOIN deliveries d ON d.run_id = r.id";
+
+fn report_from(row: &SqliteRow) -> Result<RunReport, StorageError> {
+    Ok(RunReport {
+        run_id: RunId(row.try_get("id")?),
+        mailing_id: row.try_get("mailing_id")?,
+        occurrence: time(row, "occurrence")?,
+        kind: RunKind::parse(row.try_get("kind")?)?,
+        created_at: time(row, "created_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+        recipients: row.try_get("recipients")?,
+        queued: row.try_get("queued")?,
+        sending: row.try_get("sending")?,
+        sent: row.try_get("sent")?,
+        failed: row.try_get("failed")?,
+        deferred: row.try_get("deferred")?,
+        skipped: row.try_get("skipped")?,
+        unknown: row.try_get("unknown")?,
+    })
+}
+
 const RUN_COLUMNS: &str = "id, mailing_id, occurrence, kind, created_at, mailing_blob, \
      head_commit, subject, body, recipients, finished_at";
 
@@ -494,6 +525,39 @@ impl Storage for SqliteStore {
         Ok(marked)
     }
 
+    async fn renew_lease(
+        &self,
+        ids: &[DeliveryId],
+        worker: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryId>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let mut held = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = ? \
+                 WHERE lease_owner = ? AND status IN ('queued', 'deferred', 'sending') \
+                   AND id IN ({}) \
+                 RETURNING id",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                .bind(ms(lease_until(now, lease)))
+                .bind(worker);
+            for id in chunk {
+                q = q.bind(id.0);
+            }
+            held.extend(q.fetch_all(&mut *tx).await?.into_iter().map(DeliveryId));
+        }
+        tx.commit().await?;
+        held.sort();
+        Ok(held)
+    }
+
     async fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<u64, StorageError> {
         if outcomes.is_empty() {
             return Ok(0);
@@ -665,41 +729,29 @@ impl Storage for SqliteStore {
     }
 
     async fn report(&self, mailing_id: &str) -> Result<Vec<RunReport>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.occurrence, r.kind, r.created_at, r.finished_at, r.recipients, \
-                    count(*) FILTER (WHERE d.status = 'queued') AS queued, \
-                    count(*) FILTER (WHERE d.status = 'sending') AS sending, \
-                    count(*) FILTER (WHERE d.status = 'sent') AS sent, \
-                    count(*) FILTER (WHERE d.status = 'failed') AS failed, \
-                    count(*) FILTER (WHERE d.status = 'deferred') AS deferred, \
-                    count(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
-                    count(*) FILTER (WHERE d.status = 'unknown') AS unknown \
-             FROM runs r LEFT JOIN deliveries d ON d.run_id = r.id \
-             WHERE r.mailing_id = ? \
-             GROUP BY r.id \
-             ORDER BY r.occurrence DESC, r.id DESC",
-        )
-        .bind(mailing_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RunReport {
-                    run_id: RunId(row.try_get("id")?),
-                    occurrence: time(row, "occurrence")?,
-                    kind: RunKind::parse(row.try_get("kind")?)?,
-                    created_at: time(row, "created_at")?,
-                    finished_at: opt_time(row, "finished_at")?,
-                    recipients: row.try_get("recipients")?,
-                    queued: row.try_get("queued")?,
-                    sending: row.try_get("sending")?,
-                    sent: row.try_get("sent")?,
-                    failed: row.try_get("failed")?,
-                    deferred: row.try_get("deferred")?,
-                    skipped: row.try_get("skipped")?,
-                    unknown: row.try_get("unknown")?,
-                })
-            })
+        let sql = format!(
+            "{REPORT_SELECT} WHERE r.mailing_id = ? GROUP BY r.id \
+             ORDER BY r.occurrence DESC, r.id DESC"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(mailing_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(report_from)
+            .collect()
+    }
+
+    async fn latest_reports(&self) -> Result<Vec<RunReport>, StorageError> {
+        let sql = format!(
+            "{REPORT_SELECT} WHERE r.id IN (SELECT max(id) FROM runs GROUP BY mailing_id) \
+             GROUP BY r.id ORDER BY r.mailing_id"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(report_from)
             .collect()
     }
 

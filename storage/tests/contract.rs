@@ -52,13 +52,16 @@ contract!(
     unsubscribing_skips_queued_deliveries,
     claim_leases_each_row_to_one_worker,
     concurrent_claimers_get_disjoint_sets,
+    large_batches_cross_statement_chunks,
     send_cycle_records_outcomes_and_log_rows,
     deferred_delivery_is_due_again_at_next_attempt,
     mark_sending_leaves_out_skipped_and_foreign_rows,
+    renewed_lease_keeps_rows_from_recovery_and_claims,
     recover_interrupted_at_most_once,
     recover_interrupted_at_least_once,
     skip_on_disable_and_block,
     report_counts_per_run,
+    latest_reports_show_each_mailings_last_run,
     logs_are_paged_newest_first,
     stats_count_sent_within_windows,
     user_state_verification_and_block,
@@ -654,6 +657,65 @@ async fn concurrent_claimers_get_disjoint_sets(store: Store) {
     assert_eq!(distinct.len(), 2000, "no row claimed twice");
 }
 
+async fn large_batches_cross_statement_chunks(store: Store) {
+    // 9,001 recipients and 4,500 outcomes span several multi-row statements on SQLite
+    // (4,000 recipients / 2,000 outcomes per statement), with a short last one; a
+    // duplicate sits across a chunk boundary.
+    let mut list = numbered(9001);
+    list[4500].email = "CLIENT00003@example.com".into();
+    let run = store
+        .create_run(&new_run("alice/weekly", t0(), list), t0())
+        .await
+        .expect("create")
+        .expect("new");
+    assert_eq!(
+        store.run(run).await.expect("run").map(|r| r.recipients),
+        Some(9000)
+    );
+    let claimed = store
+        .claim("w", 4500, Duration::from_secs(60), t0())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 4500);
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    let marked = store.mark_sending(&ids, "w", t0()).await.expect("mark");
+    assert_eq!(marked.len(), 4500);
+    let outcomes: Vec<Outcome> = marked
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let status = if i % 3 == 0 {
+                OutcomeStatus::Failed
+            } else {
+                OutcomeStatus::Sent
+            };
+            outcome(
+                *id,
+                status,
+                if i % 3 == 0 { 550 } else { 250 },
+                &format!("reply {i}"),
+                t0(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        store.record_outcomes(&outcomes).await.expect("record"),
+        4500
+    );
+    let report = &store.report("alice/weekly").await.expect("report")[0];
+    assert_eq!(
+        (report.failed, report.sent, report.queued),
+        (1500, 3000, 4500)
+    );
+    let rows = store.deliveries_of(run).await.expect("deliveries");
+    let last = rows
+        .iter()
+        .find(|d| d.id == marked[4499])
+        .expect("last outcome's row");
+    assert_eq!(last.last_reply.as_deref(), Some("reply 4499"));
+    assert_eq!(store.stats(t0()).await.expect("stats").sent_total, 3000);
+}
+
 async fn send_cycle_records_outcomes_and_log_rows(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 3).await;
     let now = t0() + secs(1);
@@ -867,6 +929,55 @@ async fn mark_sending_leaves_out_skipped_and_foreign_rows(store: Store) {
     assert_eq!(store.finish_runs(t0()).await.expect("finish"), vec![run]);
 }
 
+async fn renewed_lease_keeps_rows_from_recovery_and_claims(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 3).await;
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim("w1", 3, lease, t0()).await.expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store
+        .mark_sending(&ids[..1], "w1", t0())
+        .await
+        .expect("mark");
+    store
+        .skip_queued_for_mailing("alice/weekly", "disabled", t0())
+        .await
+        .expect("skip"); // ids[1], ids[2] are skipped now; ids[0] is in flight
+    let at = t0() + secs(50);
+    assert_eq!(
+        store
+            .renew_lease(&ids, "w2", lease, at)
+            .await
+            .expect("foreign"),
+        Vec::<DeliveryId>::new(),
+        "only the holder renews"
+    );
+    assert_eq!(
+        store
+            .renew_lease(&ids, "w1", lease, at)
+            .await
+            .expect("renew"),
+        vec![ids[0]],
+        "skipped rows are not held any more"
+    );
+    let rows = store.deliveries_of(run).await.expect("deliveries");
+    assert_eq!(rows[0].lease_until, Some(at + secs(60)));
+    // Past the first lease, before the renewed one: not interrupted.
+    assert_eq!(
+        store
+            .recover_interrupted(t0() + secs(100), Interrupted::ExpiredLeases, false)
+            .await
+            .expect("recover"),
+        0
+    );
+    assert_eq!(
+        store
+            .recover_interrupted(at + secs(60), Interrupted::ExpiredLeases, false)
+            .await
+            .expect("recover"),
+        1
+    );
+}
+
 async fn interrupt_two(store: &Store) -> (RunId, Vec<DeliveryId>) {
     let run = create(store, "alice/weekly", t0(), 3).await;
     let claimed = store
@@ -936,6 +1047,29 @@ async fn recover_interrupted_at_most_once(store: Store) {
         1
     );
     assert_eq!(report_unknown(&store).await, 3);
+
+    // The slow worker reports after all: its real outcome wins and the log keeps both.
+    store
+        .record_outcomes(&[outcome(ids[0], OutcomeStatus::Sent, 250, "2.0.0 Ok", later)])
+        .await
+        .expect("late record");
+    let row = store
+        .deliveries_of(run)
+        .await
+        .expect("deliveries")
+        .into_iter()
+        .find(|d| d.id == ids[0])
+        .expect("row");
+    assert_eq!((row.status, row.attempts), (DeliveryStatus::Sent, 2));
+    let mine: Vec<AttemptOutcome> = store
+        .logs("alice/weekly", 10, None)
+        .await
+        .expect("logs")
+        .iter()
+        .filter(|a| a.delivery_id == ids[0])
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(mine, vec![AttemptOutcome::Sent, AttemptOutcome::Unknown]);
 }
 
 async fn report_unknown(store: &Store) -> i64 {
@@ -1098,6 +1232,7 @@ async fn report_counts_per_run(store: Store) {
     assert_eq!(report.len(), 2);
     let (r_new, r_old) = (&report[0], &report[1]);
     assert_eq!(r_new.run_id, new, "newest first");
+    assert_eq!(r_new.mailing_id, "alice/weekly");
     assert_eq!(r_new.occurrence, t0() + secs(7 * 86400));
     assert_eq!(
         (r_new.recipients, r_new.queued, r_new.skipped, r_new.sent),
@@ -1121,6 +1256,41 @@ async fn report_counts_per_run(store: Store) {
         (5, 2, 1, 0, 1, 0, 0, 1)
     );
     assert!(store.report("carol/none").await.expect("empty").is_empty());
+}
+
+async fn latest_reports_show_each_mailings_last_run(store: Store) {
+    assert!(store.latest_reports().await.expect("empty").is_empty());
+    create(&store, "alice/weekly", t0(), 2).await;
+    let weekly = create(&store, "alice/weekly", t0() + secs(7 * 86400), 3).await;
+    let news = create(&store, "bob/news", t0(), 4).await;
+    send_n(&store, 1, t0()).await; // alice/weekly's first run
+    store
+        .skip_queued_for_mailing("bob/news", "disabled", t0())
+        .await
+        .expect("skip");
+    let latest = store.latest_reports().await.expect("latest");
+    assert_eq!(latest.len(), 2);
+    assert_eq!(
+        (
+            latest[0].mailing_id.as_str(),
+            latest[0].run_id,
+            latest[0].recipients
+        ),
+        ("alice/weekly", weekly, 3)
+    );
+    assert_eq!(
+        (latest[0].queued, latest[0].sent),
+        (3, 0),
+        "only the latest run counts"
+    );
+    assert_eq!(
+        (
+            latest[1].mailing_id.as_str(),
+            latest[1].run_id,
+            latest[1].skipped
+        ),
+        ("bob/news", news, 4)
+    );
 }
 
 async fn logs_are_paged_newest_first(store: Store) {
