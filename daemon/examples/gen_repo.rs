@@ -10,15 +10,24 @@ use std::path::PathBuf;
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = PathBuf::from(args.first().map(String::as_str).unwrap_or("target/bench-repo"));
-    let num = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let dir = PathBuf::from(
+        args.first()
+            .map(String::as_str)
+            .unwrap_or("target/bench-repo"),
+    );
+    let num =
+        |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (users, lists, clients, mailings) = (num(1, 100), num(2, 10), num(3, 1000), num(4, 10));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut users_toml = String::new();
     for u in 0..users {
         let owner = format!("user{u:03}");
-        writeln!(users_toml, "[{owner}]\nemail = \"{owner}@example.com\"\nname = \"User {u}\"\n").ok();
+        writeln!(
+            users_toml,
+            "[{owner}]\nemail = \"{owner}@example.com\"\nname = \"User {u}\"\n"
+        )
+        .ok();
         let cdir = dir.join("clients").join(&owner);
         std::fs::create_dir_all(&cdir)?;
         for l in 0..lists {

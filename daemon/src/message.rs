@@ -89,6 +89,11 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
     Ok(())
 }
 
+/// A Tera error (with its chain of causes) as one line for a log or an attempt row.
+pub fn describe(error: &tera::Error) -> String {
+    to_error(error).message
+}
+
 /// Turn Tera's error chain into one message and, for syntax errors, a position.
 fn to_error(error: &tera::Error) -> TemplateError {
     let mut innermost = error.to_string();

@@ -155,13 +155,39 @@ storage_interface! {
     /// Leases up to `limit` due deliveries (`queued`/`deferred`, `next_attempt_at <= now`,
     /// lease free or expired) to `worker` until `now + lease`. Two workers never get the
     /// same row. Claimed rows keep their status until [`Storage::mark_sending`].
+    /// With `only_run`, only that run's deliveries are taken (`skychimpd send` delivers
+    /// its own run and leaves the rest to the daemon).
     fn claim(
         &self,
         worker: &str,
         limit: usize,
         lease: Duration,
         now: DateTime<Utc>,
+        only_run: Option<RunId>,
     ) -> Vec<ClaimedDelivery>;
+
+    /// Gives leased deliveries back before their lease ends: a worker stopping (SIGTERM)
+    /// with claimed rows it never started. Rows it had marked `sending` but not attempted
+    /// go back to `queued`. Returns how many were released.
+    fn release(&self, worker: &str, ids: &[DeliveryId]) -> u64;
+
+    /// Deliveries of a run still `queued` or `sending`: `skychimpd send` is done at 0.
+    fn run_pending(&self, run_id: RunId) -> i64;
+
+    /// Every distinct lease owner in the deliveries table, so a starting process can find
+    /// the leases of processes that died on its host.
+    fn lease_owners(&self) -> Vec<String>;
+
+    /// Takes over everything leased by `workers` (processes known to be dead): their
+    /// `queued`/`deferred` rows are free again at once, and their `sending` rows are treated
+    /// as [`Storage::recover_interrupted`] treats expired ones. Returns the `sending` rows
+    /// recovered.
+    fn recover_workers(
+        &self,
+        workers: &[String],
+        redeliver_unknown: bool,
+        now: DateTime<Utc>,
+    ) -> u64;
 
     /// Marks leased deliveries `sending` just before their SMTP transaction and returns the
     /// ids actually marked. A delivery skipped since it was claimed (mailing disabled, owner

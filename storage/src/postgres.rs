@@ -352,6 +352,7 @@ impl Storage for PgStore {
         limit: usize,
         lease: Duration,
         now: DateTime<Utc>,
+        only_run: Option<RunId>,
     ) -> Result<Vec<ClaimedDelivery>, StorageError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -368,6 +369,7 @@ impl Storage for PgStore {
                  SELECT id FROM deliveries \
                  WHERE status IN ('queued', 'deferred') AND next_attempt_at <= $1 \
                    AND (lease_until IS NULL OR lease_until <= $1) \
+                   AND ($5::BIGINT IS NULL OR run_id = $5) \
                  ORDER BY next_attempt_at, id \
                  LIMIT $2 \
                  FOR UPDATE SKIP LOCKED)) \
@@ -378,6 +380,7 @@ impl Storage for PgStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(worker)
         .bind(to_millis(lease_until(now, lease)))
+        .bind(only_run.map(|r| r.0))
         .fetch_all(&self.pool)
         .await?;
         let mut claimed = rows
@@ -425,6 +428,64 @@ impl Storage for PgStore {
         .collect();
         marked.sort();
         Ok(marked)
+    }
+
+    async fn release(&self, worker: &str, ids: &[DeliveryId]) -> Result<u64, StorageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        Ok(sqlx::query(
+            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, \
+                    status = CASE WHEN status = 'sending' THEN 'queued' ELSE status END \
+             WHERE id = ANY($1) AND lease_owner = $2 \
+               AND status IN ('queued', 'deferred', 'sending')",
+        )
+        .bind(ids)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn run_pending(&self, run_id: RunId) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE run_id = $1 AND status IN ('queued', 'sending')",
+        )
+        .bind(run_id.0)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn recover_workers(
+        &self,
+        workers: &[String],
+        redeliver_unknown: bool,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        if workers.is_empty() {
+            return Ok(0);
+        }
+        // Their leases end now; then the ordinary expired-lease recovery applies.
+        sqlx::query(
+            "UPDATE deliveries SET lease_until = $2, \
+                    lease_owner = CASE WHEN status = 'sending' THEN lease_owner END \
+             WHERE lease_owner = ANY($1)",
+        )
+        .bind(workers.to_vec())
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        self.recover_interrupted(now, Interrupted::ExpiredLeases, redeliver_unknown)
+            .await
     }
 
     async fn renew_lease(

@@ -426,6 +426,7 @@ impl Storage for SqliteStore {
         limit: usize,
         lease: Duration,
         now: DateTime<Utc>,
+        only_run: Option<RunId>,
     ) -> Result<Vec<ClaimedDelivery>, StorageError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -437,6 +438,7 @@ impl Storage for SqliteStore {
                  SELECT id FROM deliveries \
                  WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ? \
                    AND (lease_until IS NULL OR lease_until <= ?) \
+                   AND (? IS NULL OR run_id = ?) \
                  ORDER BY next_attempt_at, id \
                  LIMIT ?) \
              RETURNING id, run_id, address, email, name, comment, attempts, status",
@@ -445,6 +447,8 @@ impl Storage for SqliteStore {
         .bind(ms(lease_until(now, lease)))
         .bind(ms(now))
         .bind(ms(now))
+        .bind(only_run.map(|r| r.0))
+        .bind(only_run.map(|r| r.0))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
@@ -523,6 +527,76 @@ impl Storage for SqliteStore {
         tx.commit().await?;
         marked.sort();
         Ok(marked)
+    }
+
+    async fn release(&self, worker: &str, ids: &[DeliveryId]) -> Result<u64, StorageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write_tx().await?;
+        let mut released = 0;
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, \
+                        status = CASE WHEN status = 'sending' THEN 'queued' ELSE status END \
+                 WHERE lease_owner = ? AND status IN ('queued', 'deferred', 'sending') \
+                   AND id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(worker);
+            for id in chunk {
+                q = q.bind(id.0);
+            }
+            released += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    async fn run_pending(&self, run_id: RunId) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE run_id = ? AND status IN ('queued', 'sending')",
+        )
+        .bind(run_id.0)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn recover_workers(
+        &self,
+        workers: &[String],
+        redeliver_unknown: bool,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        if workers.is_empty() {
+            return Ok(0);
+        }
+        // Their leases end now; then the ordinary expired-lease recovery applies.
+        let mut tx = self.write_tx().await?;
+        for chunk in workers.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = ?, \
+                        lease_owner = CASE WHEN status = 'sending' THEN lease_owner END \
+                 WHERE lease_owner IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ms(now));
+            for w in chunk {
+                q = q.bind(w);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.recover_interrupted(now, Interrupted::ExpiredLeases, redeliver_unknown)
+            .await
     }
 
     async fn renew_lease(

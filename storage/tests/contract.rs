@@ -66,6 +66,9 @@ contract!(
     stats_count_sent_within_windows,
     user_state_verification_and_block,
     mailing_state_and_audit,
+    claim_can_be_limited_to_one_run,
+    release_gives_back_unstarted_rows,
+    dead_workers_are_taken_over,
 );
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -266,7 +269,7 @@ fn outcome(
 /// Claims, marks and records `sent` for up to `n` deliveries at `at`.
 async fn send_n(store: &Store, n: usize, at: DateTime<Utc>) -> Vec<DeliveryId> {
     let claimed = store
-        .claim("w", n, Duration::from_secs(60), at)
+        .claim("w", n, Duration::from_secs(60), at, None)
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -518,7 +521,7 @@ async fn unsubscribed_recipients_are_skipped(store: Store) {
         "unsubscribing from alice does not leave bob"
     );
     let claimed = store
-        .claim("w", 10, Duration::from_secs(60), t0())
+        .claim("w", 10, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     assert!(
@@ -558,7 +561,7 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 10).await;
     let lease = Duration::from_secs(60);
     let a = store
-        .claim("worker-a", 4, lease, t0())
+        .claim("worker-a", 4, lease, t0(), None)
         .await
         .expect("claim a");
     assert_eq!(a.len(), 4);
@@ -570,12 +573,12 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
     assert_eq!(a[0].name, "Client 0");
     assert_eq!(a[0].status, DeliveryStatus::Queued);
     let b = store
-        .claim("worker-b", 100, lease, t0())
+        .claim("worker-b", 100, lease, t0(), None)
         .await
         .expect("claim b");
     assert_eq!(b.len(), 6);
     let c = store
-        .claim("worker-c", 100, lease, t0() + secs(59))
+        .claim("worker-c", 100, lease, t0() + secs(59), None)
         .await
         .expect("claim c");
     assert!(
@@ -603,7 +606,7 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
 
     // The lease ends: anyone may take them.
     let c = store
-        .claim("worker-c", 100, lease, t0() + secs(60))
+        .claim("worker-c", 100, lease, t0() + secs(60), None)
         .await
         .expect("claim c");
     assert_eq!(c.len(), 10);
@@ -617,7 +620,7 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
     );
     assert!(
         store
-            .claim("worker-d", 0, lease, t0())
+            .claim("worker-d", 0, lease, t0(), None)
             .await
             .expect("zero")
             .is_empty()
@@ -634,7 +637,7 @@ async fn concurrent_claimers_get_disjoint_sets(store: Store) {
             let mut mine = Vec::new();
             loop {
                 let batch = store
-                    .claim(&worker, 37, Duration::from_secs(300), t0())
+                    .claim(&worker, 37, Duration::from_secs(300), t0(), None)
                     .await
                     .expect("claim");
                 if batch.is_empty() {
@@ -673,7 +676,7 @@ async fn large_batches_cross_statement_chunks(store: Store) {
         Some(9000)
     );
     let claimed = store
-        .claim("w", 4500, Duration::from_secs(60), t0())
+        .claim("w", 4500, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 4500);
@@ -720,7 +723,7 @@ async fn send_cycle_records_outcomes_and_log_rows(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 3).await;
     let now = t0() + secs(1);
     let claimed = store
-        .claim("w1", 10, Duration::from_secs(60), now)
+        .claim("w1", 10, Duration::from_secs(60), now, None)
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -825,7 +828,7 @@ async fn send_cycle_records_outcomes_and_log_rows(store: Store) {
 async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 1).await;
     let claimed = store
-        .claim("w1", 1, Duration::from_secs(60), t0())
+        .claim("w1", 1, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     let id = claimed[0].id;
@@ -850,12 +853,13 @@ async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
             10,
             Duration::from_secs(60),
             retry - TimeDelta::milliseconds(1),
+            None,
         )
         .await
         .expect("claim early");
     assert!(early.is_empty(), "not due before next_attempt_at");
     let due = store
-        .claim("w2", 10, Duration::from_secs(60), retry)
+        .claim("w2", 10, Duration::from_secs(60), retry, None)
         .await
         .expect("claim due");
     assert_eq!(due.len(), 1);
@@ -894,7 +898,7 @@ async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
 async fn mark_sending_leaves_out_skipped_and_foreign_rows(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 2).await;
     let claimed = store
-        .claim("w1", 10, Duration::from_secs(60), t0())
+        .claim("w1", 10, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -932,7 +936,10 @@ async fn mark_sending_leaves_out_skipped_and_foreign_rows(store: Store) {
 async fn renewed_lease_keeps_rows_from_recovery_and_claims(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 3).await;
     let lease = Duration::from_secs(60);
-    let claimed = store.claim("w1", 3, lease, t0()).await.expect("claim");
+    let claimed = store
+        .claim("w1", 3, lease, t0(), None)
+        .await
+        .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
     store
         .mark_sending(&ids[..1], "w1", t0())
@@ -981,7 +988,7 @@ async fn renewed_lease_keeps_rows_from_recovery_and_claims(store: Store) {
 async fn interrupt_two(store: &Store) -> (RunId, Vec<DeliveryId>) {
     let run = create(store, "alice/weekly", t0(), 3).await;
     let claimed = store
-        .claim("w1", 2, Duration::from_secs(60), t0())
+        .claim("w1", 2, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1025,7 +1032,7 @@ async fn recover_interrupted_at_most_once(store: Store) {
         && ids.contains(&a.delivery_id)));
     // Unknown is not resent.
     let again = store
-        .claim("w2", 10, Duration::from_secs(60), later + secs(3600))
+        .claim("w2", 10, Duration::from_secs(60), later + secs(3600), None)
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
@@ -1097,7 +1104,7 @@ async fn recover_interrupted_at_least_once(store: Store) {
     assert_eq!(logs.len(), 2);
     assert!(logs.iter().all(|a| a.outcome == AttemptOutcome::Unknown));
     let again = store
-        .claim("w2", 10, Duration::from_secs(60), now)
+        .claim("w2", 10, Duration::from_secs(60), now, None)
         .await
         .expect("claim");
     assert_eq!(again.len(), 3, "requeued rows are claimable again");
@@ -1109,7 +1116,7 @@ async fn skip_on_disable_and_block(store: Store) {
     let bob = create(&store, "bob/news", t0(), 2).await;
     // One of weekly's is sent, one deferred: sent stays, deferred is skipped.
     let claimed = store
-        .claim("w", 2, Duration::from_secs(60), t0())
+        .claim("w", 2, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1175,7 +1182,7 @@ async fn skip_on_disable_and_block(store: Store) {
             .all(|(_, s)| *s == DeliveryStatus::Queued)
     );
     let left = store
-        .claim("w", 100, Duration::from_secs(60), t0() + secs(3600))
+        .claim("w", 100, Duration::from_secs(60), t0() + secs(3600), None)
         .await
         .expect("claim");
     assert_eq!(left.len(), 2);
@@ -1192,7 +1199,7 @@ async fn report_counts_per_run(store: Store) {
     // old: 2 sent, 1 failed, 1 deferred (client 3), 1 queued; then client 3 unsubscribes,
     // which skips its deferred retry in old and its queued delivery in new.
     let claimed = store
-        .claim("w", 4, Duration::from_secs(60), t0())
+        .claim("w", 4, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     assert!(claimed.iter().all(|c| c.run_id == old));
@@ -1220,7 +1227,7 @@ async fn report_counts_per_run(store: Store) {
         .await
         .expect("unsubscribe");
     let claimed = store
-        .claim("w", 1, Duration::from_secs(60), t0())
+        .claim("w", 1, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim one");
     store
@@ -1337,7 +1344,7 @@ async fn stats_count_sent_within_windows(store: Store) {
     let now = t0() + secs(90 * 86400);
     create(&store, "alice/weekly", t0(), 6).await;
     let claimed = store
-        .claim("w", 5, Duration::from_secs(60), t0())
+        .claim("w", 5, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1508,4 +1515,122 @@ async fn mailing_state_and_audit(store: Store) {
     assert_eq!(rest[0].key_id, "ops");
     assert_eq!(rest[0].peer.as_deref(), Some("127.0.0.1:50123"));
     assert_eq!(rest[0].at, t0());
+}
+
+async fn claim_can_be_limited_to_one_run(store: Store) {
+    let a = create(&store, "alice/weekly", t0(), 3).await;
+    let b = create(&store, "bob/daily", t0(), 2).await;
+    let only_b = store
+        .claim("w", 10, Duration::from_secs(60), t0(), Some(b))
+        .await
+        .expect("claim");
+    assert_eq!(only_b.len(), 2);
+    assert!(only_b.iter().all(|c| c.run_id == b));
+    assert_eq!(store.run_pending(a).await.expect("pending"), 3);
+    assert_eq!(
+        store.run_pending(b).await.expect("pending"),
+        2,
+        "leased rows are still queued"
+    );
+    let ids: Vec<DeliveryId> = only_b.iter().map(|c| c.id).collect();
+    store.mark_sending(&ids, "w", t0()).await.expect("mark");
+    assert_eq!(
+        store.run_pending(b).await.expect("pending"),
+        2,
+        "sending counts as pending"
+    );
+    let outcomes: Vec<Outcome> = ids
+        .iter()
+        .map(|&id| outcome(id, OutcomeStatus::Sent, 250, "ok", t0()))
+        .collect();
+    store.record_outcomes(&outcomes).await.expect("record");
+    assert_eq!(store.run_pending(b).await.expect("pending"), 0);
+}
+
+async fn release_gives_back_unstarted_rows(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 4).await;
+    let lease = Duration::from_secs(300);
+    let claimed = store
+        .claim("w1", 4, lease, t0(), None)
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store
+        .mark_sending(&ids[..2], "w1", t0())
+        .await
+        .expect("mark");
+    // Another worker cannot release what it does not hold.
+    assert_eq!(store.release("w2", &ids).await.expect("release"), 0);
+    assert_eq!(store.release("w1", &ids[1..]).await.expect("release"), 3);
+    let rows = store.deliveries_of(run).await.expect("rows");
+    let by_id = |id: DeliveryId| rows.iter().find(|d| d.id == id).expect("row").clone();
+    assert_eq!(
+        by_id(ids[0]).status,
+        DeliveryStatus::Sending,
+        "not released"
+    );
+    for &id in &ids[1..] {
+        let d = by_id(id);
+        assert_eq!(
+            (d.status, d.lease_owner.as_deref()),
+            (DeliveryStatus::Queued, None)
+        );
+    }
+    // Released rows are claimable at once, long before the lease would have ended.
+    let again = store
+        .claim("w2", 10, lease, t0() + secs(1), None)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 3);
+}
+
+async fn dead_workers_are_taken_over(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 5).await;
+    let lease = Duration::from_secs(300);
+    let dead = store
+        .claim("host:1:dead", 3, lease, t0(), None)
+        .await
+        .expect("claim");
+    let live = store
+        .claim("host:2:live", 2, lease, t0(), None)
+        .await
+        .expect("claim");
+    let dead_ids: Vec<DeliveryId> = dead.iter().map(|c| c.id).collect();
+    let live_ids: Vec<DeliveryId> = live.iter().map(|c| c.id).collect();
+    store
+        .mark_sending(&dead_ids[..1], "host:1:dead", t0())
+        .await
+        .expect("mark");
+    store
+        .mark_sending(&live_ids[..1], "host:2:live", t0())
+        .await
+        .expect("mark");
+    let mut owners = store.lease_owners().await.expect("owners");
+    owners.sort();
+    assert_eq!(
+        owners,
+        vec!["host:1:dead".to_string(), "host:2:live".to_string()]
+    );
+
+    let now = t0() + secs(5);
+    let recovered = store
+        .recover_workers(&["host:1:dead".to_string()], false, now)
+        .await
+        .expect("recover");
+    assert_eq!(recovered, 1, "only the dead worker's sending row");
+    let rows = store.deliveries_of(run).await.expect("rows");
+    let status = |id: DeliveryId| rows.iter().find(|d| d.id == id).expect("row").status;
+    assert_eq!(status(dead_ids[0]), DeliveryStatus::Unknown);
+    assert_eq!(
+        status(live_ids[0]),
+        DeliveryStatus::Sending,
+        "a live worker keeps its transaction"
+    );
+    // The dead worker's queued rows are free now; the live worker's are not.
+    let taken = store
+        .claim("host:3:new", 10, lease, now, None)
+        .await
+        .expect("claim");
+    let taken: Vec<DeliveryId> = taken.iter().map(|c| c.id).collect();
+    assert_eq!(taken, dead_ids[1..].to_vec());
 }

@@ -4,6 +4,8 @@
 //! could not run (bad configuration, no such folder, unreachable database).
 
 mod check;
+mod logs;
+mod send;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +41,46 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Send one run of a mailing now, with a progress bar and a summary.
+    Send {
+        /// The mailing, as OWNER/NAME.
+        mailing: String,
+        /// List the recipients and render the first message without sending anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a mailing's message as one recipient would get it.
+    Preview {
+        /// The mailing, as OWNER/NAME.
+        mailing: String,
+        /// The recipient (default: the first of its lists).
+        #[arg(long, value_name = "EMAIL")]
+        to: Option<String>,
+    },
+    /// The attempt log of a mailing, newest first.
+    Logs {
+        /// The mailing, as OWNER/NAME.
+        mailing: String,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only attempts older than this attempt id (the next page).
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Per-run counts of a mailing: recipients, sent, failed, deferred, skipped, unknown.
+    Report {
+        /// The mailing, as OWNER/NAME.
+        mailing: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
     /// Statuses and next occurrences of mailings.
     Status {
         /// One mailing, as OWNER/NAME.
@@ -63,6 +105,16 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match &cli.command {
         Command::Check { format } => check::run(&cli, *format),
         Command::Status { mailing, format } => status::run(&cli, mailing.as_deref(), *format),
+        Command::Send { mailing, dry_run } => send::send(&cli, mailing, *dry_run),
+        Command::Preview { mailing, to } => send::preview(&cli, mailing, to.as_deref()),
+        Command::Logs {
+            mailing,
+            limit,
+            before,
+            format,
+        } => logs::logs(&cli, mailing, *limit, *before, *format),
+        Command::Report { mailing, format } => logs::report(&cli, mailing, *format),
+        Command::Migrate => logs::migrate(&cli),
     };
     match result {
         Ok(code) => code,
@@ -104,6 +156,60 @@ impl Setup {
             now: self.clock.now(),
         };
         Ok(Catalog::load(&self.root, &options, None)?)
+    }
+}
+
+/// A tokio runtime for one command.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+impl Setup {
+    /// The database URL with a relative SQLite path resolved against the config's folder.
+    pub fn database_url(&self) -> String {
+        resolve_database_url(&self.config)
+    }
+
+    /// Open the database and apply migrations.
+    pub async fn store(&self) -> anyhow::Result<skychimp_storage::Store> {
+        use anyhow::Context as _;
+        use skychimp_storage::Storage as _;
+        let url = self.database_url();
+        let store = skychimp_storage::Store::connect(&url).await?;
+        store.migrate().await.context("applying migrations")?;
+        Ok(store)
+    }
+
+    /// The mailing named on the command line, or a message saying what exists.
+    pub fn find_mailing<'c>(
+        &self,
+        catalog: &'c Catalog,
+        id: &str,
+    ) -> anyhow::Result<&'c std::sync::Arc<crate::catalog::Mailing>> {
+        if let Some(m) = catalog.mailing(id) {
+            return Ok(m);
+        }
+        let broken = catalog
+            .problems()
+            .iter()
+            .any(|p| p.is_error() && p.path.ends_with(format!("{id}.toml")));
+        if broken {
+            anyhow::bail!("mailing `{id}` has errors: run `skychimpd check`");
+        }
+        anyhow::bail!("no mailing `{id}` (ids are OWNER/NAME, from mailings/OWNER/NAME.toml)")
+    }
+}
+
+/// `sqlite://var/x.db` relative to the config file's folder; other URLs unchanged.
+pub fn resolve_database_url(config: &Config) -> String {
+    let url = &config.database.url;
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
+            format!("sqlite://{}", config.resolve(path).display())
+        }
+        _ => url.clone(),
     }
 }
 

@@ -1,0 +1,327 @@
+//! `skychimpd send` and `skychimpd preview`: one run now, and what a recipient would see.
+
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use skychimp_storage::{RunKind, Storage, address_key};
+use skychimp_transport::{ComposeInput, ListId, compose};
+
+use super::{Cli, Setup};
+use crate::catalog::{Catalog, Client, Mailing};
+use crate::delivery::render::Renderer;
+use crate::delivery::{self, Deliverer, Scope, Settings};
+use crate::message::{ClientVars, MailingVars, OwnerVars};
+use crate::tokens::{self, TokenSecret};
+
+/// Why a mailing may not send now, as a sentence; `None` when it may.
+pub(crate) async fn refusal(
+    setup: &Setup,
+    store: &skychimp_storage::Store,
+    catalog: &Catalog,
+    m: &Mailing,
+) -> anyhow::Result<Option<String>> {
+    if let Some(state) = store.mailing_state(&m.id).await?
+        && state.disabled
+    {
+        let why = state.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        return Ok(Some(format!(
+            "mailing `{}` is disabled by a manager{why}",
+            m.id
+        )));
+    }
+    let user_state = store.user_state(&m.owner).await?;
+    if let Some(s) = &user_state
+        && s.blocked
+    {
+        let why = s
+            .blocked_reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        return Ok(Some(format!(
+            "owner `{}` is blocked by a manager{why}",
+            m.owner
+        )));
+    }
+    if setup.config.users.require_verification {
+        let email = catalog
+            .users()
+            .get(&m.owner)
+            .map(|u| u.email.clone())
+            .unwrap_or_default();
+        if !user_state
+            .as_ref()
+            .is_some_and(|s| s.is_verified_for(&email))
+        {
+            return Ok(Some(format!(
+                "owner `{}` has not verified {email} yet: `skychimpd run` mails them a link ([users] require_verification = false turns this off)",
+                m.owner
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// `skychimpd send OWNER/NAME [--dry-run]`
+pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let setup = Setup::new(cli)?;
+    let catalog = Arc::new(setup.catalog()?);
+    let mailing = setup.find_mailing(&catalog, id)?.clone();
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let store = setup.store().await?;
+        if dry_run {
+            return dry_run_report(&setup, &store, &catalog, &mailing).await;
+        }
+        if let Some(why) = refusal(&setup, &store, &catalog, &mailing).await? {
+            eprintln!("skychimpd: not sending: {why}");
+            return Ok(ExitCode::from(1));
+        }
+        let recovered = recover_dead_local(&setup, &store).await?;
+        if recovered > 0 {
+            eprintln!("recovered {recovered} deliveries of a process that died mid-send");
+        }
+        let now = setup.clock.now();
+        let mut occurrence = now;
+        let run_id = loop {
+            let run = delivery::new_run(&catalog, &mailing, occurrence, RunKind::Manual);
+            if let Some(id) = store.create_run(&run, now).await? {
+                break id;
+            }
+            // A run already holds this exact instant (a scheduled one): take the next.
+            occurrence += chrono::Duration::milliseconds(1);
+        };
+        let transport = delivery::transport_from_config(&setup.config)?;
+        let dkim = delivery::dkim_from_config(&setup.config)?;
+        let secret = TokenSecret::load(&setup.config)?;
+        let rate = skychimp_transport::RateLimiter::for_config(f64::from(setup.config.smtp.rate));
+        let clock: Arc<dyn crate::clock::Clock> = Arc::from(crate::clock::from_env().map_err(anyhow::Error::msg)?);
+        let deliverer = Arc::new(Deliverer::new(
+            store.clone(),
+            transport,
+            rate,
+            Settings::from_config(&setup.config),
+            secret,
+            clock,
+            Arc::new(RwLock::new(catalog.clone())),
+            dkim,
+        ));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::shutdown::signal().await;
+            eprintln!("\nstopping: finishing the messages in flight…");
+            let _ = stop_tx.send(true);
+        });
+        let progress = progress_bar(mailing.recipient_count() as u64);
+        let watcher = {
+            let (store, progress, mailing_id) = (store.clone(), progress.clone(), mailing.id.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(reports) = store.report(&mailing_id).await
+                        && let Some(r) = reports.iter().find(|r| r.run_id == run_id)
+                    {
+                        progress.set_length(r.recipients as u64);
+                        progress.set_position((r.sent + r.failed + r.skipped + r.unknown + r.deferred) as u64);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        let result = deliverer.run(Scope::Run(run_id), stop_rx).await;
+        watcher.abort();
+        progress.finish_and_clear();
+        result?;
+        store.finish_runs(setup.clock.now()).await?;
+        let report = store.report(&mailing.id).await?.into_iter().find(|r| r.run_id == run_id);
+        let Some(r) = report else { anyhow::bail!("run {} is missing from the report", run_id.0) };
+        println!(
+            "{}: run {} — {} recipients: {} sent, {} failed, {} deferred, {} skipped, {} unknown, {} queued",
+            mailing.id, run_id.0, r.recipients, r.sent, r.failed, r.deferred, r.skipped, r.unknown, r.queued + r.sending
+        );
+        if r.deferred > 0 {
+            println!("deferred deliveries are retried by `skychimpd run`; `skychimpd logs {}` shows why", mailing.id);
+        }
+        Ok(if r.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    })
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Deliveries leased by a process of this host that no longer exists: a `send` or daemon
+/// killed mid-run. Their `sending` rows become `unknown` (at most once) or `queued` again.
+pub(crate) async fn recover_dead_local(
+    setup: &Setup,
+    store: &skychimp_storage::Store,
+) -> anyhow::Result<u64> {
+    let host = delivery::instance_name();
+    let host = host.split(':').next().unwrap_or_default().to_string();
+    let owners = store.lease_owners().await?;
+    let dead: Vec<String> = owners
+        .into_iter()
+        .filter(|owner| {
+            let mut parts = owner.split(':');
+            parts.next() == Some(host.as_str())
+                && parts
+                    .next()
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .is_some_and(|pid| !process_alive(pid))
+        })
+        .collect();
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    let redeliver = setup.config.delivery.redeliver_unknown;
+    Ok(store
+        .recover_workers(&dead, redeliver, setup.clock.now())
+        .await?)
+}
+
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // Signal 0 checks existence; EPERM means it exists but is not ours.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+async fn dry_run_report(
+    setup: &Setup,
+    store: &skychimp_storage::Store,
+    catalog: &Catalog,
+    m: &Mailing,
+) -> anyhow::Result<ExitCode> {
+    let mut count = 0;
+    let mut skipped = 0;
+    println!("{}: {} — dry run, nothing is sent", m.id, m.title);
+    for c in m.recipients() {
+        if store.is_unsubscribed(&m.owner, &c.email).await? {
+            skipped += 1;
+            println!("  skip  {} <{}> (unsubscribed)", c.name, c.email);
+        } else {
+            count += 1;
+            println!("  send  {} <{}>", c.name, c.email);
+        }
+    }
+    if let Some(why) = refusal(setup, store, catalog, m).await? {
+        println!("note: a real send would be refused now: {why}");
+    }
+    println!("{count} messages would be sent, {skipped} skipped");
+    if let Some(first) = m.recipients().next() {
+        println!("\nthe first message:\n");
+        print!("{}", render_preview(setup, catalog, m, first)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The composed message for one client, headers and both parts, as text.
+fn render_preview(
+    setup: &Setup,
+    catalog: &Catalog,
+    m: &Mailing,
+    client: &Client,
+) -> anyhow::Result<String> {
+    let owner = catalog.users().get(&m.owner);
+    let renderer = Renderer::new(
+        &m.message.subject,
+        &m.message.body,
+        MailingVars {
+            id: &m.id,
+            title: &m.title,
+        },
+        OwnerVars {
+            name: owner.map_or(m.owner.as_str(), |u| u.name.as_str()),
+            email: owner.map_or("", |u| u.email.as_str()),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
+    let secret = TokenSecret::load(&setup.config)?;
+    let url = tokens::unsubscribe_url(
+        &setup.config.manager.public_url,
+        &secret.unsubscribe_token(&m.id, &address_key(&client.email)),
+    );
+    let rendered = renderer
+        .render(
+            ClientVars {
+                email: &client.email,
+                name: &client.name,
+                comment: client.comment.as_deref().unwrap_or(""),
+            },
+            &url,
+        )
+        .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
+    let composed = compose(&ComposeInput {
+        from: &setup.config.smtp.from,
+        to_name: &client.name,
+        to_address: &client.email,
+        subject: &rendered.subject,
+        text: &rendered.text,
+        html: &rendered.html,
+        list: ListId {
+            owner: &m.owner,
+            name: &m.name,
+        },
+        unsubscribe_url: &url,
+        date: std::time::SystemTime::from(setup.clock.now()),
+        dkim: None,
+    })
+    .context("composing the message")?;
+    let raw = String::from_utf8_lossy(&composed.bytes);
+    let headers = raw.split("\r\n\r\n").next().unwrap_or_default();
+    let mut out = String::new();
+    for line in headers
+        .lines()
+        .filter(|l| !l.starts_with("Content-") && !l.starts_with("MIME-Version"))
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("\n--- text/plain ---\n");
+    out.push_str(&rendered.text);
+    out.push_str("\n--- text/html ---\n");
+    out.push_str(&rendered.html);
+    Ok(out)
+}
+
+/// `skychimpd preview OWNER/NAME [--to EMAIL]`
+pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode> {
+    let setup = Setup::new(cli)?;
+    let catalog = setup.catalog()?;
+    let mailing = setup.find_mailing(&catalog, id)?;
+    let stranger;
+    let client = match to {
+        Some(email) => match mailing
+            .recipients()
+            .find(|c| c.email.eq_ignore_ascii_case(email))
+        {
+            Some(c) => c,
+            None => {
+                crate::catalog::address::check(email).map_err(anyhow::Error::msg)?;
+                eprintln!(
+                    "note: {email} is not on this mailing's lists; previewing with a sample name"
+                );
+                stranger = Client {
+                    email: email.to_string(),
+                    name: "Sample Client".into(),
+                    comment: None,
+                };
+                &stranger
+            }
+        },
+        None => match mailing.recipients().next() {
+            Some(c) => c,
+            None => anyhow::bail!("mailing `{id}` has no recipients; use --to EMAIL"),
+        },
+    };
+    print!("{}", render_preview(&setup, &catalog, mailing, client)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,560 @@
+//! Delivery: turning runs into mail. Owns runs' creation, claiming, rendering, transports,
+//! rate limits and retries; the HTTP layer and the CLI only ask it to act.
+//!
+//! Each of `smtp.concurrency` workers keeps one sender (one long-lived SMTP connection) and
+//! loops: claim a batch of due deliveries (a lease in the database, so several daemons
+//! share the work), then for each small chunk mark it `sending`, render, send, and record
+//! the outcomes and the attempt log in one transaction. `sending` is written before the
+//! SMTP transaction starts, so a crash leaves `sending` rows that the next start turns into
+//! `unknown` (never resent unless `delivery.redeliver_unknown`).
+
+pub mod render;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use skychimp_storage::{
+    ClaimedDelivery, DeliveryId, NewRun, Outcome, OutcomeStatus, Recipient, RunId, RunKind,
+    Storage, Store,
+};
+use skychimp_transport::{
+    ComposeInput, DkimSigner, ListId, RateLimit, RetryPolicy, SendOutcome, SmtpOptions, Transport,
+    TransportUrl, compose,
+};
+use tokio::sync::{Notify, watch};
+
+use self::render::Renderer;
+use crate::catalog::{Catalog, Mailing};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::message::{ClientVars, MailingVars, OwnerVars};
+use crate::tokens::{self, TokenSecret};
+
+/// Deliveries marked `sending` at once: the most a crash can leave `unknown` per worker.
+const CHUNK: usize = 16;
+
+/// The catalog in use, swapped on reload; delivery reads titles and owner names from it.
+pub type CatalogHandle = Arc<RwLock<Arc<Catalog>>>;
+
+/// Why delivery could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Storage(#[from] skychimp_storage::StorageError),
+    /// The transport URL or key is unusable.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a worker needs besides the database and the transport.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[smtp] from`
+    pub from: String,
+    /// `[manager] public_url`, the base of unsubscribe links.
+    pub public_url: String,
+    /// How long a claim holds.
+    pub lease: Duration,
+    /// Deliveries claimed at once.
+    pub batch: usize,
+    /// Parallel workers (SMTP sessions).
+    pub concurrency: usize,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// How often an idle worker looks for due work when nobody wakes it (retries coming due).
+    pub idle_poll: Duration,
+}
+
+impl Settings {
+    /// From the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let d = &config.delivery;
+        Self {
+            from: config.smtp.from.clone(),
+            public_url: config.manager.public_url.clone(),
+            lease: d.lease.0,
+            batch: d.batch as usize,
+            concurrency: config.smtp.concurrency as usize,
+            retry: RetryPolicy {
+                max_attempts: d.max_attempts,
+                base: d.backoff.0,
+                max_delay: d.backoff_max.0,
+                max_total: d.give_up_after.0,
+            },
+            idle_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The transport for `[smtp]`, with the password from the environment.
+pub fn transport_from_config(config: &Config) -> Result<Transport, DeliveryError> {
+    let mut url = config.smtp.url.clone();
+    // outbox:DIR resolves against the config file's folder like every other path.
+    if let Some(dir) = url.strip_prefix("outbox:") {
+        url = format!("outbox:{}", config.resolve(dir).display());
+    }
+    let url =
+        TransportUrl::parse(&url).map_err(|e| DeliveryError::Setup(format!("[smtp] url: {e}")))?;
+    let hello = config
+        .smtp
+        .from
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').trim().to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let options = SmtpOptions {
+        hello_name: hello,
+        password: std::env::var(&config.smtp.password_env).ok(),
+        connect_timeout: config.smtp.timeout.0,
+        command_timeout: config.smtp.timeout.0,
+        ..SmtpOptions::default()
+    };
+    Ok(Transport::new(url, options))
+}
+
+/// The DKIM signer for `[dkim]`, when configured.
+pub fn dkim_from_config(config: &Config) -> Result<Option<DkimSigner>, DeliveryError> {
+    let d = &config.dkim;
+    if d.selector.is_empty() && d.domain.is_empty() && d.private_key_file.is_empty() {
+        return Ok(None);
+    }
+    if d.selector.is_empty() || d.domain.is_empty() || d.private_key_file.is_empty() {
+        return Err(DeliveryError::Setup(
+            "[dkim] needs selector, domain and private_key_file together".into(),
+        ));
+    }
+    let path = config.resolve(&d.private_key_file);
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        DeliveryError::Setup(format!("[dkim] private_key_file {}: {e}", path.display()))
+    })?;
+    let signer = DkimSigner::new(&skychimp_transport::DkimConfig {
+        selector: d.selector.clone(),
+        domain: d.domain.clone(),
+        private_key_pem: pem,
+    })
+    .map_err(|e| DeliveryError::Setup(format!("[dkim]: {e}")))?;
+    Ok(Some(signer))
+}
+
+/// A run to create now for a mailing: its recipients, message and version are fixed here.
+pub fn new_run(
+    catalog: &Catalog,
+    mailing: &Mailing,
+    occurrence: DateTime<Utc>,
+    kind: RunKind,
+) -> NewRun {
+    NewRun {
+        mailing_id: mailing.id.clone(),
+        occurrence,
+        kind,
+        mailing_blob: mailing.blob.clone(),
+        head_commit: catalog.head_commit().map(str::to_string),
+        subject: mailing.message.subject.clone(),
+        body: mailing.message.body.clone(),
+        recipients: mailing
+            .recipients()
+            .map(|c| Recipient {
+                email: c.email.clone(),
+                name: c.name.clone(),
+                comment: c.comment.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Which deliveries the workers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every due delivery, until stopped (the daemon).
+    All,
+    /// One run's, until it has nothing queued or sending (`skychimpd send`).
+    Run(RunId),
+}
+
+/// Counts of one worker's outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Accepted.
+    pub sent: u64,
+    /// Failed for good.
+    pub failed: u64,
+    /// To be retried.
+    pub deferred: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, o: Self) {
+        self.sent += o.sent;
+        self.failed += o.failed;
+        self.deferred += o.deferred;
+    }
+}
+
+/// The delivery engine shared by the workers.
+pub struct Deliverer {
+    store: Store,
+    transport: Transport,
+    rate: Arc<dyn RateLimit>,
+    settings: Settings,
+    secret: TokenSecret,
+    clock: Arc<dyn Clock>,
+    catalog: CatalogHandle,
+    dkim: Option<DkimSigner>,
+    instance: String,
+    /// Woken when new work may be there (a run created, a retry due).
+    wake: Notify,
+}
+
+/// This process's name in leases: `host:pid:start`, so a restart on the same host can tell
+/// that the process holding a lease is gone.
+pub fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let start = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{host}:{}:{start}", std::process::id())
+}
+
+impl Deliverer {
+    /// An engine; nothing is opened until the workers run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        transport: Transport,
+        rate: Arc<dyn RateLimit>,
+        settings: Settings,
+        secret: TokenSecret,
+        clock: Arc<dyn Clock>,
+        catalog: CatalogHandle,
+        dkim: Option<DkimSigner>,
+    ) -> Self {
+        Self {
+            store,
+            transport,
+            rate,
+            settings,
+            secret,
+            clock,
+            catalog,
+            dkim,
+            instance: instance_name(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The lease owner prefix of this process.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Tell idle workers there may be work.
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Run the workers until `stop` turns true (or, for [`Scope::Run`], the run is done).
+    /// On stop each worker finishes the message in flight, records it, and returns.
+    pub async fn run(
+        self: &Arc<Self>,
+        scope: Scope,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Tally, DeliveryError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..self.settings.concurrency.max(1) {
+            let me = self.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move { me.worker(i, scope, stop).await });
+        }
+        let mut total = Tally::default();
+        let mut first_error = None;
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(t)) => total += t,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(DeliveryError::Setup(format!(
+                        "a delivery worker stopped: {e}"
+                    )));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
+    async fn worker(
+        self: Arc<Self>,
+        index: usize,
+        scope: Scope,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<Tally, DeliveryError> {
+        let worker = format!("{}:{index}", self.instance);
+        let mut sender = self.transport.connect();
+        let mut renderers: HashMap<RunId, Arc<RunContext>> = HashMap::new();
+        let mut tally = Tally::default();
+        let result = loop {
+            if *stop.borrow() {
+                break Ok(());
+            }
+            let now = self.clock.now();
+            let only = match scope {
+                Scope::Run(id) => Some(id),
+                Scope::All => None,
+            };
+            let claimed = match self
+                .store
+                .claim(&worker, self.settings.batch, self.settings.lease, now, only)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => break Err(e.into()),
+            };
+            if claimed.is_empty() {
+                if let Scope::Run(id) = scope {
+                    match self.store.run_pending(id).await {
+                        Ok(0) => break Ok(()),
+                        Ok(_) => {}
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.settings.idle_poll) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            if let Err(e) = self
+                .deliver(
+                    &worker,
+                    &claimed,
+                    &mut sender,
+                    &mut renderers,
+                    &mut tally,
+                    &stop,
+                )
+                .await
+            {
+                break Err(e);
+            }
+            // Idle workers waiting for a run's last rows learn at once that they are done.
+            self.wake();
+            if renderers.len() > 256 {
+                renderers.clear();
+            }
+        };
+        sender.close().await;
+        result.map(|()| tally)
+    }
+
+    /// Send one claimed batch in chunks; stop between messages when asked.
+    async fn deliver(
+        &self,
+        worker: &str,
+        claimed: &[ClaimedDelivery],
+        sender: &mut skychimp_transport::Sender,
+        renderers: &mut HashMap<RunId, Arc<RunContext>>,
+        tally: &mut Tally,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), DeliveryError> {
+        let mut rest = claimed;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
+            rest = tail;
+            if *stop.borrow() {
+                // Not started: give them back at once rather than at lease expiry.
+                let ids: Vec<DeliveryId> = chunk.iter().chain(rest).map(|d| d.id).collect();
+                self.store.release(worker, &ids).await?;
+                return Ok(());
+            }
+            let ids: Vec<DeliveryId> = chunk.iter().map(|d| d.id).collect();
+            let marked = self
+                .store
+                .mark_sending(&ids, worker, self.clock.now())
+                .await?;
+            let mut outcomes = Vec::with_capacity(marked.len());
+            let mut unsent = Vec::new();
+            for d in chunk.iter().filter(|d| marked.contains(&d.id)) {
+                if *stop.borrow() {
+                    unsent.push(d.id);
+                    continue;
+                }
+                let ctx = match renderers.get(&d.run_id) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = Arc::new(self.run_context(d.run_id).await?);
+                        renderers.insert(d.run_id, c.clone());
+                        c
+                    }
+                };
+                self.rate.acquire().await;
+                let outcome = self.attempt(d, &ctx, sender).await;
+                match outcome.status {
+                    OutcomeStatus::Sent => tally.sent += 1,
+                    OutcomeStatus::Failed => tally.failed += 1,
+                    OutcomeStatus::Deferred { .. } => tally.deferred += 1,
+                }
+                outcomes.push(outcome);
+            }
+            self.store.record_outcomes(&outcomes).await?;
+            if !unsent.is_empty() {
+                self.store.release(worker, &unsent).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_context(&self, id: RunId) -> Result<RunContext, DeliveryError> {
+        let run = self.store.run(id).await?.ok_or_else(|| {
+            DeliveryError::Setup(format!("run {} vanished from the database", id.0))
+        })?;
+        let catalog = self
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mailing = catalog.mailing(&run.mailing_id);
+        let (owner_id, name) = run
+            .mailing_id
+            .split_once('/')
+            .unwrap_or((&run.mailing_id, ""));
+        let title = mailing.map_or_else(|| run.mailing_id.clone(), |m| m.title.clone());
+        let owner = catalog.users().get(owner_id).cloned();
+        let owner_name = owner
+            .as_ref()
+            .map_or_else(|| owner_id.to_string(), |u| u.name.clone());
+        let owner_email = owner.as_ref().map_or_else(String::new, |u| u.email.clone());
+        let renderer = Renderer::new(
+            &run.subject,
+            &run.body,
+            MailingVars {
+                id: &run.mailing_id,
+                title: &title,
+            },
+            OwnerVars {
+                name: &owner_name,
+                email: &owner_email,
+            },
+        );
+        Ok(RunContext {
+            mailing_id: run.mailing_id.clone(),
+            owner: owner_id.to_string(),
+            name: name.to_string(),
+            created_at: run.created_at,
+            renderer: renderer.map_err(|e| e.to_string()),
+        })
+    }
+
+    /// One SMTP transaction (or outbox write) and what to record of it.
+    async fn attempt(
+        &self,
+        d: &ClaimedDelivery,
+        ctx: &RunContext,
+        sender: &mut skychimp_transport::Sender,
+    ) -> Outcome {
+        let started = std::time::Instant::now();
+        let fail = |reply: String| Outcome {
+            delivery_id: d.id,
+            status: OutcomeStatus::Failed,
+            smtp_code: None,
+            reply,
+            at: self.clock.now(),
+            duration: started.elapsed(),
+        };
+        let renderer = match &ctx.renderer {
+            Ok(r) => r,
+            Err(e) => return fail(format!("template: {e}")),
+        };
+        let token = self.secret.unsubscribe_token(&ctx.mailing_id, &d.address);
+        let unsubscribe = tokens::unsubscribe_url(&self.settings.public_url, &token);
+        let comment = d.comment.as_deref().unwrap_or("");
+        let rendered = match renderer.render(
+            ClientVars {
+                email: &d.email,
+                name: &d.name,
+                comment,
+            },
+            &unsubscribe,
+        ) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("template: {}", crate::message::describe(&e))),
+        };
+        let message = compose(&ComposeInput {
+            from: &self.settings.from,
+            to_name: &d.name,
+            to_address: &d.email,
+            subject: &rendered.subject,
+            text: &rendered.text,
+            html: &rendered.html,
+            list: ListId {
+                owner: &ctx.owner,
+                name: &ctx.name,
+            },
+            unsubscribe_url: &unsubscribe,
+            date: SystemTime::from(self.clock.now()),
+            dkim: self.dkim.as_ref(),
+        });
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => return fail(format!("compose: {e}")),
+        };
+        let report = sender.send(&message).await;
+        let now = self.clock.now();
+        let (status, code) = match &report.outcome {
+            SendOutcome::Sent { code, .. } => (OutcomeStatus::Sent, Some(*code)),
+            SendOutcome::Permanent { code, .. } => (OutcomeStatus::Failed, Some(*code)),
+            SendOutcome::Transient { code, .. } => {
+                let attempts = u32::try_from(d.attempts).unwrap_or(0).saturating_add(1);
+                let delay = self.settings.retry.next_delay(
+                    attempts,
+                    SystemTime::from(ctx.created_at),
+                    SystemTime::from(now),
+                    fastrand::f64(),
+                );
+                match delay.and_then(|d| chrono::Duration::from_std(d).ok()) {
+                    Some(delay) => (
+                        OutcomeStatus::Deferred {
+                            next_attempt_at: now + delay,
+                        },
+                        *code,
+                    ),
+                    None => (OutcomeStatus::Failed, *code),
+                }
+            }
+        };
+        Outcome {
+            delivery_id: d.id,
+            status,
+            smtp_code: code,
+            reply: report.outcome.reply().to_string(),
+            at: now,
+            duration: report.duration,
+        }
+    }
+}
+
+/// What every delivery of one run shares.
+struct RunContext {
+    mailing_id: String,
+    owner: String,
+    name: String,
+    created_at: DateTime<Utc>,
+    renderer: Result<Renderer, String>,
+}
