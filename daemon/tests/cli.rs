@@ -130,7 +130,7 @@ fn status_shows_next_occurrences_in_local_time_and_utc() {
     );
 
     let out = skychimpd(&["--config", config.to_str().unwrap(), "status", "alice/nope"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr_text().contains("no mailing `alice/nope`"));
 }
 

@@ -45,22 +45,14 @@ fn row(m: &Mailing, now: DateTime<Utc>, catch_up: std::time::Duration) -> Row {
     }
 }
 
-/// Print statuses; exit 1 when the named mailing does not exist.
+/// Print statuses (exit 2 when the named mailing does not exist).
 pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<ExitCode> {
     let setup = Setup::new(cli)?;
     let catalog = setup.catalog()?;
     let now = setup.clock.now();
     let catch_up = setup.config.daemon.catch_up.0;
     let rows: Vec<Row> = match only {
-        Some(id) => match catalog.mailing(id) {
-            Some(m) => vec![row(m, now, catch_up)],
-            None => {
-                eprintln!(
-                    "skychimpd: no mailing `{id}` (ids are OWNER/NAME, from mailings/OWNER/NAME.toml)"
-                );
-                return Ok(ExitCode::from(1));
-            }
-        },
+        Some(id) => vec![row(setup.find_mailing(&catalog, id)?, now, catch_up)],
         None => catalog
             .mailings()
             .values()
