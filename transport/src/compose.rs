@@ -122,6 +122,69 @@ pub enum ComposeError {
 
 /// Composes the message for one recipient; see the module documentation for the headers.
 pub fn compose(input: &ComposeInput<'_>) -> Result<OutgoingMessage, ComposeError> {
+    let url = input.unsubscribe_url;
+    let url_ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '<' && c != '>');
+    if !url_ok {
+        return Err(ComposeError::BadUnsubscribeUrl {
+            value: url.to_owned(),
+        });
+    }
+    let owner = dot_atom_label(input.list.owner);
+    let name = dot_atom_label(input.list.name);
+    if owner.is_empty() || name.is_empty() {
+        return Err(ComposeError::BadListId {
+            owner: input.list.owner.to_owned(),
+            name: input.list.name.to_owned(),
+        });
+    }
+    let notice = NoticeInput {
+        from: input.from,
+        to_name: input.to_name,
+        to_address: input.to_address,
+        subject: input.subject,
+        text: input.text,
+        html: input.html,
+        date: input.date,
+        dkim: input.dkim,
+    };
+    build(&notice, Some((&owner, &name, url)))
+}
+
+/// A one-off message to one person that belongs to no mailing, such as the link a new
+/// user opens to confirm their address: the same headers as [`compose`] but no `List-*`.
+#[derive(Debug, Clone)]
+pub struct NoticeInput<'a> {
+    /// The `From` mailbox, as in [`ComposeInput::from`].
+    pub from: &'a str,
+    /// The recipient's display name.
+    pub to_name: &'a str,
+    /// The recipient's address.
+    pub to_address: &'a str,
+    /// The subject.
+    pub subject: &'a str,
+    /// The plain-text body.
+    pub text: &'a str,
+    /// The HTML body.
+    pub html: &'a str,
+    /// The `Date` header.
+    pub date: SystemTime,
+    /// Sign with DKIM when set.
+    pub dkim: Option<&'a DkimSigner>,
+}
+
+/// Composes a [`NoticeInput`]: no List-Id, no List-Unsubscribe.
+pub fn compose_notice(input: &NoticeInput<'_>) -> Result<OutgoingMessage, ComposeError> {
+    build(input, None)
+}
+
+/// The shared builder; `list` is (owner label, name label, unsubscribe URL), checked.
+fn build(
+    input: &NoticeInput<'_>,
+    list: Option<(&str, &str, &str)>,
+) -> Result<OutgoingMessage, ComposeError> {
     reject_control("from", input.from)?;
     reject_control("to_name", input.to_name)?;
     reject_control("to_address", input.to_address)?;
@@ -146,37 +209,22 @@ pub fn compose(input: &ComposeInput<'_>) -> Result<OutgoingMessage, ComposeError
         to_address.clone(),
     );
 
-    let url = input.unsubscribe_url;
-    let url_ok = (url.starts_with("https://") || url.starts_with("http://"))
-        && url
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '<' && c != '>');
-    if !url_ok {
-        return Err(ComposeError::BadUnsubscribeUrl {
-            value: url.to_owned(),
-        });
-    }
-    let owner = dot_atom_label(input.list.owner);
-    let name = dot_atom_label(input.list.name);
-    if owner.is_empty() || name.is_empty() {
-        return Err(ComposeError::BadListId {
-            owner: input.list.owner.to_owned(),
-            name: input.list.name.to_owned(),
-        });
-    }
-
     let domain = from.email.domain().to_owned();
     let message_id = new_message_id(&domain);
 
-    let mut message = lettre::Message::builder()
+    let mut builder = lettre::Message::builder()
         .from(from.clone())
         .to(to)
         .subject(input.subject)
         .date(input.date)
-        .message_id(Some(message_id.clone()))
-        .header(ListIdHeader(format!("<{name}.{owner}.{domain}>")))
-        .header(ListUnsubscribe(format!("<{url}>")))
-        .header(ListUnsubscribePost)
+        .message_id(Some(message_id.clone()));
+    if let Some((owner, name, url)) = list {
+        builder = builder
+            .header(ListIdHeader(format!("<{name}.{owner}.{domain}>")))
+            .header(ListUnsubscribe(format!("<{url}>")))
+            .header(ListUnsubscribePost);
+    }
+    let mut message = builder
         .multipart(
             MultiPart::alternative()
                 .singlepart(
@@ -340,6 +388,35 @@ mod tests {
         assert!(plain < html, "text/plain must come first");
         assert_eq!(m.envelope_from.to_string(), "news@example.com");
         assert_eq!(m.envelope_to.to_string(), "ivan@example.org");
+    }
+
+    #[test]
+    fn notices_have_no_list_headers_and_refuse_injection() {
+        let i = input();
+        let notice = NoticeInput {
+            from: i.from,
+            to_name: "Alice",
+            to_address: "alice@example.com",
+            subject: "Confirm your address",
+            text: "Open the link.",
+            html: "<p>Open the link.</p>",
+            date: i.date,
+            dkim: None,
+        };
+        let t = text(&compose_notice(&notice).unwrap());
+        assert!(t.contains("Subject: Confirm your address\r\n"), "{t}");
+        assert!(!t.contains("List-"), "{t}");
+        let bad = NoticeInput {
+            subject: "x\r\nBcc: all@example.com",
+            ..notice
+        };
+        assert!(matches!(
+            compose_notice(&bad),
+            Err(ComposeError::LineBreak {
+                field: "subject",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub mod sender;
 pub mod smtp;
 pub mod url;
 
-pub use compose::{ComposeError, ComposeInput, ListId, OutgoingMessage, compose};
+pub use compose::{
+    ComposeError, ComposeInput, ListId, NoticeInput, OutgoingMessage, compose, compose_notice,
+};
 pub use dkim::{DkimConfig, DkimError, DkimSigner};
 pub use lettre::Address;
 pub use outbox::OutboxSender;
