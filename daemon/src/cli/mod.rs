@@ -8,6 +8,9 @@ mod logs;
 mod send;
 mod status;
 
+pub(crate) use logs::redact;
+pub(crate) use send::recover_dead_local;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -81,6 +84,8 @@ pub enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// The daemon: watch the repository, send on schedule, serve the HTTP API.
+    Run,
     /// Statuses and next occurrences of mailings.
     Status {
         /// One mailing, as OWNER/NAME.
@@ -115,6 +120,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => logs::logs(&cli, mailing, *limit, *before, *format),
         Command::Report { mailing, format } => logs::report(&cli, mailing, *format),
         Command::Migrate => logs::migrate(&cli),
+        Command::Run => Setup::new(&cli).and_then(crate::daemon::run),
     };
     match result {
         Ok(code) => code,
@@ -126,13 +132,14 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// What every command starts from: the configuration, the root and the clock.
-pub(crate) struct Setup {
+pub struct Setup {
     pub config: Config,
     pub root: PathBuf,
     pub clock: Box<dyn Clock>,
 }
 
 impl Setup {
+    /// Read the configuration and decide the root and the clock.
     pub fn new(cli: &Cli) -> anyhow::Result<Setup> {
         let (path, required) = match (&cli.config, &cli.root) {
             (Some(path), _) => (path.clone(), true),

@@ -1,0 +1,417 @@
+//! `skychimpd run`: the daemon.
+//!
+//! A few long-lived tasks, each owning its state and stopping on one signal:
+//! - the **watcher** turns file changes into catalog reloads (a broken file keeps its last
+//!   good version: see [`crate::catalog`]);
+//! - the **scheduler** applies the due rule on every reload, state change and at each next
+//!   occurrence, sleeping in between;
+//! - the **delivery workers** send what is queued ([`crate::delivery`]);
+//! - the **verifier** mails verification links to new users;
+//! - the **HTTP listener** serves `/healthz`, `/verify` and `/unsubscribe` on its own threads;
+//! - a **recovery** timer takes over deliveries whose lease expired (a dead instance).
+//!
+//! On SIGTERM/SIGINT the workers finish the SMTP transactions in flight, record them, and
+//! the process exits 0; a restart resumes what is queued.
+
+pub mod scheduler;
+pub mod verify;
+pub mod watcher;
+
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use skychimp_storage::{Interrupted, Storage};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::catalog::{Catalog, LoadOptions};
+use crate::cli::Setup;
+use crate::clock::Clock;
+use crate::delivery::{self, CatalogHandle, Deliverer, Scope, Settings};
+use crate::http::{HttpServer, HttpState};
+use crate::tokens::TokenSecret;
+
+use self::scheduler::Scheduler;
+use self::verify::Verifier;
+use self::watcher::Change;
+
+/// How long file events are gathered before one reload.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Start logging as `[daemon] log_format` says; `RUST_LOG` filters (default `info`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub fn run(setup: Setup) -> anyhow::Result<ExitCode> {
+    init_logging(setup.config.daemon.log_format == "json");
+    let runtime = crate::cli::runtime()?;
+    runtime.block_on(serve(setup))
+}
+
+/// Log the problems of a (re)loaded catalog; after a reload, only the new ones.
+fn log_problems(catalog: &Catalog, previous: Option<&Catalog>) {
+    for p in catalog.problems() {
+        if previous.is_some_and(|prev| prev.problems().contains(p)) {
+            continue;
+        }
+        if p.is_error() {
+            tracing::warn!(target: "skychimpd::catalog", "{p}");
+        } else {
+            tracing::info!(target: "skychimpd::catalog", "{p}");
+        }
+    }
+}
+
+async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
+    let clock: Arc<dyn Clock> = Arc::from(crate::clock::from_env().map_err(anyhow::Error::msg)?);
+    let config = setup.config.clone();
+    let root = setup.root.clone();
+    let options = LoadOptions {
+        default_timezone: config.timezone(),
+        now: clock.now(),
+    };
+    let catalog = Catalog::load(&root, &options, None)?;
+    log_problems(&catalog, None);
+    let store = setup.store().await?;
+    let recovered = crate::cli::recover_dead_local(&setup, &store).await?
+        + store
+            .recover_interrupted(
+                clock.now(),
+                Interrupted::ExpiredLeases,
+                config.delivery.redeliver_unknown,
+            )
+            .await?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "deliveries interrupted by a crash were marked {}",
+            if config.delivery.redeliver_unknown {
+                "queued again (redeliver_unknown)"
+            } else {
+                "unknown (not resent)"
+            }
+        );
+    }
+    let transport = delivery::transport_from_config(&config)?;
+    let dkim = delivery::dkim_from_config(&config)?;
+    let secret = TokenSecret::load(&config)?;
+    let rate = skychimp_transport::RateLimiter::for_config(f64::from(config.smtp.rate));
+    let handle: CatalogHandle = Arc::new(RwLock::new(Arc::new(catalog)));
+
+    let deliverer = Arc::new(Deliverer::new(
+        store.clone(),
+        transport.clone(),
+        rate,
+        Settings::from_config(&config),
+        secret.clone(),
+        clock.clone(),
+        handle.clone(),
+        dkim,
+    ));
+    let scheduler = Arc::new(Scheduler::new(
+        store.clone(),
+        handle.clone(),
+        clock.clone(),
+        config.daemon.catch_up.0,
+        config.users.require_verification,
+    ));
+    let verifier = Arc::new(Verifier::new(
+        store.clone(),
+        handle.clone(),
+        clock.clone(),
+        secret.clone(),
+        config.manager.public_url.clone(),
+        config.smtp.from.clone(),
+        config.users.verification_ttl.0,
+    ));
+    let state_changed = Arc::new(Notify::new());
+    let http = HttpServer::start(
+        &config.manager.listen,
+        config.manager.threads as usize,
+        Arc::new(HttpState {
+            runtime: tokio::runtime::Handle::current(),
+            store: store.clone(),
+            clock: clock.clone(),
+            secret: secret.clone(),
+            verifier: verifier.clone(),
+            state_changed: state_changed.clone(),
+        }),
+    )?;
+
+    print_startup(
+        &setup,
+        &handle,
+        &scheduler,
+        &transport,
+        http.addr(),
+        clock.now(),
+    )
+    .await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (change_tx, mut change_rx) = mpsc::unbounded_channel();
+    let site_dir = std::path::PathBuf::from(&config.site.dir);
+    let _watcher = match watcher::watch(&root, site_dir, DEBOUNCE, change_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(
+                "cannot watch {}: {e}; changes need a restart",
+                root.display()
+            );
+            None
+        }
+    };
+
+    let reloaded = Arc::new(Notify::new());
+    // Verification links: at start and after each reload.
+    let verify_task = {
+        let (verifier, transport, reloaded, mut stop) = (
+            verifier.clone(),
+            transport.clone(),
+            reloaded.clone(),
+            stop_rx.clone(),
+        );
+        let enabled = config.users.require_verification;
+        tokio::spawn(async move {
+            if !enabled {
+                return;
+            }
+            let mut sender = transport.connect();
+            loop {
+                if let Err(e) = verifier.send_pending(&mut sender).await {
+                    tracing::error!("verification links: {e}");
+                }
+                tokio::select! {
+                    _ = reloaded.notified() => {}
+                    _ = stop.changed() => break,
+                }
+            }
+            sender.close().await;
+        })
+    };
+
+    // Reloads.
+    let reload_task = {
+        let (handle, reloaded, root, mut stop) = (
+            handle.clone(),
+            reloaded.clone(),
+            root.clone(),
+            stop_rx.clone(),
+        );
+        let (tz, clock) = (config.timezone(), clock.clone());
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    c = change_rx.recv() => c,
+                    _ = stop.changed() => None,
+                };
+                let Some(change) = change else { break };
+                if change != Change::Catalog {
+                    continue;
+                }
+                let previous = handle.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let (root, options) = (
+                    root.clone(),
+                    LoadOptions {
+                        default_timezone: tz,
+                        now: clock.now(),
+                    },
+                );
+                let started = std::time::Instant::now();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    Catalog::load(&root, &options, Some(&previous)).map(|c| (c, previous))
+                })
+                .await;
+                match loaded {
+                    Ok(Ok((catalog, previous))) => {
+                        log_problems(&catalog, Some(&previous));
+                        tracing::info!(
+                            mailings = catalog.mailings().len(),
+                            lists = catalog.lists().len(),
+                            errors = catalog.problems().iter().filter(|p| p.is_error()).count(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "catalog reloaded"
+                        );
+                        *handle.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+                        reloaded.notify_waiters();
+                    }
+                    Ok(Err(e)) => tracing::error!("reload failed, keeping the catalog in use: {e}"),
+                    Err(e) => tracing::error!("reload failed, keeping the catalog in use: {e}"),
+                }
+            }
+        })
+    };
+
+    // The scheduler: a pass, then sleep until the next occurrence or a change.
+    let schedule_task = {
+        let (scheduler, deliverer, reloaded, state_changed, clock, mut stop) = (
+            scheduler.clone(),
+            deliverer.clone(),
+            reloaded.clone(),
+            state_changed.clone(),
+            clock.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                // Register interest before the pass so a change during it is not lost.
+                let reload = reloaded.notified();
+                let state = state_changed.notified();
+                tokio::pin!(reload, state);
+                reload.as_mut().enable();
+                state.as_mut().enable();
+                let wait = match scheduler.tick().await {
+                    Ok(tick) => {
+                        if !tick.created.is_empty() {
+                            deliverer.wake();
+                        }
+                        match tick.next {
+                            Some(next) => {
+                                (next - clock.now()).to_std().unwrap_or_default()
+                                    + Duration::from_millis(5)
+                            }
+                            None => Duration::from_secs(3600),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("scheduler: {e}; trying again in 10 s");
+                        Duration::from_secs(10)
+                    }
+                };
+                // A long sleep is cut at an hour so a changed wall clock is noticed.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => {}
+                    _ = &mut reload => {}
+                    _ = &mut state => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+
+    // Recovery of expired leases (a dead instance) and finishing runs.
+    let recovery_task = {
+        let (store, clock, mut stop) = (store.clone(), clock.clone(), stop_rx.clone());
+        let (lease, redeliver) = (config.delivery.lease.0, config.delivery.redeliver_unknown);
+        tokio::spawn(async move {
+            let every = (lease / 2).max(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => break,
+                }
+                let now = clock.now();
+                match store
+                    .recover_interrupted(now, Interrupted::ExpiredLeases, redeliver)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(n, "took over deliveries whose lease expired"),
+                    Err(e) => tracing::error!("recovery: {e}"),
+                }
+                if let Err(e) = store.finish_runs(now).await {
+                    tracing::error!("finishing runs: {e}");
+                }
+            }
+        })
+    };
+
+    let mut delivery_task = {
+        let (deliverer, stop) = (deliverer.clone(), stop_rx.clone());
+        tokio::spawn(async move { deliverer.run(Scope::All, stop).await })
+    };
+
+    let ended_early = tokio::select! {
+        _ = crate::shutdown::signal() => None,
+        r = &mut delivery_task => Some(r),
+    };
+    tracing::info!("stopping: finishing the SMTP transactions in flight");
+    let _ = stop_tx.send(true);
+    let delivery_result = match ended_early {
+        Some(r) => r,
+        None => delivery_task.await,
+    };
+    for task in [verify_task, reload_task, schedule_task, recovery_task] {
+        let _ = task.await;
+    }
+    http.stop();
+    let _ = store.finish_runs(clock.now()).await;
+    store.close().await;
+    match delivery_result {
+        Ok(Ok(_)) => {
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::anyhow!("delivery stopped: {e}")),
+    }
+}
+
+async fn print_startup(
+    setup: &Setup,
+    handle: &CatalogHandle,
+    scheduler: &Scheduler,
+    transport: &skychimp_transport::Transport,
+    addr: std::net::SocketAddr,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let catalog = handle.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let clients: usize = catalog.lists().values().map(|l| l.clients.len()).sum();
+    let holds = scheduler.holds().await.unwrap_or_default();
+    let mut out = format!(
+        "skychimpd {}: {} users, {} lists ({clients} clients, {} unique), {} mailings; {} problems in the files\n",
+        env!("CARGO_PKG_VERSION"),
+        catalog.users().len(),
+        catalog.lists().len(),
+        catalog.unique_clients(),
+        catalog.mailings().len(),
+        catalog.problems().iter().filter(|p| p.is_error()).count(),
+    );
+    for m in catalog.mailings().values() {
+        let next = match holds.get(&m.id) {
+            Some(hold) => format!("held: {hold:?}").to_lowercase(),
+            None => m
+                .schedule
+                .first_at_or_after(now)
+                .or_else(|| m.schedule.latest_at_or_before(now))
+                .map_or_else(
+                    || "no occurrence left".into(),
+                    |t| {
+                        format!(
+                            "{} ({})",
+                            t.with_timezone(&m.schedule.timezone)
+                                .format("%Y-%m-%d %H:%M %Z"),
+                            t.format("%H:%M UTC")
+                        )
+                    },
+                ),
+        };
+        out.push_str(&format!(
+            "  {:<28} {:<24} {:>6} recipients  next: {next}\n",
+            m.id,
+            m.schedule.repeat.to_string(),
+            m.recipient_count()
+        ));
+    }
+    out.push_str(&format!("  mail goes to   {}\n", transport.url()));
+    out.push_str(&format!(
+        "  database       {}\n",
+        crate::cli::redact(&setup.database_url())
+    ));
+    out.push_str(&format!("  listening on   http://{addr}\n"));
+    eprint!("{out}");
+}

@@ -1,0 +1,196 @@
+//! Address verification: new users (and changed addresses) get a signed, expiring link;
+//! opening it marks them verified, and their mailings may send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use skychimp_storage::{Storage, Store};
+use skychimp_transport::{NoticeInput, SendOutcome, Sender, compose_notice};
+
+use crate::catalog::User;
+use crate::clock::Clock;
+use crate::delivery::CatalogHandle;
+use crate::tokens::{TokenError, TokenSecret};
+
+/// What opening a verification link did, as the page says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// The address is confirmed now.
+    Confirmed { user: String, email: String },
+    /// It was confirmed before (the link was used already).
+    AlreadyConfirmed { user: String, email: String },
+    /// A newer link was sent since, or the address in users.toml changed.
+    Superseded,
+    /// Past its validity.
+    Expired,
+    /// Not a link we sent.
+    Invalid,
+}
+
+/// Sends verification links and checks them.
+pub struct Verifier {
+    store: Store,
+    catalog: CatalogHandle,
+    clock: Arc<dyn Clock>,
+    secret: TokenSecret,
+    public_url: String,
+    from: String,
+    ttl: Duration,
+}
+
+impl Verifier {
+    /// A verifier; links are built from `public_url` and valid for `ttl`.
+    pub fn new(
+        store: Store,
+        catalog: CatalogHandle,
+        clock: Arc<dyn Clock>,
+        secret: TokenSecret,
+        public_url: String,
+        from: String,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            clock,
+            secret,
+            public_url,
+            from,
+            ttl,
+        }
+    }
+
+    /// The link for one user and address (with a fresh nonce).
+    fn link(&self, user: &User, nonce: &str, expires: DateTime<Utc>) -> String {
+        let token = self.secret.sign(
+            "verify",
+            &[
+                &user.id,
+                &user.email,
+                nonce,
+                &expires.timestamp().to_string(),
+            ],
+        );
+        format!("{}/verify/{token}", self.public_url.trim_end_matches('/'))
+    }
+
+    /// Mail a link to every user who needs one: not verified for their current address,
+    /// and no link for that address sent within its validity. Returns the users mailed.
+    pub async fn send_pending(
+        &self,
+        sender: &mut Sender,
+    ) -> Result<Vec<String>, skychimp_storage::StorageError> {
+        let catalog = self
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = self.clock.now();
+        let mut mailed = Vec::new();
+        for user in catalog.users().values() {
+            let state = self.store.user_state(&user.id).await?;
+            if state
+                .as_ref()
+                .is_some_and(|s| s.is_verified_for(&user.email))
+            {
+                continue;
+            }
+            let recently_sent = state.as_ref().is_some_and(|s| {
+                s.verification_email
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(&user.email))
+                    && s.verification_sent_at.is_some_and(|at| {
+                        now - at < chrono::Duration::from_std(self.ttl).unwrap_or_default()
+                    })
+            });
+            if recently_sent {
+                continue;
+            }
+            let nonce = format!("{:016x}", fastrand::u64(..));
+            let expires = now + chrono::Duration::from_std(self.ttl).unwrap_or_default();
+            let link = self.link(user, &nonce, expires);
+            let text = format!(
+                "Hello {},\n\nyou were added as an owner of mailings on Skychimp. Confirm that {} is your address by opening this link:\n\n{link}\n\nThe link is valid until {}. Until you open it, your mailings do not send.\n",
+                user.name,
+                user.email,
+                expires.format("%Y-%m-%d %H:%M UTC"),
+            );
+            let html = crate::delivery::render::markdown_to_html(
+                &text.replace(&link, &format!("<{link}>")),
+            );
+            let message = compose_notice(&NoticeInput {
+                from: &self.from,
+                to_name: &user.name,
+                to_address: &user.email,
+                subject: "Confirm your address for Skychimp",
+                text: &text,
+                html: &html,
+                date: std::time::SystemTime::from(now),
+                dkim: None,
+            });
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(user = %user.id, "cannot compose the verification mail: {e}");
+                    continue;
+                }
+            };
+            // Record first: a crash after sending must not mail the user twice at restart.
+            self.store
+                .record_verification_sent(&user.id, &user.email, &nonce, now)
+                .await?;
+            let report = sender.send(&message).await;
+            match &report.outcome {
+                SendOutcome::Sent { .. } => {
+                    tracing::info!(user = %user.id, email = %user.email, "verification link sent");
+                    mailed.push(user.id.clone());
+                }
+                other => {
+                    tracing::warn!(user = %user.id, email = %user.email, reply = other.reply(), "verification link not sent; retried at the next reload or start")
+                }
+            }
+        }
+        Ok(mailed)
+    }
+
+    /// Open a verification link.
+    pub async fn open(&self, token: &str) -> Result<Verified, skychimp_storage::StorageError> {
+        let fields = match self.secret.verify("verify", token) {
+            Ok(f) => f,
+            Err(TokenError::Invalid | TokenError::Expired) => return Ok(Verified::Invalid),
+        };
+        let [user, email, nonce, expires] = match <[String; 4]>::try_from(fields) {
+            Ok(f) => f,
+            Err(_) => return Ok(Verified::Invalid),
+        };
+        let Ok(expires) = expires.parse::<i64>() else {
+            return Ok(Verified::Invalid);
+        };
+        let state = self.store.user_state(&user).await?;
+        if state.as_ref().is_some_and(|s| s.is_verified_for(&email)) {
+            return Ok(Verified::AlreadyConfirmed { user, email });
+        }
+        if self.clock.now().timestamp() > expires {
+            return Ok(Verified::Expired);
+        }
+        let current = self
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .users()
+            .get(&user)
+            .map(|u| u.email.clone());
+        let same_address = current.is_some_and(|c| c.eq_ignore_ascii_case(&email));
+        let same_nonce =
+            state.as_ref().and_then(|s| s.verification_nonce.as_deref()) == Some(nonce.as_str());
+        if !same_address || !same_nonce {
+            return Ok(Verified::Superseded);
+        }
+        self.store
+            .set_verified(&user, &email, self.clock.now())
+            .await?;
+        tracing::info!(%user, %email, "address verified");
+        Ok(Verified::Confirmed { user, email })
+    }
+}

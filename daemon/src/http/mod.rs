@@ -1,0 +1,274 @@
+//! The HTTP listener inside `skychimpd run` (tiny_http, on its own threads beside tokio).
+//!
+//! Unsigned routes live here: `/healthz`, `/verify/{token}` and `/unsubscribe/{token}`
+//! (a page with a button on GET, RFC 8058 one-click on POST). Handlers never send mail:
+//! they record a decision in the database and wake the task that acts on it.
+
+mod pages;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use skychimp_storage::{Storage, Store, owner_of};
+use tiny_http::{Header, Method, Request, Response};
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::daemon::verify::{Verified, Verifier};
+use crate::tokens::TokenSecret;
+
+/// Bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the handlers share.
+pub struct HttpState {
+    /// The daemon's tokio runtime, to run database calls from the listener's threads.
+    pub runtime: tokio::runtime::Handle,
+    /// The database.
+    pub store: Store,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Signs and checks link tokens.
+    pub secret: TokenSecret,
+    /// Checks verification links.
+    pub verifier: Arc<Verifier>,
+    /// Wakes the scheduler when a decision changes what may send (a user verified).
+    pub state_changed: Arc<Notify>,
+}
+
+/// A running listener; [`HttpServer::stop`] ends it.
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// Bind `addr` and serve with `threads` handler threads.
+    pub fn start(addr: &str, threads: usize, state: Arc<HttpState>) -> anyhow::Result<HttpServer> {
+        let server = tiny_http::Server::http(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let local = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| anyhow::anyhow!("{addr} is not an IP address"))?;
+        let server = Arc::new(server);
+        let threads = (0..threads.max(1))
+            .map(|i| {
+                let (server, state) = (server.clone(), state.clone());
+                std::thread::Builder::new()
+                    .name(format!("http-{i}"))
+                    .spawn(move || {
+                        while let Ok(request) = server.recv() {
+                            handle(&state, request);
+                        }
+                    })
+                    .map_err(anyhow::Error::from)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(HttpServer {
+            server,
+            threads,
+            addr: local,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting and wait for the handlers to finish.
+    pub fn stop(self) {
+        for _ in &self.threads {
+            self.server.unblock();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| {
+        // Both come from this file and are valid ASCII.
+        Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).unwrap_or_else(|()| unreachable!())
+    })
+}
+
+/// A response: status, content type and body.
+pub struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Reply {
+    /// JSON.
+    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: value.to_string(),
+        }
+    }
+
+    /// An HTML page.
+    pub fn html(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body,
+        }
+    }
+
+    /// A JSON error as DESIGN.md specifies: `{"error": "...", "code": "..."}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Reply {
+        Reply::json(status, &serde_json::json!({"error": message, "code": code}))
+    }
+}
+
+fn handle(state: &HttpState, mut request: Request) {
+    let method = request.method().clone();
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or("").to_string();
+    let mut body = Vec::new();
+    let too_big = request
+        .as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+        .map_or(true, |n| n > MAX_BODY);
+    let reply = if too_big {
+        Reply::error(413, "too_large", "the request body is over 64 KiB")
+    } else {
+        route(state, &method, &path)
+    };
+    let response = Response::from_string(reply.body)
+        .with_status_code(reply.status)
+        .with_header(header("Content-Type", reply.content_type))
+        .with_header(header("Cache-Control", "no-store"));
+    if let Err(e) = request.respond(response) {
+        tracing::debug!("client went away before the response: {e}");
+    }
+}
+
+fn route(state: &HttpState, method: &Method, path: &str) -> Reply {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (Method::Get, ["healthz"]) => Reply::json(200, &serde_json::json!({"status": "ok"})),
+        (Method::Get, ["verify", token]) => verify(state, token),
+        (Method::Get, ["unsubscribe", token]) => unsubscribe_page(state, token),
+        (Method::Post, ["unsubscribe", token]) => unsubscribe(state, token),
+        (_, ["healthz"] | ["verify", _] | ["unsubscribe", _]) => Reply::error(
+            405,
+            "method_not_allowed",
+            "this route does not take that method",
+        ),
+        _ => Reply::error(404, "not_found", "no such route"),
+    }
+}
+
+fn verify(state: &HttpState, token: &str) -> Reply {
+    match state.runtime.block_on(state.verifier.open(token)) {
+        Ok(Verified::Confirmed { email, .. }) => {
+            state.state_changed.notify_waiters();
+            Reply::html(
+                200,
+                pages::page(
+                    "Address confirmed",
+                    &format!("Thank you: {email} is confirmed. Your mailings can send now."),
+                ),
+            )
+        }
+        Ok(Verified::AlreadyConfirmed { email, .. }) => Reply::html(
+            200,
+            pages::page(
+                "Already confirmed",
+                &format!("{email} was confirmed already; nothing else to do."),
+            ),
+        ),
+        Ok(Verified::Superseded) => Reply::html(
+            410,
+            pages::page(
+                "Link replaced",
+                "A newer confirmation link was sent, or the address changed. Use the latest email you received.",
+            ),
+        ),
+        Ok(Verified::Expired) => Reply::html(
+            410,
+            pages::page(
+                "Link expired",
+                "This confirmation link has expired. A new one is sent when the daemon next starts or reloads.",
+            ),
+        ),
+        Ok(Verified::Invalid) => Reply::html(
+            400,
+            pages::page(
+                "Invalid link",
+                "This link is not valid. Check that it was copied whole.",
+            ),
+        ),
+        Err(e) => {
+            tracing::error!("verification: {e}");
+            Reply::html(
+                503,
+                pages::page(
+                    "Try again later",
+                    "The service could not record this right now. Please try the link again in a minute.",
+                ),
+            )
+        }
+    }
+}
+
+fn unsubscribe_page(state: &HttpState, token: &str) -> Reply {
+    match state.secret.check_unsubscribe(token) {
+        Ok((mailing, address)) => Reply::html(200, pages::unsubscribe_form(&mailing, &address)),
+        Err(_) => Reply::html(
+            400,
+            pages::page(
+                "Invalid link",
+                "This unsubscribe link is not valid. Check that it was copied whole.",
+            ),
+        ),
+    }
+}
+
+fn unsubscribe(state: &HttpState, token: &str) -> Reply {
+    let Ok((mailing, address)) = state.secret.check_unsubscribe(token) else {
+        return Reply::html(
+            400,
+            pages::page("Invalid link", "This unsubscribe link is not valid."),
+        );
+    };
+    let owner = owner_of(&mailing).to_string();
+    let now = state.clock.now();
+    match state.runtime.block_on(
+        state
+            .store
+            .unsubscribe(&owner, &address, Some(&mailing), now),
+    ) {
+        Ok(_) => {
+            tracing::info!(%owner, %mailing, "a client unsubscribed");
+            Reply::html(
+                200,
+                pages::page(
+                    "Unsubscribed",
+                    &format!("{address} will receive no more mailings from this sender."),
+                ),
+            )
+        }
+        Err(e) => {
+            tracing::error!("unsubscribe: {e}");
+            Reply::html(
+                503,
+                pages::page(
+                    "Try again later",
+                    "The unsubscribe could not be recorded right now. Please try again in a minute.",
+                ),
+            )
+        }
+    }
+}
