@@ -6,7 +6,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Cli, Format, Setup};
-use crate::catalog::Mailing;
+use std::collections::HashMap;
+
+use skychimp_storage::{Storage, UserState};
+
+use crate::catalog::{Catalog, Mailing};
 use crate::schedule::{self, MailingFacts, Status};
 
 #[derive(Serialize)]
@@ -21,8 +25,7 @@ struct Row {
     next_utc: Option<DateTime<Utc>>,
 }
 
-fn row(m: &Mailing, now: DateTime<Utc>, catch_up: std::time::Duration) -> Row {
-    let facts = MailingFacts::default();
+fn row(m: &Mailing, facts: MailingFacts, now: DateTime<Utc>, catch_up: std::time::Duration) -> Row {
     let catch_up = m.catch_up.unwrap_or(catch_up);
     let status = schedule::status(&m.schedule, m.enabled, &facts, now, catch_up);
     // A due occurrence that has not run is "next": it goes as soon as the daemon sees it.
@@ -51,12 +54,17 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
     let catalog = setup.catalog()?;
     let now = setup.clock.now();
     let catch_up = setup.config.daemon.catch_up.0;
+    let facts = facts(&setup, &catalog)?;
+    let fact = |m: &Mailing| facts.get(&m.id).copied().unwrap_or_default();
     let rows: Vec<Row> = match only {
-        Some(id) => vec![row(setup.find_mailing(&catalog, id)?, now, catch_up)],
+        Some(id) => {
+            let m = setup.find_mailing(&catalog, id)?;
+            vec![row(m, fact(m), now, catch_up)]
+        },
         None => catalog
             .mailings()
             .values()
-            .map(|m| row(m, now, catch_up))
+            .map(|m| row(m, fact(m), now, catch_up))
             .collect(),
     };
     match format {
@@ -91,6 +99,41 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the database knows of each mailing (last run, disabled, owner blocked or not
+/// verified). Without a database yet (a fresh SQLite clone), the files alone.
+fn facts(setup: &Setup, catalog: &Catalog) -> anyhow::Result<HashMap<String, MailingFacts>> {
+    let url = setup.database_url();
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && !std::path::Path::new(path).exists()
+    {
+        return Ok(HashMap::new());
+    }
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let store = setup.store().await?;
+        let users: HashMap<String, UserState> =
+            store.user_states().await?.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+        let disabled: HashMap<String, bool> =
+            store.mailing_states().await?.into_iter().map(|s| (s.mailing_id, s.disabled)).collect();
+        let mut out = HashMap::new();
+        for m in catalog.mailings().values() {
+            let user = users.get(&m.owner);
+            let email = catalog.users().get(&m.owner).map_or("", |u| u.email.as_str());
+            out.insert(
+                m.id.clone(),
+                MailingFacts {
+                    disabled: disabled.get(&m.id).copied().unwrap_or(false),
+                    owner_blocked: user.is_some_and(|u| u.blocked),
+                    owner_unverified: setup.config.users.require_verification
+                        && !user.is_some_and(|u| u.is_verified_for(email)),
+                    last_run: store.last_occurrence(&m.id).await?,
+                },
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// Left-aligned columns separated by two spaces.
