@@ -176,6 +176,9 @@ pub fn render(
                 Event::Html(html.replace(MORE_MARKER, "<span id=\"continue-reading\"></span>").into())
             }
             Event::Start(Tag::Link { link_type, dest_url, title, id }) => {
+                // Decided on the link as written: a resolved `@/` link is internal even
+                // though its permalink is absolute.
+                let external = is_external(&dest_url);
                 let dest_url = if let Some(target) = dest_url.strip_prefix("@/") {
                     let (path, anchor) = match target.find('#') {
                         Some(p) => (&target[..p], &target[p..]),
@@ -195,7 +198,7 @@ pub fn render(
                 } else {
                     dest_url
                 };
-                if is_external(&dest_url) {
+                if external {
                     let mut rel = Vec::new();
                     let mut attrs = String::new();
                     if ctx.config.external_links_target_blank {

@@ -258,7 +258,7 @@ fn function_data(
         );
         term_urls.insert(
             tax.config.name.clone(),
-            tax.terms.iter().map(|t| (t.name.clone(), t.permalink.clone())).collect(),
+            tax.terms.iter().map(|t| (t.slug.clone(), t.permalink.clone())).collect(),
         );
     }
     FunctionData {

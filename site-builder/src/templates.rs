@@ -20,24 +20,24 @@ use crate::markdown::{self, MarkdownContext};
 
 const BUILTIN_ATOM: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <feed xmlns="http://www.w3.org/2005/Atom" xml:lang="{{ lang }}">
-  <title>{{ config.title | default(value="") }}{% if term %} - {{ term.name }}{% elif section and section.title %} - {{ section.title }}{% endif %}</title>
+  <title>{% if config.title %}{{ config.title }}{% endif %}{% if term %} - {{ term.name }}{% elif section and section.title %} - {{ section.title }}{% endif %}</title>
   {%- if config.description %}
   <subtitle>{{ config.description }}</subtitle>
   {%- endif %}
   <link rel="self" type="application/atom+xml" href="{{ feed_url | escape_xml | safe }}"/>
   <link rel="alternate" type="text/html" href="{% if section %}{{ section.permalink | escape_xml | safe }}{% elif term %}{{ term.permalink | escape_xml | safe }}{% else %}{{ config.base_url | escape_xml | safe }}/{% endif %}"/>
   <generator uri="https://www.getzola.org/">Zola</generator>
-  <updated>{{ last_updated | date(format="%Y-%m-%dT%H:%M:%S%:z") }}</updated>
+  <updated>{% if last_updated %}{{ last_updated | date(format="%Y-%m-%dT%H:%M:%S%:z") }}{% else %}{{ now(utc=true) | date(format="%Y-%m-%dT%H:%M:%S+00:00") }}{% endif %}</updated>
   <id>{{ feed_url | escape_xml | safe }}</id>
   {%- for page in pages %}
   <entry xml:lang="{{ page.lang }}">
-    <title>{{ page.title | default(value="") }}</title>
+    <title>{% if page.title %}{{ page.title }}{% endif %}</title>
     <published>{{ page.date | date(format="%Y-%m-%dT%H:%M:%S%:z") }}</published>
-    <updated>{{ page.updated | default(value=page.date) | date(format="%Y-%m-%dT%H:%M:%S%:z") }}</updated>
+    <updated>{% if page.updated %}{{ page.updated | date(format="%Y-%m-%dT%H:%M:%S%:z") }}{% else %}{{ page.date | date(format="%Y-%m-%dT%H:%M:%S%:z") }}{% endif %}</updated>
     {%- for author in page.authors %}
     <author><name>{{ author }}</name></author>
     {%- else %}
-    <author><name>{{ config.author | default(value="Unknown") }}</name></author>
+    <author><name>{% if config.author %}{{ config.author }}{% else %}Unknown{% endif %}</name></author>
     {%- endfor %}
     <link rel="alternate" type="text/html" href="{{ page.permalink | escape_xml | safe }}"/>
     <id>{{ page.permalink | escape_xml | safe }}</id>
@@ -54,16 +54,16 @@ const BUILTIN_ATOM: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 const BUILTIN_RSS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <rss xmlns:atom="http://www.w3.org/2005/Atom" version="2.0">
   <channel>
-    <title>{{ config.title | default(value="") }}{% if term %} - {{ term.name }}{% elif section and section.title %} - {{ section.title }}{% endif %}</title>
+    <title>{% if config.title %}{{ config.title }}{% endif %}{% if term %} - {{ term.name }}{% elif section and section.title %} - {{ section.title }}{% endif %}</title>
     <link>{% if section %}{{ section.permalink | escape_xml | safe }}{% else %}{{ config.base_url | escape_xml | safe }}/{% endif %}</link>
-    <description>{{ config.description | default(value=" ") }}</description>
+    <description>{% if config.description %}{{ config.description }}{% endif %}</description>
     <generator>Zola</generator>
     <language>{{ lang }}</language>
     <atom:link href="{{ feed_url | escape_xml | safe }}" rel="self" type="application/rss+xml"/>
-    <lastBuildDate>{{ last_updated | date(format="%a, %d %b %Y %H:%M:%S %z") }}</lastBuildDate>
+    {% if last_updated %}<lastBuildDate>{{ last_updated | date(format="%a, %d %b %Y %H:%M:%S %z") }}</lastBuildDate>{% endif %}
     {%- for page in pages %}
     <item>
-      <title>{{ page.title | default(value="") }}</title>
+      <title>{% if page.title %}{{ page.title }}{% endif %}</title>
       <pubDate>{{ page.date | date(format="%a, %d %b %Y %H:%M:%S %z") }}</pubDate>
       <link>{{ page.permalink | escape_xml | safe }}</link>
       <guid>{{ page.permalink | escape_xml | safe }}</guid>
@@ -130,7 +130,7 @@ pub struct FunctionData {
     pub sections: HashMap<String, (Value, Value)>,
     /// Taxonomy name → `{kind, items}` as `get_taxonomy` returns it.
     pub taxonomies: HashMap<String, Value>,
-    /// Taxonomy name → term name → permalink.
+    /// Taxonomy name → term slug → permalink.
     pub term_urls: HashMap<String, HashMap<String, String>>,
 }
 
@@ -654,7 +654,7 @@ impl tera::Function for GetTaxonomyUrl {
         let Some(terms) = self.0.term_urls.get(&kind) else {
             return Err(format!("`get_taxonomy_url`: taxonomy `{kind}` is not in config.toml").into());
         };
-        match terms.get(&name) {
+        match terms.get(&slug::slugify(&name)) {
             Some(url) => Ok(Value::String(url.clone())),
             None if !required => Ok(Value::Null),
             None => Err(format!("`get_taxonomy_url`: no term `{name}` in `{kind}`").into()),
