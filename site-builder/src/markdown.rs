@@ -90,6 +90,9 @@ fn find_shortcode(text: &str) -> Option<usize> {
     while i + 1 < bytes.len() {
         if bytes[i] == b'{' && (bytes[i + 1] == b'{' || bytes[i + 1] == b'%') {
             let mut j = i + 2;
+            if j + 1 < bytes.len() && bytes[j] == b'/' && bytes[j + 1] == b'*' {
+                return Some(i);
+            }
             while j < bytes.len() && bytes[j] == b' ' {
                 j += 1;
             }
@@ -127,48 +130,24 @@ pub fn render(
         SiteError::invalid_at(file, line + line_offset, message)
     };
 
+    // Zola expands shortcodes before Markdown, everywhere (code blocks included), so their
+    // syntax is refused everywhere rather than printed as text.
+    if let Some(offset) = find_shortcode(source) {
+        return Err(err_at(
+            offset,
+            "shortcodes (and their `{{/* */}}` escapes) are not supported by this builder; write the HTML inline or move it to a template".to_string(),
+        ));
+    }
+
     let parser = Parser::new_ext(source, options(ctx.config)).into_offset_iter();
     let mut events: Vec<Event<'_>> = Vec::new();
-    let mut in_code = 0usize;
     let mut more_index = None;
     // Headings: (index of Start event, index of End event).
     let mut headings: Vec<(usize, usize)> = Vec::new();
     let mut heading_start = None;
-    // Pending text events are merged so shortcode syntax split across events is still seen.
-    let mut text_run = String::new();
-    let mut text_run_offset = 0usize;
-
-    let flush_text = |text_run: &mut String, offset: usize| -> Result<(), SiteError> {
-        if let Some(pos) = find_shortcode(text_run) {
-            let _ = pos;
-            return Err(err_at(
-                offset,
-                "shortcodes are not supported by this builder; write the HTML inline or move it to a template".to_string(),
-            ));
-        }
-        text_run.clear();
-        Ok(())
-    };
 
     for (event, range) in parser {
-        match &event {
-            Event::Text(t) if in_code == 0 => {
-                if text_run.is_empty() {
-                    text_run_offset = range.start;
-                }
-                text_run.push_str(t);
-            }
-            _ => flush_text(&mut text_run, text_run_offset)?,
-        }
         let event = match event {
-            Event::Start(Tag::CodeBlock(k)) => {
-                in_code += 1;
-                Event::Start(Tag::CodeBlock(k))
-            }
-            Event::End(TagEnd::CodeBlock) => {
-                in_code = in_code.saturating_sub(1);
-                Event::End(TagEnd::CodeBlock)
-            }
             Event::Html(html) | Event::InlineHtml(html) if html.contains(MORE_MARKER) => {
                 if more_index.is_none() {
                     more_index = Some(events.len());
@@ -248,7 +227,6 @@ pub fn render(
         };
         events.push(event);
     }
-    flush_text(&mut text_run, text_run_offset)?;
 
     // Heading ids: explicit `{#id}` wins, else a slug of the text made unique.
     let mut used: HashMap<String, usize> = HashMap::new();
