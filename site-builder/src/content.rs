@@ -322,7 +322,11 @@ fn date_prefix(stem: &str) -> Option<(NaiveDate, &str)> {
     let (date, rest) = stem.split_at(10);
     let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
     let rest = rest.strip_prefix('-').or_else(|| rest.strip_prefix('_'))?;
-    if rest.is_empty() { None } else { Some((date, rest)) }
+    if rest.is_empty() {
+        None
+    } else {
+        Some((date, rest))
+    }
 }
 
 /// What one Markdown file turned out to be.
@@ -454,7 +458,11 @@ pub fn load(site_dir: &Path, config: &Config) -> Result<Library, SiteError> {
         .iter()
         .map(|s| {
             let dir = s.relative_path.trim_end_matches("_index.md");
-            if dir.is_empty() { None } else { Some(nearest_section(&parent_dir(dir))) }
+            if dir.is_empty() {
+                None
+            } else {
+                Some(nearest_section(&parent_dir(dir)))
+            }
         })
         .collect();
     for i in 0..sections.len() {
@@ -515,7 +523,9 @@ pub fn load(site_dir: &Path, config: &Config) -> Result<Library, SiteError> {
                 None => String::new(),
             },
         };
-        page.parent_section = sections[nearest_section(&dir_of_page)].relative_path.clone();
+        page.parent_section = sections[nearest_section(&dir_of_page)]
+            .relative_path
+            .clone();
         if page.meta.path.is_none() {
             let folders: Vec<String> = dir_of_page
                 .split('/')
@@ -593,7 +603,13 @@ fn sort_pages(section: &mut Section, pages: &[Page]) -> Result<(), SiteError> {
             });
         }
         "update_date" => {
-            let key = |i: usize| pages[i].updated.as_ref().or(pages[i].date.as_ref()).map(|d| d.value);
+            let key = |i: usize| {
+                pages[i]
+                    .updated
+                    .as_ref()
+                    .or(pages[i].date.as_ref())
+                    .map(|d| d.value)
+            };
             list.retain(|&i| key(i).is_some());
             list.sort_by(|a, b| key(*b).cmp(&key(*a)).then_with(|| by_path(a, b)));
         }
@@ -603,17 +619,30 @@ fn sort_pages(section: &mut Section, pages: &[Page]) -> Result<(), SiteError> {
             list.sort_by(|a, b| {
                 let ta = pages[*a].meta.title.as_deref().unwrap_or_default();
                 let tb = pages[*b].meta.title.as_deref().unwrap_or_default();
-                let ord = if lower { ta.to_lowercase().cmp(&tb.to_lowercase()) } else { ta.cmp(tb) };
+                let ord = if lower {
+                    ta.to_lowercase().cmp(&tb.to_lowercase())
+                } else {
+                    ta.cmp(tb)
+                };
                 ord.then_with(|| by_path(a, b))
             });
         }
         "weight" => {
             list.retain(|&i| pages[i].meta.weight.is_some());
             list.sort_by(|a, b| {
-                pages[*a].meta.weight.cmp(&pages[*b].meta.weight).then_with(|| by_path(a, b))
+                pages[*a]
+                    .meta
+                    .weight
+                    .cmp(&pages[*b].meta.weight)
+                    .then_with(|| by_path(a, b))
             });
         }
-        "slug" => list.sort_by(|a, b| pages[*a].slug.cmp(&pages[*b].slug).then_with(|| by_path(a, b))),
+        "slug" => list.sort_by(|a, b| {
+            pages[*a]
+                .slug
+                .cmp(&pages[*b].slug)
+                .then_with(|| by_path(a, b))
+        }),
         other => {
             return Err(SiteError::invalid(
                 &section.file,
@@ -633,7 +662,10 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
     let (toml_text, body, toml_line_offset) = split_front_matter(file, &text)?;
     let body_line_offset = text.len().saturating_sub(body.len());
     let body_line_offset = text[..body_line_offset].matches('\n').count();
-    let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
 
     if file_name == "_index.md" {
         let meta: SectionFrontMatter = toml::from_str(toml_text)
@@ -648,7 +680,10 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
             p
         };
         if meta.paginate_path.is_empty() || meta.paginate_path.contains('/') {
-            return Err(SiteError::invalid(file, "paginate_path must be a single path segment"));
+            return Err(SiteError::invalid(
+                file,
+                "paginate_path must be a single path segment",
+            ));
         }
         return Ok(Loaded::Section(Box::new(Section {
             file: file.to_path_buf(),
@@ -720,7 +755,10 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
         None => slug::slugify(&slug_source),
     };
     if slug.is_empty() {
-        return Err(SiteError::invalid(file, "the page's slug is empty; set `slug` in front matter"));
+        return Err(SiteError::invalid(
+            file,
+            "the page's slug is empty; set `slug` in front matter",
+        ));
     }
     let path = match &meta.path {
         Some(p) => {
@@ -734,7 +772,11 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
     };
     Ok(Loaded::Page(Box::new(Page {
         file: file.to_path_buf(),
-        permalink: if path.is_empty() { String::new() } else { config.make_permalink(&path) },
+        permalink: if path.is_empty() {
+            String::new()
+        } else {
+            config.make_permalink(&path)
+        },
         path,
         relative_path,
         raw_content: body.to_string(),

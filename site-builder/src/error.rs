@@ -22,12 +22,20 @@ pub struct Location {
 impl Location {
     /// A location naming only a file.
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Location { path: path.into(), line: None, col: None }
+        Location {
+            path: path.into(),
+            line: None,
+            col: None,
+        }
     }
 
     /// A location naming a line (and optionally a column) of a file.
     pub fn at(path: impl Into<PathBuf>, line: usize, col: Option<usize>) -> Self {
-        Location { path: path.into(), line: Some(line), col }
+        Location {
+            path: path.into(),
+            line: Some(line),
+            col,
+        }
     }
 }
 
@@ -86,22 +94,36 @@ pub enum SiteError {
 impl SiteError {
     /// Wraps an I/O error with the path it concerns.
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        SiteError::Io { path: path.to_path_buf(), source }
+        SiteError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     /// An `Invalid` error naming only a file.
     pub(crate) fn invalid(path: &Path, message: impl Into<String>) -> Self {
-        SiteError::Invalid { location: Location::file(path), message: message.into() }
+        SiteError::Invalid {
+            location: Location::file(path),
+            message: message.into(),
+        }
     }
 
     /// An `Invalid` error naming a line of a file.
     pub(crate) fn invalid_at(path: &Path, line: usize, message: impl Into<String>) -> Self {
-        SiteError::Invalid { location: Location::at(path, line, None), message: message.into() }
+        SiteError::Invalid {
+            location: Location::at(path, line, None),
+            message: message.into(),
+        }
     }
 
     /// Turns a `toml` error into one naming `path:line:col`. `line_offset` is added to the
     /// line, so a front matter's errors point into the Markdown file, not into the block.
-    pub(crate) fn toml(path: &Path, source: &str, err: &toml::de::Error, line_offset: usize) -> Self {
+    pub(crate) fn toml(
+        path: &Path,
+        source: &str,
+        err: &toml::de::Error,
+        line_offset: usize,
+    ) -> Self {
         let location = match err.span() {
             Some(span) => {
                 let (line, col) = line_col(source, span.start);
@@ -109,7 +131,10 @@ impl SiteError {
             }
             None => Location::file(path),
         };
-        SiteError::Toml { location, message: err.message().trim().to_string() }
+        SiteError::Toml {
+            location,
+            message: err.message().trim().to_string(),
+        }
     }
 
     /// The location the error names, if it names one beyond a bare I/O path.
@@ -128,7 +153,12 @@ pub(crate) fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
     let before = &source[..floor_char_boundary(source, offset)];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 

@@ -5,7 +5,7 @@
 //! and the same folder builds with upstream `zola build`. The pipeline follows Zola's
 //! stages, each in its own module:
 //!
-//! - [`config`]: `config.toml`;
+//! - `config`: `config.toml`;
 //! - `content`: front matter, pages, sections, drafts, sorting (load only);
 //! - `markdown`: pulldown-cmark rendering, summaries, `@/` links (parallel);
 //! - `templates`: Tera 1.x with Zola's functions, filters and built-in templates;

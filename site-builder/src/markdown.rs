@@ -152,9 +152,17 @@ pub fn render(
                 if more_index.is_none() {
                     more_index = Some(events.len());
                 }
-                Event::Html(html.replace(MORE_MARKER, "<span id=\"continue-reading\"></span>").into())
+                Event::Html(
+                    html.replace(MORE_MARKER, "<span id=\"continue-reading\"></span>")
+                        .into(),
+                )
             }
-            Event::Start(Tag::Link { link_type, dest_url, title, id }) => {
+            Event::Start(Tag::Link {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }) => {
                 // Decided on the link as written: a resolved `@/` link is internal even
                 // though its permalink is absolute.
                 let external = is_external(&dest_url);
@@ -211,11 +219,26 @@ pub fn render(
                         continue;
                     }
                 }
-                Event::Start(Tag::Link { link_type, dest_url, title, id })
+                Event::Start(Tag::Link {
+                    link_type,
+                    dest_url,
+                    title,
+                    id,
+                })
             }
-            Event::Start(Tag::Heading { level, id, classes, attrs }) => {
+            Event::Start(Tag::Heading {
+                level,
+                id,
+                classes,
+                attrs,
+            }) => {
                 heading_start = Some(events.len());
-                Event::Start(Tag::Heading { level, id, classes, attrs })
+                Event::Start(Tag::Heading {
+                    level,
+                    id,
+                    classes,
+                    attrs,
+                })
             }
             Event::End(TagEnd::Heading(level)) => {
                 if let Some(start) = heading_start.take() {
@@ -245,10 +268,18 @@ pub fn render(
                 None => {
                     let base = {
                         let s = slug::slugify(&title);
-                        if s.is_empty() { "section".to_string() } else { s }
+                        if s.is_empty() {
+                            "section".to_string()
+                        } else {
+                            s
+                        }
                     };
                     let n = used.entry(base.clone()).or_insert(0);
-                    let candidate = if *n == 0 { base.clone() } else { format!("{base}-{n}") };
+                    let candidate = if *n == 0 {
+                        base.clone()
+                    } else {
+                        format!("{base}-{n}")
+                    };
                     *n += 1;
                     candidate
                 }
@@ -336,11 +367,11 @@ fn heading_level(level: HeadingLevel) -> u32 {
 
 fn build_toc(flat: &[(u32, String, String)], permalink: &str) -> Vec<Heading> {
     fn insert(list: &mut Vec<Heading>, h: Heading) {
-        if let Some(last) = list.last_mut() {
-            if h.level > last.level {
-                insert(&mut last.children, h);
-                return;
-            }
+        if let Some(last) = list.last_mut()
+            && h.level > last.level
+        {
+            insert(&mut last.children, h);
+            return;
         }
         list.push(h);
     }

@@ -113,11 +113,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<usize, SiteError> {
 /// first is undone, so `out_dir` still holds the previous site.
 fn swap(tmp: &Path, out_dir: &Path, old: &Path) -> Result<(), SiteError> {
     let had_old = out_dir.exists();
-    if had_old {
-        if let Err(e) = std::fs::rename(out_dir, old) {
-            let _ = std::fs::remove_dir_all(tmp);
-            return Err(SiteError::io(out_dir, e));
-        }
+    if had_old && let Err(e) = std::fs::rename(out_dir, old) {
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(SiteError::io(out_dir, e));
     }
     if let Err(e) = std::fs::rename(tmp, out_dir) {
         if had_old {

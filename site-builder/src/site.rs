@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -19,7 +19,7 @@ use crate::error::SiteError;
 use crate::markdown::{self, MarkdownContext};
 use crate::output;
 use crate::taxonomy::{self, Taxonomy, Term};
-use crate::templates::{FunctionData, Templates};
+use crate::templates::{FunctionData, LazySection, LazyTaxonomy, Templates};
 use crate::{BuildOptions, BuildReport};
 
 /// One file to write: path relative to the output folder, and its content.
@@ -31,31 +31,66 @@ pub(crate) struct OutFile {
 /// Serialized values shared by every render.
 struct Values {
     config: Value,
-    /// Page values without `lower`/`higher`, indexed like `Library::pages`.
-    pages: Vec<Value>,
+    /// Page values without `lower`/`higher`, indexed like `Library::pages`; shared with
+    /// the template functions.
+    pages: Arc<Vec<Value>>,
+}
+
+/// Stage timings on stderr when `SKYCHIMP_SITE_TIMINGS=1`, for finding where a slow build
+/// spends its time without a profiler.
+struct Timings(bool);
+
+impl Timings {
+    fn from_env() -> Self {
+        Timings(std::env::var_os("SKYCHIMP_SITE_TIMINGS").is_some_and(|v| v == "1"))
+    }
+    fn mark(&self, stage: &str, started: Instant) {
+        if self.0 {
+            eprintln!(
+                "skychimp-site: {stage} done at {:.3} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 /// Builds the site. See [`crate::build`].
 pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport, SiteError> {
     let started = Instant::now();
+    let timings = Timings::from_env();
     let site_dir = &opts.site_dir;
     let config = Config::load(site_dir, opts.base_url.as_deref())?;
     let mut library = content::load(site_dir, &config)?;
     let permalinks = Arc::new(library.permalinks());
 
+    timings.mark("load", started);
     render_markdown(&config, &permalinks, &mut library)?;
+    timings.mark("markdown", started);
     let taxonomies = taxonomy::collect(&config, &library);
 
     let values = Values {
         config: to_value(&config),
-        pages: library.pages.par_iter().map(|p| page_value(p, &config, &library)).collect(),
+        pages: Arc::new(
+            library
+                .pages
+                .par_iter()
+                .map(|p| page_value(p, &config, &library))
+                .collect(),
+        ),
     };
 
+    timings.mark("serialize pages", started);
     let mut templates = Templates::load(site_dir)?;
     let data = function_data(&config, &library, &values, &taxonomies, &permalinks);
     templates.register(site_dir, &config.markdown, data)?;
 
-    let renderer = Renderer { config: &config, library: &library, values: &values, templates: &templates };
+    timings.mark("templates + function data", started);
+    let renderer = Renderer {
+        config: &config,
+        library: &library,
+        values: &values,
+        templates: &templates,
+    };
     let mut files = renderer.render_all(&taxonomies)?;
 
     // Generated paths must be unique: an alias over a real page is an error, not a
@@ -65,16 +100,26 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport, SiteError> {
         if pair[0].rel == pair[1].rel {
             return Err(SiteError::invalid(
                 &site_dir.join("content"),
-                format!("two outputs would be written to {} (check `aliases` and `path`)", pair[0].rel),
+                format!(
+                    "two outputs would be written to {} (check `aliases` and `path`)",
+                    pair[0].rel
+                ),
             ));
         }
     }
 
+    timings.mark("render", started);
     let mut copies: Vec<(PathBuf, String)> = Vec::new();
     for page in &library.pages {
         for asset in &page.assets {
-            let name = asset.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            copies.push((asset.clone(), format!("{}{}", page.path.trim_start_matches('/'), name)));
+            let name = asset
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            copies.push((
+                asset.clone(),
+                format!("{}{}", page.path.trim_start_matches('/'), name),
+            ));
         }
     }
     let content_dir = site_dir.join("content");
@@ -92,6 +137,7 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport, SiteError> {
 
     let written = output::write_site(&opts.out_dir, &site_dir.join("static"), &files, &copies)?;
 
+    timings.mark("write + swap", started);
     Ok(BuildReport {
         pages: library.pages.len(),
         sections: library.sections.len(),
@@ -106,13 +152,28 @@ fn render_markdown(
     permalinks: &HashMap<String, String>,
     library: &mut Library,
 ) -> Result<(), SiteError> {
-    let ctx = MarkdownContext { config: &config.markdown, permalinks };
+    let ctx = MarkdownContext {
+        config: &config.markdown,
+        permalinks,
+    };
     library.pages.par_iter_mut().try_for_each(|p| {
-        p.rendered = markdown::render(&ctx, &p.file, p.body_line_offset, &p.raw_content, &p.permalink)?;
+        p.rendered = markdown::render(
+            &ctx,
+            &p.file,
+            p.body_line_offset,
+            &p.raw_content,
+            &p.permalink,
+        )?;
         Ok::<(), SiteError>(())
     })?;
     library.sections.par_iter_mut().try_for_each(|s| {
-        s.rendered = markdown::render(&ctx, &s.file, s.body_line_offset, &s.raw_content, &s.permalink)?;
+        s.rendered = markdown::render(
+            &ctx,
+            &s.file,
+            s.body_line_offset,
+            &s.raw_content,
+            &s.permalink,
+        )?;
         Ok::<(), SiteError>(())
     })
 }
@@ -123,12 +184,18 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
 }
 
 fn components(path: &str) -> Vec<String> {
-    path.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect()
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A page as Zola serializes it for templates (without `lower`/`higher`).
 fn page_value(page: &Page, config: &Config, library: &Library) -> Value {
-    let parent = library.section_index.get(&page.parent_section).map(|&i| &library.sections[i]);
+    let parent = library
+        .section_index
+        .get(&page.parent_section)
+        .map(|&i| &library.sections[i]);
     let mut ancestors: Vec<String> = parent.map(|s| s.ancestors.clone()).unwrap_or_default();
     if let Some(s) = parent {
         ancestors.push(s.relative_path.clone());
@@ -137,7 +204,10 @@ fn page_value(page: &Page, config: &Config, library: &Library) -> Value {
     let assets: Vec<String> = page
         .assets
         .iter()
-        .filter_map(|a| a.file_name().map(|n| format!("{}{}", page.path, n.to_string_lossy())))
+        .filter_map(|a| {
+            a.file_name()
+                .map(|n| format!("{}{}", page.path, n.to_string_lossy()))
+        })
         .collect();
     json!({
         "relative_path": page.relative_path,
@@ -172,13 +242,24 @@ fn page_value(page: &Page, config: &Config, library: &Library) -> Value {
 }
 
 /// A section as Zola serializes it; `pages` holds the given page values.
-fn section_value(section: &Section, config: &Config, library: &Library, pages: Vec<Value>) -> Value {
-    let subsections: Vec<&str> =
-        section.subsections.iter().map(|&i| library.sections[i].relative_path.as_str()).collect();
+fn section_value(
+    section: &Section,
+    config: &Config,
+    library: &Library,
+    pages: Vec<Value>,
+) -> Value {
+    let subsections: Vec<&str> = section
+        .subsections
+        .iter()
+        .map(|&i| library.sections[i].relative_path.as_str())
+        .collect();
     let assets: Vec<String> = section
         .assets
         .iter()
-        .filter_map(|a| a.file_name().map(|n| format!("{}{}", section.path, n.to_string_lossy())))
+        .filter_map(|a| {
+            a.file_name()
+                .map(|n| format!("{}{}", section.path, n.to_string_lossy()))
+        })
         .collect();
     json!({
         "relative_path": section.relative_path,
@@ -209,8 +290,11 @@ fn section_value(section: &Section, config: &Config, library: &Library, pages: V
 }
 
 fn term_value(term: &Term, values: &Values, pages: Option<&[usize]>) -> Value {
-    let list: Vec<Value> =
-        pages.unwrap_or(&term.pages).iter().map(|&i| values.pages[i].clone()).collect();
+    let list: Vec<Value> = pages
+        .unwrap_or(&term.pages)
+        .iter()
+        .map(|&i| values.pages[i].clone())
+        .collect();
     json!({
         "name": term.name,
         "slug": term.slug,
@@ -228,43 +312,47 @@ fn function_data(
     taxonomies: &[Taxonomy],
     permalinks: &Arc<HashMap<String, String>>,
 ) -> FunctionData {
-    let pages = library
-        .pages
-        .iter()
-        .zip(&values.pages)
-        .map(|(p, v)| (p.relative_path.clone(), v.clone()))
-        .collect();
     let sections = library
         .sections
-        .par_iter()
+        .iter()
         .map(|s| {
-            let full = section_value(
-                s,
-                config,
-                library,
-                s.pages.iter().map(|&i| values.pages[i].clone()).collect(),
-            );
-            let meta = section_value(s, config, library, Vec::new());
-            (s.relative_path.clone(), (full, meta))
+            let lazy = LazySection {
+                meta: section_value(s, config, library, Vec::new()),
+                pages: s.pages.clone(),
+                full: OnceLock::new(),
+            };
+            (s.relative_path.clone(), lazy)
         })
         .collect();
     let mut tax_values = HashMap::new();
     let mut term_urls = HashMap::new();
     for tax in taxonomies {
-        let items: Vec<Value> = tax.terms.iter().map(|t| term_value(t, values, None)).collect();
+        let terms = tax
+            .terms
+            .iter()
+            .map(|t| (term_value(t, values, Some(&[])), t.pages.clone()))
+            .collect();
         tax_values.insert(
             tax.config.name.clone(),
-            json!({ "kind": tax.config, "lang": config.default_language, "permalink": tax.permalink, "items": items }),
+            LazyTaxonomy {
+                head: json!({ "kind": tax.config, "lang": config.default_language, "permalink": tax.permalink }),
+                terms,
+                full: OnceLock::new(),
+            },
         );
         term_urls.insert(
             tax.config.name.clone(),
-            tax.terms.iter().map(|t| (t.slug.clone(), t.permalink.clone())).collect(),
+            tax.terms
+                .iter()
+                .map(|t| (t.slug.clone(), t.permalink.clone()))
+                .collect(),
         );
     }
     FunctionData {
         base_url: config.base_url.clone(),
         permalinks: permalinks.clone(),
-        pages,
+        page_values: values.pages.clone(),
+        page_index: library.page_index.clone(),
         sections,
         taxonomies: tax_values,
         term_urls,
@@ -303,8 +391,11 @@ fn paginate(
     if reversed {
         list.reverse();
     }
-    let chunks: Vec<Vec<usize>> =
-        if list.is_empty() { vec![Vec::new()] } else { list.chunks(by).map(<[usize]>::to_vec).collect() };
+    let chunks: Vec<Vec<usize>> = if list.is_empty() {
+        vec![Vec::new()]
+    } else {
+        list.chunks(by).map(<[usize]>::to_vec).collect()
+    };
     chunks
         .into_iter()
         .enumerate()
@@ -315,7 +406,12 @@ fn paginate(
             } else {
                 format!("{base_path}{paginate_path}/{index}/")
             };
-            Pager { index, permalink: config.make_permalink(&path), path, pages }
+            Pager {
+                index,
+                permalink: config.make_permalink(&path),
+                path,
+                pages,
+            }
         })
         .collect()
 }
@@ -332,8 +428,14 @@ impl Renderer<'_> {
         let mut map = Map::new();
         map.insert("config".into(), self.values.config.clone());
         map.insert("current_path".into(), Value::String(path.to_string()));
-        map.insert("current_url".into(), Value::String(self.config.make_permalink(path)));
-        map.insert("lang".into(), Value::String(self.config.default_language.clone()));
+        map.insert(
+            "current_url".into(),
+            Value::String(self.config.make_permalink(path)),
+        );
+        map.insert(
+            "lang".into(),
+            Value::String(self.config.default_language.clone()),
+        );
         for (k, v) in extra {
             map.insert(k.to_string(), v);
         }
@@ -347,11 +449,16 @@ impl Renderer<'_> {
         if self.templates.has(name) {
             Ok(())
         } else {
-            Err(SiteError::invalid(wanted_by, format!("template `{name}` not found in templates/")))
+            Err(SiteError::invalid(
+                wanted_by,
+                format!("template `{name}` not found in templates/"),
+            ))
         }
     }
 
     fn render_all(&self, taxonomies: &[Taxonomy]) -> Result<Vec<OutFile>, SiteError> {
+        let t = Timings::from_env();
+        let started = Instant::now();
         let mut files: Vec<OutFile> = self
             .library
             .pages
@@ -368,16 +475,27 @@ impl Renderer<'_> {
             .par_iter()
             .map(|s| self.render_section(s))
             .collect::<Result<_, _>>()?;
+        t.mark("  pages", started);
         files.extend(sections.into_iter().flatten());
+        t.mark("  sections", started);
         for tax in taxonomies {
             files.extend(self.render_taxonomy(tax)?);
         }
+        t.mark("  taxonomies", started);
         files.extend(self.render_feeds(taxonomies)?);
+        t.mark("  feeds", started);
         files.push(self.render_404()?);
         if self.config.generate_robots_txt {
-            let name = if self.templates.has("robots.txt") { "robots.txt" } else { "__zola_builtins/robots.txt" };
+            let name = if self.templates.has("robots.txt") {
+                "robots.txt"
+            } else {
+                "__zola_builtins/robots.txt"
+            };
             let ctx = self.context("/robots.txt", vec![])?;
-            files.push(OutFile { rel: "robots.txt".into(), content: self.templates.render(name, &ctx)? });
+            files.push(OutFile {
+                rel: "robots.txt".into(),
+                content: self.templates.render(name, &ctx)?,
+            });
         }
         if self.config.generate_sitemap {
             files.push(self.render_sitemap(taxonomies)?);
@@ -388,7 +506,10 @@ impl Renderer<'_> {
     fn redirect(&self, rel: String, url: &str) -> Result<OutFile, SiteError> {
         let mut ctx = tera::Context::new();
         ctx.insert("url", url);
-        Ok(OutFile { rel, content: self.templates.render("internal/alias.html", &ctx)? })
+        Ok(OutFile {
+            rel,
+            content: self.templates.render("internal/alias.html", &ctx)?,
+        })
     }
 
     fn alias_files(&self, aliases: &[String], target: &str) -> Result<Vec<OutFile>, SiteError> {
@@ -396,7 +517,11 @@ impl Renderer<'_> {
             .iter()
             .map(|alias| {
                 let a = alias.trim_start_matches('/');
-                let rel = if a.ends_with(".html") || a.ends_with(".htm") { a.to_string() } else { index_file(a) };
+                let rel = if a.ends_with(".html") || a.ends_with(".htm") {
+                    a.to_string()
+                } else {
+                    index_file(a)
+                };
                 self.redirect(rel, target)
             })
             .collect()
@@ -414,10 +539,10 @@ impl Renderer<'_> {
             chain.extend(s.ancestors.iter().rev().map(String::as_str));
         }
         for rel in chain {
-            if let Some(&i) = self.library.section_index.get(rel) {
-                if let Some(t) = &self.library.sections[i].meta.page_template {
-                    return t.clone();
-                }
+            if let Some(&i) = self.library.section_index.get(rel)
+                && let Some(t) = &self.library.sections[i].meta.page_template
+            {
+                return t.clone();
             }
         }
         "page.html".to_string()
@@ -436,8 +561,18 @@ impl Renderer<'_> {
                 let by_date = matches!(section.meta.sort_by.as_str(), "date" | "update_date");
                 let (lower, higher) = if by_date { (next, prev) } else { (prev, next) };
                 if let Value::Object(map) = &mut value {
-                    map.insert("lower".into(), lower.map(|i| self.values.pages[i].clone()).unwrap_or(Value::Null));
-                    map.insert("higher".into(), higher.map(|i| self.values.pages[i].clone()).unwrap_or(Value::Null));
+                    map.insert(
+                        "lower".into(),
+                        lower
+                            .map(|i| self.values.pages[i].clone())
+                            .unwrap_or(Value::Null),
+                    );
+                    map.insert(
+                        "higher".into(),
+                        higher
+                            .map(|i| self.values.pages[i].clone())
+                            .unwrap_or(Value::Null),
+                    );
                 }
             }
         }
@@ -446,8 +581,14 @@ impl Renderer<'_> {
             map.entry("higher").or_insert(Value::Null);
         }
         let ctx = self.context(&page.path, vec![("page", value)])?;
-        let html = self.templates.render(&template, &ctx).map_err(|e| with_content(e, &page.file))?;
-        let mut out = vec![OutFile { rel: index_file(&page.path), content: html }];
+        let html = self
+            .templates
+            .render(&template, &ctx)
+            .map_err(|e| with_content(e, &page.file))?;
+        let mut out = vec![OutFile {
+            rel: index_file(&page.path),
+            content: html,
+        }];
         out.extend(self.alias_files(&page.meta.aliases, &page.permalink)?);
         Ok(out)
     }
@@ -472,14 +613,27 @@ impl Renderer<'_> {
             None => "section.html".to_string(),
         };
         self.require_template(&template, &section.file)?;
-        let page_values = |list: &[usize]| -> Vec<Value> { list.iter().map(|&i| self.values.pages[i].clone()).collect() };
+        let page_values = |list: &[usize]| -> Vec<Value> {
+            list.iter().map(|&i| self.values.pages[i].clone()).collect()
+        };
 
         match section.meta.paginate_by.filter(|&n| n > 0) {
             None => {
-                let value = section_value(section, self.config, self.library, page_values(&section.pages));
+                let value = section_value(
+                    section,
+                    self.config,
+                    self.library,
+                    page_values(&section.pages),
+                );
                 let ctx = self.context(&section.path, vec![("section", value)])?;
-                let html = self.templates.render(&template, &ctx).map_err(|e| with_content(e, &section.file))?;
-                out.push(OutFile { rel: index_file(&section.path), content: html });
+                let html = self
+                    .templates
+                    .render(&template, &ctx)
+                    .map_err(|e| with_content(e, &section.file))?;
+                out.push(OutFile {
+                    rel: index_file(&section.path),
+                    content: html,
+                });
             }
             Some(by) => {
                 let pagers = paginate(
@@ -491,20 +645,41 @@ impl Renderer<'_> {
                     section.meta.paginate_reversed,
                 );
                 let meta = section_value(section, self.config, self.library, Vec::new());
-                let base_url = self.config.make_permalink(&format!("{}{}/", section.path, section.meta.paginate_path));
+                let base_url = self
+                    .config
+                    .make_permalink(&format!("{}{}/", section.path, section.meta.paginate_path));
                 let rendered: Vec<OutFile> = pagers
                     .par_iter()
                     .map(|pager| {
-                        let paginator = paginator_value(&pagers, pager, by, &base_url, section.pages.len(), page_values(&pager.pages));
-                        let ctx = self.context(&pager.path, vec![("section", meta.clone()), ("paginator", paginator)])?;
-                        let html = self.templates.render(&template, &ctx).map_err(|e| with_content(e, &section.file))?;
-                        Ok(OutFile { rel: index_file(&pager.path), content: html })
+                        let paginator = paginator_value(
+                            &pagers,
+                            pager,
+                            by,
+                            &base_url,
+                            section.pages.len(),
+                            page_values(&pager.pages),
+                        );
+                        let ctx = self.context(
+                            &pager.path,
+                            vec![("section", meta.clone()), ("paginator", paginator)],
+                        )?;
+                        let html = self
+                            .templates
+                            .render(&template, &ctx)
+                            .map_err(|e| with_content(e, &section.file))?;
+                        Ok(OutFile {
+                            rel: index_file(&pager.path),
+                            content: html,
+                        })
                     })
                     .collect::<Result<_, SiteError>>()?;
                 out.extend(rendered);
                 // `/blog/page/1/` redirects to `/blog/`, as in Zola.
                 out.push(self.redirect(
-                    index_file(&format!("{}{}/1/", section.path, section.meta.paginate_path)),
+                    index_file(&format!(
+                        "{}{}/1/",
+                        section.path, section.meta.paginate_path
+                    )),
                     &section.permalink,
                 )?);
             }
@@ -532,12 +707,31 @@ impl Renderer<'_> {
                 ))
             }
         };
-        let list_tpl = pick(format!("{}/list.html", tax.config.name), "taxonomy_list.html")?;
-        let single_tpl = pick(format!("{}/single.html", tax.config.name), "taxonomy_single.html")?;
+        let list_tpl = pick(
+            format!("{}/list.html", tax.config.name),
+            "taxonomy_list.html",
+        )?;
+        let single_tpl = pick(
+            format!("{}/single.html", tax.config.name),
+            "taxonomy_single.html",
+        )?;
         let tax_value = to_value(&tax.config);
-        let terms: Vec<Value> = tax.terms.iter().map(|t| term_value(t, self.values, None)).collect();
-        let ctx = self.context(&tax.path, vec![("taxonomy", tax_value.clone()), ("terms", Value::Array(terms))])?;
-        let mut out = vec![OutFile { rel: index_file(&tax.path), content: self.templates.render(&list_tpl, &ctx)? }];
+        let terms: Vec<Value> = tax
+            .terms
+            .iter()
+            .map(|t| term_value(t, self.values, None))
+            .collect();
+        let ctx = self.context(
+            &tax.path,
+            vec![
+                ("taxonomy", tax_value.clone()),
+                ("terms", Value::Array(terms)),
+            ],
+        )?;
+        let mut out = vec![OutFile {
+            rel: index_file(&tax.path),
+            content: self.templates.render(&list_tpl, &ctx)?,
+        }];
         let singles: Vec<Vec<OutFile>> = tax
             .terms
             .par_iter()
@@ -546,9 +740,15 @@ impl Renderer<'_> {
                     None => {
                         let ctx = self.context(
                             &term.path,
-                            vec![("taxonomy", tax_value.clone()), ("term", term_value(term, self.values, None))],
+                            vec![
+                                ("taxonomy", tax_value.clone()),
+                                ("term", term_value(term, self.values, None)),
+                            ],
                         )?;
-                        Ok(vec![OutFile { rel: index_file(&term.path), content: self.templates.render(&single_tpl, &ctx)? }])
+                        Ok(vec![OutFile {
+                            rel: index_file(&term.path),
+                            content: self.templates.render(&single_tpl, &ctx)?,
+                        }])
                     }
                     Some(by) => {
                         let pp = tax.config.paginate_path();
@@ -557,8 +757,19 @@ impl Renderer<'_> {
                         let empty: &[usize] = &[];
                         let mut files = Vec::new();
                         for pager in &pagers {
-                            let pages = pager.pages.iter().map(|&i| self.values.pages[i].clone()).collect();
-                            let paginator = paginator_value(&pagers, pager, by, &base_url, term.pages.len(), pages);
+                            let pages = pager
+                                .pages
+                                .iter()
+                                .map(|&i| self.values.pages[i].clone())
+                                .collect();
+                            let paginator = paginator_value(
+                                &pagers,
+                                pager,
+                                by,
+                                &base_url,
+                                term.pages.len(),
+                                pages,
+                            );
                             let ctx = self.context(
                                 &pager.path,
                                 vec![
@@ -567,9 +778,15 @@ impl Renderer<'_> {
                                     ("paginator", paginator),
                                 ],
                             )?;
-                            files.push(OutFile { rel: index_file(&pager.path), content: self.templates.render(&single_tpl, &ctx)? });
+                            files.push(OutFile {
+                                rel: index_file(&pager.path),
+                                content: self.templates.render(&single_tpl, &ctx)?,
+                            });
                         }
-                        files.push(self.redirect(index_file(&format!("{}{pp}/1/", term.path)), &term.permalink)?);
+                        files.push(self.redirect(
+                            index_file(&format!("{}{pp}/1/", term.path)),
+                            &term.permalink,
+                        )?);
                         Ok(files)
                     }
                 }
@@ -581,11 +798,17 @@ impl Renderer<'_> {
 
     /// Pages with a date, newest first, up to `feed_limit`.
     fn feed_pages(&self, list: &[usize]) -> (Vec<Value>, Option<String>) {
-        let mut dated: Vec<usize> = list.iter().copied().filter(|&i| self.library.pages[i].date.is_some()).collect();
+        let mut dated: Vec<usize> = list
+            .iter()
+            .copied()
+            .filter(|&i| self.library.pages[i].date.is_some())
+            .collect();
         dated.sort_by(|&a, &b| {
             let (pa, pb) = (&self.library.pages[a], &self.library.pages[b]);
             let key = |p: &Page| p.date.as_ref().map(|d| d.value);
-            key(pb).cmp(&key(pa)).then_with(|| pa.permalink.cmp(&pb.permalink))
+            key(pb)
+                .cmp(&key(pa))
+                .then_with(|| pa.permalink.cmp(&pb.permalink))
         });
         if let Some(limit) = self.config.feed_limit {
             dated.truncate(limit);
@@ -598,7 +821,13 @@ impl Renderer<'_> {
             })
             .max_by_key(|d| d.value)
             .map(|d| d.text.clone());
-        (dated.iter().map(|&i| self.values.pages[i].clone()).collect(), last_updated)
+        (
+            dated
+                .iter()
+                .map(|&i| self.values.pages[i].clone())
+                .collect(),
+            last_updated,
+        )
     }
 
     fn feed_files(
@@ -617,7 +846,9 @@ impl Renderer<'_> {
             } else {
                 return Err(SiteError::invalid(
                     Path::new("config.toml"),
-                    format!("feed_filenames: `{name}` has no built-in template; add templates/{name}"),
+                    format!(
+                        "feed_filenames: `{name}` has no built-in template; add templates/{name}"
+                    ),
                 ));
             };
             let path = format!("{dir_path}{name}");
@@ -628,7 +859,10 @@ impl Renderer<'_> {
                 vars.push(("last_updated", Value::String(lu.clone())));
             }
             let ctx = self.context(&path, vars)?;
-            out.push(OutFile { rel: path.trim_start_matches('/').to_string(), content: self.templates.render(&template, &ctx)? });
+            out.push(OutFile {
+                rel: path.trim_start_matches('/').to_string(),
+                content: self.templates.render(&template, &ctx)?,
+            });
         }
         Ok(out)
     }
@@ -642,7 +876,11 @@ impl Renderer<'_> {
         for section in &self.library.sections {
             if section.meta.generate_feeds {
                 let value = section_value(section, self.config, self.library, Vec::new());
-                out.extend(self.feed_files(&section.path, &section.pages, vec![("section", value)])?);
+                out.extend(self.feed_files(
+                    &section.path,
+                    &section.pages,
+                    vec![("section", value)],
+                )?);
             }
         }
         for tax in taxonomies {
@@ -657,15 +895,26 @@ impl Renderer<'_> {
     }
 
     fn render_404(&self) -> Result<OutFile, SiteError> {
-        let name = if self.templates.has("404.html") { "404.html" } else { "__zola_builtins/404.html" };
+        let name = if self.templates.has("404.html") {
+            "404.html"
+        } else {
+            "__zola_builtins/404.html"
+        };
         let ctx = self.context("/404.html", vec![])?;
-        Ok(OutFile { rel: "404.html".into(), content: self.templates.render(name, &ctx)? })
+        Ok(OutFile {
+            rel: "404.html".into(),
+            content: self.templates.render(name, &ctx)?,
+        })
     }
 
     fn render_sitemap(&self, taxonomies: &[Taxonomy]) -> Result<OutFile, SiteError> {
         let mut entries: Vec<(String, Option<String>)> = Vec::new();
         for p in &self.library.pages {
-            let updated = p.updated.as_ref().or(p.date.as_ref()).map(|d| d.value.format("%Y-%m-%d").to_string());
+            let updated = p
+                .updated
+                .as_ref()
+                .or(p.date.as_ref())
+                .map(|d| d.value.format("%Y-%m-%d").to_string());
             entries.push((p.permalink.clone(), updated));
         }
         for s in &self.library.sections {
@@ -676,7 +925,11 @@ impl Renderer<'_> {
             if let Some(by) = s.meta.paginate_by.filter(|&n| n > 0) {
                 let n = s.pages.len().div_ceil(by).max(1);
                 for i in 2..=n {
-                    entries.push((self.config.make_permalink(&format!("{}{}/{i}/", s.path, s.meta.paginate_path)), None));
+                    entries.push((
+                        self.config
+                            .make_permalink(&format!("{}{}/{i}/", s.path, s.meta.paginate_path)),
+                        None,
+                    ));
                 }
             }
         }
@@ -687,7 +940,14 @@ impl Renderer<'_> {
                 if let Some(by) = tax.config.paginate_by {
                     let n = term.pages.len().div_ceil(by).max(1);
                     for i in 2..=n {
-                        entries.push((self.config.make_permalink(&format!("{}{}/{i}/", term.path, tax.config.paginate_path())), None));
+                        entries.push((
+                            self.config.make_permalink(&format!(
+                                "{}{}/{i}/",
+                                term.path,
+                                tax.config.paginate_path()
+                            )),
+                            None,
+                        ));
                     }
                 }
             }
@@ -698,9 +958,16 @@ impl Renderer<'_> {
             .into_iter()
             .map(|(permalink, updated)| json!({ "permalink": permalink, "updated": updated, "extra": null }))
             .collect();
-        let name = if self.templates.has("sitemap.xml") { "sitemap.xml" } else { "__zola_builtins/sitemap.xml" };
+        let name = if self.templates.has("sitemap.xml") {
+            "sitemap.xml"
+        } else {
+            "__zola_builtins/sitemap.xml"
+        };
         let ctx = self.context("/sitemap.xml", vec![("entries", Value::Array(entries))])?;
-        Ok(OutFile { rel: "sitemap.xml".into(), content: self.templates.render(name, &ctx)? })
+        Ok(OutFile {
+            rel: "sitemap.xml".into(),
+            content: self.templates.render(name, &ctx)?,
+        })
     }
 }
 

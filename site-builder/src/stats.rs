@@ -50,7 +50,10 @@ pub(crate) fn write_stats_and_build(
     let data_dir = opts.site_dir.join("data");
     let target = data_dir.join("stats.json");
     let Value::Object(map) = stats else {
-        return Err(SiteError::invalid(&target, "the statistics value must be a JSON object"));
+        return Err(SiteError::invalid(
+            &target,
+            "the statistics value must be a JSON object",
+        ));
     };
     let posts = crate::blog_pages(&opts.site_dir, "blog")?;
     let seed = seed.unwrap_or_else(|| {
@@ -62,7 +65,12 @@ pub(crate) fn write_stats_and_build(
     let mut map = map.clone();
     map.insert(
         "random_posts".into(),
-        Value::Array(pick(&posts, RANDOM_POSTS, seed).into_iter().map(Value::String).collect()),
+        Value::Array(
+            pick(&posts, RANDOM_POSTS, seed)
+                .into_iter()
+                .map(Value::String)
+                .collect(),
+        ),
     );
     let text = serde_json::to_string_pretty(&Value::Object(map))
         .map_err(|e| SiteError::invalid(&target, e.to_string()))?;

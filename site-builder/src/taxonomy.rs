@@ -42,7 +42,9 @@ pub fn collect(config: &Config, library: &Library) -> Vec<Taxonomy> {
             let path = format!("/{}/", tax.slug);
             let mut terms: BTreeMap<String, Term> = BTreeMap::new();
             for (i, page) in library.pages.iter().enumerate() {
-                let Some(names) = page.meta.taxonomies.get(&tax.name) else { continue };
+                let Some(names) = page.meta.taxonomies.get(&tax.name) else {
+                    continue;
+                };
                 for name in names {
                     let slug = slug::slugify(name);
                     let term = terms.entry(slug.clone()).or_insert_with(|| {
@@ -64,11 +66,19 @@ pub fn collect(config: &Config, library: &Library) -> Vec<Taxonomy> {
             for term in &mut terms {
                 term.pages.sort_by(|&a, &b| {
                     let (pa, pb) = (&library.pages[a], &library.pages[b]);
-                    let (da, db) = (pa.date.as_ref().map(|d| d.value), pb.date.as_ref().map(|d| d.value));
+                    let (da, db) = (
+                        pa.date.as_ref().map(|d| d.value),
+                        pb.date.as_ref().map(|d| d.value),
+                    );
                     db.cmp(&da).then_with(|| pa.permalink.cmp(&pb.permalink))
                 });
             }
-            Taxonomy { config: tax.clone(), permalink: config.make_permalink(&path), path, terms }
+            Taxonomy {
+                config: tax.clone(),
+                permalink: config.make_permalink(&path),
+                path,
+                terms,
+            }
         })
         .collect()
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tera::ast::{Expr, ExprVal, Node};
 use tera::{Tera, Value};
@@ -87,7 +87,8 @@ const BUILTIN_SITEMAP: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 </urlset>
 "#;
 
-const BUILTIN_ROBOTS: &str = "User-agent: *\nDisallow:\nAllow: /\nSitemap: {{ get_url(path=\"sitemap.xml\") }}\n";
+const BUILTIN_ROBOTS: &str =
+    "User-agent: *\nDisallow:\nAllow: /\nSitemap: {{ get_url(path=\"sitemap.xml\") }}\n";
 
 const BUILTIN_404: &str = r#"<!doctype html>
 <html lang="{{ lang }}">
@@ -119,19 +120,57 @@ pub struct Templates {
 }
 
 /// The data Zola's functions read; built once per build after Markdown is rendered.
+///
+/// Sections with all their pages and taxonomies with all their terms are large (on a
+/// 10,000-post blog, copying them costs more than rendering every page), so they are
+/// assembled on the first call that asks for them, and never when no template does.
 pub struct FunctionData {
     /// `base_url`, without trailing slash.
     pub base_url: String,
     /// Content path → permalink.
     pub permalinks: Arc<HashMap<String, String>>,
-    /// Content path → serialized page.
-    pub pages: HashMap<String, Value>,
-    /// Content path → serialized section (with pages) and its metadata-only form.
-    pub sections: HashMap<String, (Value, Value)>,
-    /// Taxonomy name → `{kind, items}` as `get_taxonomy` returns it.
-    pub taxonomies: HashMap<String, Value>,
+    /// Serialized pages, indexed like the library's pages.
+    pub page_values: Arc<Vec<Value>>,
+    /// Content path → index into `page_values`.
+    pub page_index: HashMap<String, usize>,
+    /// Content path → section.
+    pub sections: HashMap<String, LazySection>,
+    /// Taxonomy name → taxonomy.
+    pub taxonomies: HashMap<String, LazyTaxonomy>,
     /// Taxonomy name → term slug → permalink.
     pub term_urls: HashMap<String, HashMap<String, String>>,
+}
+
+/// A section for `get_section`: its metadata now, its full form (with pages) on demand.
+pub struct LazySection {
+    /// The section serialized with an empty `pages`.
+    pub meta: Value,
+    /// Its pages, as indices into `page_values`.
+    pub pages: Vec<usize>,
+    /// The section with its pages, built on first use.
+    pub full: OnceLock<Value>,
+}
+
+/// A taxonomy for `get_taxonomy`, assembled on first use.
+pub struct LazyTaxonomy {
+    /// `{kind, lang, permalink}` without `items`.
+    pub head: Value,
+    /// Each term serialized with an empty `pages`, and its page indices.
+    pub terms: Vec<(Value, Vec<usize>)>,
+    /// `head` plus `items`, built on first use.
+    pub full: OnceLock<Value>,
+}
+
+/// `value` with `key` set to the given pages.
+fn with_pages(value: &Value, key: &str, pages: &[usize], all: &[Value]) -> Value {
+    let mut v = value.clone();
+    if let Value::Object(map) = &mut v {
+        map.insert(
+            key.to_string(),
+            Value::Array(pages.iter().map(|&i| all[i].clone()).collect()),
+        );
+    }
+    v
 }
 
 impl Templates {
@@ -198,17 +237,27 @@ impl Templates {
     ) -> Result<(), SiteError> {
         let data = Arc::new(data);
         self.tera.register_function("get_url", GetUrl(data.clone()));
-        self.tera.register_function("get_page", GetPage(data.clone()));
-        self.tera.register_function("get_section", GetSection(data.clone()));
-        self.tera.register_function("get_taxonomy", GetTaxonomy(data.clone()));
-        self.tera.register_function("get_taxonomy_url", GetTaxonomyUrl(data.clone()));
+        self.tera
+            .register_function("get_page", GetPage(data.clone()));
+        self.tera
+            .register_function("get_section", GetSection(data.clone()));
+        self.tera
+            .register_function("get_taxonomy", GetTaxonomy(data.clone()));
+        self.tera
+            .register_function("get_taxonomy_url", GetTaxonomyUrl(data.clone()));
         self.tera.register_function(
             "load_data",
-            LoadData { site_dir: site_dir.to_path_buf(), cache: Mutex::new(HashMap::new()) },
+            LoadData {
+                site_dir: site_dir.to_path_buf(),
+                cache: Mutex::new(HashMap::new()),
+            },
         );
         self.tera.register_filter(
             "markdown",
-            MarkdownFilter { config: markdown_config.clone(), permalinks: data.permalinks.clone() },
+            MarkdownFilter {
+                config: markdown_config.clone(),
+                permalinks: data.permalinks.clone(),
+            },
         );
         self.check_names()
     }
@@ -218,7 +267,9 @@ impl Templates {
         let mut names: Vec<&String> = self.sources.keys().collect();
         names.sort();
         for name in names {
-            let Ok(template) = self.tera.get_template(name) else { continue };
+            let Ok(template) = self.tera.get_template(name) else {
+                continue;
+            };
             let mut found = Vec::new();
             for node in &template.ast {
                 walk_node(node, &mut found);
@@ -240,8 +291,14 @@ impl Templates {
                         Kind::Test => "test",
                     };
                     return Err(SiteError::Template {
-                        location: Location { path: file.clone(), line, col: None },
-                        message: format!("unknown {what} `{used}` (Zola and Tera have no such {what})"),
+                        location: Location {
+                            path: file.clone(),
+                            line,
+                            col: None,
+                        },
+                        message: format!(
+                            "unknown {what} `{used}` (Zola and Tera have no such {what})"
+                        ),
                     });
                 }
             }
@@ -256,7 +313,9 @@ impl Templates {
 
     /// Renders a template, turning Tera's error into one naming the template file and line.
     pub fn render(&self, name: &str, context: &tera::Context) -> Result<String, SiteError> {
-        self.tera.render(name, context).map_err(|e| self.render_error(name, &e))
+        self.tera
+            .render(name, context)
+            .map_err(|e| self.render_error(name, &e))
     }
 
     fn render_error(&self, name: &str, err: &tera::Error) -> SiteError {
@@ -265,10 +324,10 @@ impl Templates {
         // 'base.html'" appears after 'page.html' when the error is in the parent).
         let mut culprit = name.to_string();
         for part in message.split(": ") {
-            if let Some(rest) = part.strip_prefix("Failed to render '") {
-                if let Some(end) = rest.find('\'') {
-                    culprit = rest[..end].to_string();
-                }
+            if let Some(rest) = part.strip_prefix("Failed to render '")
+                && let Some(end) = rest.find('\'')
+            {
+                culprit = rest[..end].to_string();
             }
         }
         let needle = extract_name(&message);
@@ -282,13 +341,13 @@ impl Templates {
         order.extend(rest.into_iter().cloned());
         if let Some((needle, kind)) = &needle {
             for candidate in &order {
-                if let Some((file, text)) = self.sources.get(candidate) {
-                    if let Some(line) = find_line(text, needle, *kind) {
-                        return SiteError::Template {
-                            location: Location::at(file.clone(), line, None),
-                            message,
-                        };
-                    }
+                if let Some((file, text)) = self.sources.get(candidate)
+                    && let Some(line) = find_line(text, needle, *kind)
+                {
+                    return SiteError::Template {
+                        location: Location::at(file.clone(), line, None),
+                        message,
+                    };
                 }
             }
         }
@@ -297,7 +356,10 @@ impl Templates {
             .get(&culprit)
             .map(|(f, _)| f.clone())
             .unwrap_or_else(|| PathBuf::from(format!("templates/{culprit}")));
-        SiteError::Template { location: Location::file(path), message }
+        SiteError::Template {
+            location: Location::file(path),
+            message,
+        }
     }
 }
 
@@ -321,14 +383,21 @@ fn parse_error(file: &Path, err: &tera::Error) -> SiteError {
         .split("--> ")
         .nth(1)
         .and_then(|rest| {
-            let pos: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == ':').collect();
+            let pos: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == ':')
+                .collect();
             let mut it = pos.split(':');
             let line = it.next()?.parse().ok()?;
             let col = it.next().and_then(|c| c.parse().ok());
             Some(Location::at(file, line, col))
         })
         .unwrap_or_else(|| Location::file(file));
-    let message = message.replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let message = message
+        .replace('\n', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     SiteError::Template { location, message }
 }
 
@@ -525,19 +594,32 @@ fn walk_val(val: &ExprVal, out: &mut Vec<(Kind, String)>) {
 
 // ---- functions -------------------------------------------------------------------------
 
-fn string_arg(args: &HashMap<String, Value>, fname: &str, key: &str) -> tera::Result<Option<String>> {
+fn string_arg(
+    args: &HashMap<String, Value>,
+    fname: &str,
+    key: &str,
+) -> tera::Result<Option<String>> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!("`{fname}`: argument `{key}` must be a string, got {other}").into()),
+        Some(other) => {
+            Err(format!("`{fname}`: argument `{key}` must be a string, got {other}").into())
+        }
     }
 }
 
-fn bool_arg(args: &HashMap<String, Value>, fname: &str, key: &str, default: bool) -> tera::Result<bool> {
+fn bool_arg(
+    args: &HashMap<String, Value>,
+    fname: &str,
+    key: &str,
+    default: bool,
+) -> tera::Result<bool> {
     match args.get(key) {
         None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(format!("`{fname}`: argument `{key}` must be a boolean, got {other}").into()),
+        Some(other) => {
+            Err(format!("`{fname}`: argument `{key}` must be a boolean, got {other}").into())
+        }
     }
 }
 
@@ -564,7 +646,11 @@ struct GetUrl(Arc<FunctionData>);
 
 impl tera::Function for GetUrl {
     fn call(&self, args: &HashMap<String, Value>) -> tera::Result<Value> {
-        check_args(args, "get_url", &["path", "trailing_slash", "cachebust", "lang"])?;
+        check_args(
+            args,
+            "get_url",
+            &["path", "trailing_slash", "cachebust", "lang"],
+        )?;
         let path = required_str(args, "get_url", "path")?;
         let trailing_slash = bool_arg(args, "get_url", "trailing_slash", false)?;
         if bool_arg(args, "get_url", "cachebust", false)? {
@@ -602,10 +688,12 @@ impl tera::Function for GetPage {
         check_args(args, "get_page", &["path", "lang"])?;
         let path = required_str(args, "get_page", "path")?;
         self.0
-            .pages
+            .page_index
             .get(path.trim_start_matches('/'))
-            .cloned()
-            .ok_or_else(|| format!("`get_page`: no page content/{path} (drafts are not built)").into())
+            .map(|&i| self.0.page_values[i].clone())
+            .ok_or_else(|| {
+                format!("`get_page`: no page content/{path} (drafts are not built)").into()
+            })
     }
 }
 
@@ -617,12 +705,19 @@ impl tera::Function for GetSection {
         check_args(args, "get_section", &["path", "metadata_only", "lang"])?;
         let path = required_str(args, "get_section", "path")?;
         let meta_only = bool_arg(args, "get_section", "metadata_only", false)?;
-        let (full, meta) = self
+        let section = self
             .0
             .sections
             .get(path.trim_start_matches('/'))
             .ok_or_else(|| format!("`get_section`: no section content/{path}"))?;
-        Ok(if meta_only { meta.clone() } else { full.clone() })
+        if meta_only {
+            return Ok(section.meta.clone());
+        }
+        let all = &self.0.page_values;
+        Ok(section
+            .full
+            .get_or_init(|| with_pages(&section.meta, "pages", &section.pages, all))
+            .clone())
     }
 }
 
@@ -635,7 +730,22 @@ impl tera::Function for GetTaxonomy {
         let kind = required_str(args, "get_taxonomy", "kind")?;
         let required = bool_arg(args, "get_taxonomy", "required", true)?;
         match self.0.taxonomies.get(&kind) {
-            Some(v) => Ok(v.clone()),
+            Some(tax) => {
+                let all = &self.0.page_values;
+                let full = tax.full.get_or_init(|| {
+                    let items: Vec<Value> = tax
+                        .terms
+                        .iter()
+                        .map(|(term, pages)| with_pages(term, "pages", pages, all))
+                        .collect();
+                    let mut v = tax.head.clone();
+                    if let Value::Object(map) = &mut v {
+                        map.insert("items".into(), Value::Array(items));
+                    }
+                    v
+                });
+                Ok(full.clone())
+            }
             None if !required => Ok(Value::Null),
             None => Err(format!("`get_taxonomy`: taxonomy `{kind}` is not in config.toml").into()),
         }
@@ -647,12 +757,18 @@ struct GetTaxonomyUrl(Arc<FunctionData>);
 
 impl tera::Function for GetTaxonomyUrl {
     fn call(&self, args: &HashMap<String, Value>) -> tera::Result<Value> {
-        check_args(args, "get_taxonomy_url", &["kind", "name", "required", "lang"])?;
+        check_args(
+            args,
+            "get_taxonomy_url",
+            &["kind", "name", "required", "lang"],
+        )?;
         let kind = required_str(args, "get_taxonomy_url", "kind")?;
         let name = required_str(args, "get_taxonomy_url", "name")?;
         let required = bool_arg(args, "get_taxonomy_url", "required", true)?;
         let Some(terms) = self.0.term_urls.get(&kind) else {
-            return Err(format!("`get_taxonomy_url`: taxonomy `{kind}` is not in config.toml").into());
+            return Err(
+                format!("`get_taxonomy_url`: taxonomy `{kind}` is not in config.toml").into(),
+            );
         };
         match terms.get(&slug::slugify(&name)) {
             Some(url) => Ok(Value::String(url.clone())),
@@ -681,8 +797,14 @@ impl tera::Function for LoadData {
         let path = required_str(args, "load_data", "path")?;
         let required = bool_arg(args, "load_data", "required", true)?;
         let rel = Path::new(&path);
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(format!("`load_data`: path `{path}` must stay inside the site folder").into());
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(
+                format!("`load_data`: path `{path}` must stay inside the site folder").into(),
+            );
         }
         let full = self.site_dir.join(rel);
         let format = match string_arg(args, "load_data", "format")? {
@@ -695,29 +817,35 @@ impl tera::Function for LoadData {
             },
         };
         let key = (full.clone(), format.clone());
-        if let Ok(cache) = self.cache.lock() {
-            if let Some(v) = cache.get(&key) {
-                return Ok(v.clone());
-            }
+        if let Ok(cache) = self.cache.lock()
+            && let Some(v) = cache.get(&key)
+        {
+            return Ok(v.clone());
         }
         let text = match std::fs::read_to_string(&full) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Value::Null),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Value::Null);
+            }
             Err(e) => return Err(format!("`load_data`: {}: {e}", full.display()).into()),
         };
         let value = match format.as_str() {
             "json" => serde_json::from_str::<Value>(&text).map_err(|e| {
-                format!("`load_data`: {}:{}:{}: {e}", full.display(), e.line(), e.column())
+                format!(
+                    "`load_data`: {}:{}:{}: {e}",
+                    full.display(),
+                    e.line(),
+                    e.column()
+                )
             })?,
             "toml" => {
-                let table: toml::Table = toml::from_str(&text).map_err(|e| {
-                    SiteError::toml(&full, &text, &e, 0).to_string()
-                })?;
-                serde_json::to_value(table).map_err(|e| format!("`load_data`: {}: {e}", full.display()))?
+                let table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| SiteError::toml(&full, &text, &e, 0).to_string())?;
+                serde_json::to_value(table)
+                    .map_err(|e| format!("`load_data`: {}: {e}", full.display()))?
             }
-            "csv" => parse_csv(&text).map_err(|(line, msg)| {
-                format!("`load_data`: {}:{line}: {msg}", full.display())
-            })?,
+            "csv" => parse_csv(&text)
+                .map_err(|(line, msg)| format!("`load_data`: {}:{line}: {msg}", full.display()))?,
             "plain" => Value::String(text),
             other => {
                 return Err(format!(
@@ -786,7 +914,10 @@ fn parse_csv(text: &str) -> Result<Value, (usize, String)> {
     let mut records = Vec::new();
     for (l, r) in iter {
         if r.len() != headers.len() {
-            return Err((l, format!("{} fields where the header has {}", r.len(), headers.len())));
+            return Err((
+                l,
+                format!("{} fields where the header has {}", r.len(), headers.len()),
+            ));
         }
         records.push(Value::Array(r.into_iter().map(Value::String).collect()));
     }
@@ -805,18 +936,25 @@ struct MarkdownFilter {
 impl tera::Filter for MarkdownFilter {
     fn filter(&self, value: &Value, args: &HashMap<String, Value>) -> tera::Result<Value> {
         check_args(args, "markdown", &["inline"])?;
-        let text = value.as_str().ok_or("`markdown` filter: the value must be a string")?;
+        let text = value
+            .as_str()
+            .ok_or("`markdown` filter: the value must be a string")?;
         let inline = bool_arg(args, "markdown", "inline", false)?;
-        let ctx = MarkdownContext { config: &self.config, permalinks: &self.permalinks };
+        let ctx = MarkdownContext {
+            config: &self.config,
+            permalinks: &self.permalinks,
+        };
         let rendered = markdown::render(&ctx, Path::new("<markdown filter>"), 0, text, "")
             .map_err(|e| e.to_string())?;
         let mut html = rendered.content;
         if inline {
             let trimmed = html.trim();
-            if let Some(inner) = trimmed.strip_prefix("<p>").and_then(|s| s.strip_suffix("</p>")) {
-                if !inner.contains("<p>") {
-                    html = inner.to_string();
-                }
+            if let Some(inner) = trimmed
+                .strip_prefix("<p>")
+                .and_then(|s| s.strip_suffix("</p>"))
+                && !inner.contains("<p>")
+            {
+                html = inner.to_string();
             }
         }
         Ok(Value::String(html))

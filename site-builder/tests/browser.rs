@@ -76,7 +76,11 @@ fn home_page_and_post_render_in_chromium() {
     let out = tmp.path().join("public");
     // file:// base URL so the stylesheet and links resolve without a web server.
     let base = format!("file://{}", out.display());
-    let opts = BuildOptions { site_dir: site.clone(), out_dir: out.clone(), base_url: Some(base.clone()) };
+    let opts = BuildOptions {
+        site_dir: site.clone(),
+        out_dir: out.clone(),
+        base_url: Some(base.clone()),
+    };
     write_stats_and_build(&opts, &common::sample_stats(), Some(11)).expect("build real site");
     let posts = common::picked_post_paths(&site);
 
@@ -89,7 +93,10 @@ fn home_page_and_post_render_in_chromium() {
         let _ = std::fs::remove_file(&file);
         chromium(url, &format!("--screenshot={}", file.display()));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        assert!(size > 10_000, "{name}: screenshot missing or blank ({size} bytes)");
+        assert!(
+            size > 10_000,
+            "{name}: screenshot missing or blank ({size} bytes)"
+        );
     }
 
     let dom = chromium(&home_url, "--dump-dom");
@@ -104,9 +111,15 @@ fn home_page_and_post_render_in_chromium() {
     }
     for path in &posts {
         let href = format!(r#"href="{base}{path}""#);
-        assert!(dom.contains(&href), "rendered DOM lacks the post link {href}");
+        assert!(
+            dom.contains(&href),
+            "rendered DOM lacks the post link {href}"
+        );
     }
     let post_dom = chromium(&post_url, "--dump-dom");
-    assert!(post_dom.contains("<article class=\"post\">"), "post page did not render");
+    assert!(
+        post_dom.contains("<article class=\"post\">"),
+        "post page did not render"
+    );
     println!("screenshots in {}", shots.display());
 }

@@ -26,8 +26,12 @@ impl Built {
 fn build_fixture() -> Built {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("public");
-    let report = build(&BuildOptions { site_dir: fixture(), out_dir: out.clone(), base_url: None })
-        .unwrap_or_else(|e| panic!("fixture build failed: {e}"));
+    let report = build(&BuildOptions {
+        site_dir: fixture(),
+        out_dir: out.clone(),
+        base_url: None,
+    })
+    .unwrap_or_else(|e| panic!("fixture build failed: {e}"));
     // 9 non-draft pages: about, first, second, third, bundle, old, docs a/b, hidden/visible.
     assert_eq!(report.pages, 9, "{report:?}");
     assert_eq!(report.sections, 6, "{report:?}");
@@ -40,9 +44,18 @@ fn drafts_are_left_out_everywhere() {
     let site = build_fixture();
     assert!(!site.exists("blog/draft/index.html"));
     assert!(!site.exists("tags/draft-only/index.html"));
-    for file in ["sitemap.xml", "atom.xml", "rss.xml", "blog/page/2/index.html", "index.html"] {
+    for file in [
+        "sitemap.xml",
+        "atom.xml",
+        "rss.xml",
+        "blog/page/2/index.html",
+        "index.html",
+    ] {
         let text = site.read(file);
-        assert!(!text.contains("Secret draft") && !text.contains("/blog/draft/"), "{file} mentions the draft");
+        assert!(
+            !text.contains("Secret draft") && !text.contains("/blog/draft/"),
+            "{file} mentions the draft"
+        );
     }
 }
 
@@ -52,7 +65,12 @@ fn pagination_links_and_redirect() {
     // 5 dated pages in blog (archive is transparent), 2 per pager: 3 pagers.
     let p1 = site.read("blog/index.html");
     assert!(p1.contains("pager 1/3 total=5"), "{p1}");
-    assert!(p1.contains(r#"class="next" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;page&#x2F;2&#x2F;""#), "{p1}");
+    assert!(
+        p1.contains(
+            r#"class="next" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;page&#x2F;2&#x2F;""#
+        ),
+        "{p1}"
+    );
     assert!(!p1.contains("class=\"prev\""));
     // Newest first: third (from file name date), then second.
     let third = p1.find("Third post").expect("third on pager 1");
@@ -61,13 +79,27 @@ fn pagination_links_and_redirect() {
 
     let p2 = site.read("blog/page/2/index.html");
     assert!(p2.contains("pager 2/3"), "{p2}");
-    assert!(p2.contains(r#"class="prev" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;""#), "{p2}");
-    assert!(p2.contains(r#"class="next" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;page&#x2F;3&#x2F;""#), "{p2}");
+    assert!(
+        p2.contains(r#"class="prev" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;""#),
+        "{p2}"
+    );
+    assert!(
+        p2.contains(
+            r#"class="next" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;page&#x2F;3&#x2F;""#
+        ),
+        "{p2}"
+    );
     let p3 = site.read("blog/page/3/index.html");
-    assert!(p3.contains("Old post"), "transparent section's page is listed in blog: {p3}");
+    assert!(
+        p3.contains("Old post"),
+        "transparent section's page is listed in blog: {p3}"
+    );
     assert!(!p3.contains("class=\"next\""));
     let redirect = site.read("blog/page/1/index.html");
-    assert!(redirect.contains(r#"url=https://example.org/blog/""#), "{redirect}");
+    assert!(
+        redirect.contains(r#"url=https://example.org/blog/""#),
+        "{redirect}"
+    );
 }
 
 #[test]
@@ -87,18 +119,41 @@ fn summaries_reading_time_toc_and_links() {
     assert!(first.contains("mood=happy"));
     assert!(first.contains(r#"<span id="continue-reading"></span>"#));
     assert!(first.contains(r#"<h2 id="why-git">"#) && first.contains(r#"<h2 id="why-git-1">"#));
-    assert!(first.contains(r##"<a class="child" href="#details">Details</a>"##), "{first}");
+    assert!(
+        first.contains(r##"<a class="child" href="#details">Details</a>"##),
+        "{first}"
+    );
     // @/ link resolved, internal (no target), external link gets the [markdown] options.
-    assert!(first.contains(r#"<a href="https://example.org/blog/second/">link to second</a>"#), "{first}");
-    assert!(first.contains(r#"<a href="https://example.com/x" target="_blank" rel="noopener nofollow">"#));
+    assert!(
+        first.contains(r#"<a href="https://example.org/blog/second/">link to second</a>"#),
+        "{first}"
+    );
+    assert!(
+        first.contains(
+            r#"<a href="https://example.com/x" target="_blank" rel="noopener nofollow">"#
+        )
+    );
     // smart punctuation
     assert!(first.contains("“Quotes”") && first.contains("curly…"));
     // lower = older, higher = newer in a date-sorted section.
-    assert!(first.contains(r#"class="lower" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;bundled&#x2F;""#), "{first}");
-    assert!(first.contains(r#"class="higher" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;second&#x2F;""#), "{first}");
+    assert!(
+        first.contains(
+            r#"class="lower" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;bundled&#x2F;""#
+        ),
+        "{first}"
+    );
+    assert!(
+        first.contains(
+            r#"class="higher" href="https:&#x2F;&#x2F;example.org&#x2F;blog&#x2F;second&#x2F;""#
+        ),
+        "{first}"
+    );
 
     let about = site.read("about/index.html");
-    assert!(about.contains(r#"href="https://example.org/blog/first/#why-git""#), "{about}");
+    assert!(
+        about.contains(r#"href="https://example.org/blog/first/#why-git""#),
+        "{about}"
+    );
 }
 
 #[test]
@@ -122,7 +177,10 @@ fn templates_functions_and_load_data() {
         r#"href="https://example.org/css/site.css""#,
         r#"data-current-path="&#x2F;""#,
     ] {
-        assert!(index.contains(expected), "index.html lacks {expected:?}:\n{index}");
+        assert!(
+            index.contains(expected),
+            "index.html lacks {expected:?}:\n{index}"
+        );
     }
 }
 
@@ -134,13 +192,23 @@ fn templates_per_page_section_and_weight_sort() {
     let b = docs.find("Doc B").expect("doc b");
     assert!(a < b, "weight sort: {docs}");
     assert_eq!(site.read("docs/a/index.html").trim(), "PLAIN Doc A");
-    assert!(site.read("blog/second/index.html").contains("<article class=\"post\">"), "page_template");
+    assert!(
+        site.read("blog/second/index.html")
+            .contains("<article class=\"post\">"),
+        "page_template"
+    );
     // render = false: no section page, but its pages are built.
     assert!(!site.exists("hidden/index.html"));
-    assert!(site.read("hidden/visible/index.html").contains("Still rendered."));
+    assert!(
+        site.read("hidden/visible/index.html")
+            .contains("Still rendered.")
+    );
     assert!(!site.exists("blog/archive/index.html"));
     // redirect_to
-    assert!(site.read("moved/index.html").contains("url=https://example.org/blog/"));
+    assert!(
+        site.read("moved/index.html")
+            .contains("url=https://example.org/blog/")
+    );
 }
 
 #[test]
@@ -148,18 +216,40 @@ fn taxonomies_with_specific_and_generic_templates() {
     let site = build_fixture();
     let list = site.read("tags/index.html");
     assert!(list.contains("All tags"), "{list}");
-    assert!(list.contains(r#"<a href="https:&#x2F;&#x2F;example.org&#x2F;tags&#x2F;rust&#x2F;">Rust</a> (2)"#), "{list}");
+    assert!(
+        list.contains(
+            r#"<a href="https:&#x2F;&#x2F;example.org&#x2F;tags&#x2F;rust&#x2F;">Rust</a> (2)"#
+        ),
+        "{list}"
+    );
     let rust = site.read("tags/rust/index.html");
-    assert!(rust.contains("First post") && rust.contains("Second post"), "{rust}");
+    assert!(
+        rust.contains("First post") && rust.contains("Second post"),
+        "{rust}"
+    );
     assert!(!rust.contains("Third post"));
     // categories use taxonomy_list.html / taxonomy_single.html, paginated by 1.
-    assert_eq!(site.read("categories/index.html").trim(), "GENERIC LIST categories: news");
-    assert_eq!(site.read("categories/news/index.html").trim(), "GENERIC SINGLE categories/news pager 1/3: Third post");
-    assert_eq!(site.read("categories/news/page/3/index.html").trim(), "GENERIC SINGLE categories/news pager 3/3: First post");
+    assert_eq!(
+        site.read("categories/index.html").trim(),
+        "GENERIC LIST categories: news"
+    );
+    assert_eq!(
+        site.read("categories/news/index.html").trim(),
+        "GENERIC SINGLE categories/news pager 1/3: Third post"
+    );
+    assert_eq!(
+        site.read("categories/news/page/3/index.html").trim(),
+        "GENERIC SINGLE categories/news pager 3/3: First post"
+    );
     // term feed (feed = true on tags)
     let feed = site.read("tags/rust/atom.xml");
     let doc = roxmltree::Document::parse(&feed).expect("term feed is XML");
-    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("entry")).count(), 2);
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("entry"))
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -168,36 +258,67 @@ fn atom_rss_and_sitemap_parse_as_xml() {
     let atom = site.read("atom.xml");
     let doc = roxmltree::Document::parse(&atom).expect("atom.xml is XML");
     let root = doc.root_element();
-    assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2005/Atom"));
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://www.w3.org/2005/Atom")
+    );
     assert_eq!(root.tag_name().name(), "feed");
     for required in ["id", "title", "updated"] {
-        assert!(root.children().any(|n| n.has_tag_name(required)), "feed lacks <{required}>");
+        assert!(
+            root.children().any(|n| n.has_tag_name(required)),
+            "feed lacks <{required}>"
+        );
     }
-    let entries: Vec<_> = root.children().filter(|n| n.has_tag_name("entry")).collect();
+    let entries: Vec<_> = root
+        .children()
+        .filter(|n| n.has_tag_name("entry"))
+        .collect();
     // Dated pages only: third, second, first, bundle, old.
     assert_eq!(entries.len(), 5);
     for e in &entries {
         for required in ["id", "title", "updated", "author"] {
-            assert!(e.children().any(|n| n.has_tag_name(required)), "entry lacks <{required}>");
+            assert!(
+                e.children().any(|n| n.has_tag_name(required)),
+                "entry lacks <{required}>"
+            );
         }
     }
-    let first_id = entries[0].children().find(|n| n.has_tag_name("id")).and_then(|n| n.text());
+    let first_id = entries[0]
+        .children()
+        .find(|n| n.has_tag_name("id"))
+        .and_then(|n| n.text());
     assert_eq!(first_id, Some("https://example.org/blog/third/"));
-    let updated = root.children().find(|n| n.has_tag_name("updated")).and_then(|n| n.text());
+    let updated = root
+        .children()
+        .find(|n| n.has_tag_name("updated"))
+        .and_then(|n| n.text());
     assert_eq!(updated, Some("2026-03-01T00:00:00+00:00"));
     // The first post has a summary, so the feed carries it instead of the full content.
-    let first = entries.iter().find(|e| e.children().any(|n| n.text() == Some("First post"))).expect("first entry");
+    let first = entries
+        .iter()
+        .find(|e| e.children().any(|n| n.text() == Some("First post")))
+        .expect("first entry");
     assert!(first.children().any(|n| n.has_tag_name("summary")));
 
     let rss = site.read("rss.xml");
     let rss_doc = roxmltree::Document::parse(&rss).expect("rss.xml is XML");
-    assert_eq!(rss_doc.descendants().filter(|n| n.has_tag_name("item")).count(), 5);
+    assert_eq!(
+        rss_doc
+            .descendants()
+            .filter(|n| n.has_tag_name("item"))
+            .count(),
+        5
+    );
     let section_feed = site.read("blog/atom.xml");
     roxmltree::Document::parse(&section_feed).expect("section feed is XML");
 
     let sitemap = site.read("sitemap.xml");
     let doc = roxmltree::Document::parse(&sitemap).expect("sitemap.xml is XML");
-    let locs: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("loc")).filter_map(|n| n.text()).collect();
+    let locs: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("loc"))
+        .filter_map(|n| n.text())
+        .collect();
     for expected in [
         "https://example.org/",
         "https://example.org/blog/first/",
@@ -205,7 +326,10 @@ fn atom_rss_and_sitemap_parse_as_xml() {
         "https://example.org/tags/rust/",
         "https://example.org/docs/a/",
     ] {
-        assert!(locs.contains(&expected), "sitemap lacks {expected}: {locs:?}");
+        assert!(
+            locs.contains(&expected),
+            "sitemap lacks {expected}: {locs:?}"
+        );
     }
     assert!(!locs.contains(&"https://example.org/hidden/"));
 }
@@ -213,15 +337,27 @@ fn atom_rss_and_sitemap_parse_as_xml() {
 #[test]
 fn aliases_404_robots_static_and_assets() {
     let site = build_fixture();
-    assert!(site.read("old-about/index.html").contains(r#"url=https://example.org/about/""#));
-    assert!(site.read("legacy/about.html").contains(r#"url=https://example.org/about/""#));
+    assert!(
+        site.read("old-about/index.html")
+            .contains(r#"url=https://example.org/about/""#)
+    );
+    assert!(
+        site.read("legacy/about.html")
+            .contains(r#"url=https://example.org/about/""#)
+    );
     assert!(site.read("404.html").contains("Custom not found"));
     let robots = site.read("robots.txt");
     assert!(robots.contains("User-agent: *"));
-    assert!(robots.contains("Sitemap: https://example.org/sitemap.xml"), "{robots}");
+    assert!(
+        robots.contains("Sitemap: https://example.org/sitemap.xml"),
+        "{robots}"
+    );
     assert_eq!(site.read("css/site.css").trim(), "body { color: black; }");
     assert_eq!(site.read("blog/bundled/notes.txt").trim(), "asset file");
-    assert!(site.read("blog/bundled/index.html").contains("&#x2F;blog&#x2F;bundled&#x2F;notes.txt"));
+    assert!(
+        site.read("blog/bundled/index.html")
+            .contains("&#x2F;blog&#x2F;bundled&#x2F;notes.txt")
+    );
 }
 
 #[test]
@@ -235,7 +371,10 @@ fn base_url_override_changes_permalinks() {
     })
     .expect("build");
     let index = std::fs::read_to_string(out.join("index.html")).expect("index");
-    assert!(index.contains("http://127.0.0.1:1111/css/site.css"), "{index}");
+    assert!(
+        index.contains("http://127.0.0.1:1111/css/site.css"),
+        "{index}"
+    );
 }
 
 #[test]
@@ -244,11 +383,18 @@ fn a_failed_build_keeps_the_last_good_site() {
     let site = tmp.path().join("site");
     copy_dir(&fixture(), &site);
     let out = tmp.path().join("public");
-    let opts = BuildOptions { site_dir: site.clone(), out_dir: out.clone(), base_url: None };
+    let opts = BuildOptions {
+        site_dir: site.clone(),
+        out_dir: out.clone(),
+        base_url: None,
+    };
     build(&opts).expect("first build");
     std::fs::write(site.join("templates/page.html"), "{% if %}").expect("break template");
     assert!(build(&opts).is_err());
-    assert!(out.join("index.html").exists(), "previous output must survive");
+    assert!(
+        out.join("index.html").exists(),
+        "previous output must survive"
+    );
     assert!(out.join("about/index.html").exists());
     // No temp folders left beside the output.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())

@@ -11,13 +11,19 @@ fn real_site_shows_statistics_and_three_posts() {
     let site = tmp.path().join("site");
     common::copy_site(&common::real_site(), &site);
     let out = tmp.path().join("public");
-    let opts = BuildOptions { site_dir: site.clone(), out_dir: out.clone(), base_url: None };
-    let report = write_stats_and_build(&opts, &common::sample_stats(), Some(7)).expect("real site builds");
+    let opts = BuildOptions {
+        site_dir: site.clone(),
+        out_dir: out.clone(),
+        base_url: None,
+    };
+    let report =
+        write_stats_and_build(&opts, &common::sample_stats(), Some(7)).expect("real site builds");
     assert!(report.pages >= 7, "{report:?}");
 
-    let stats: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(site.join("data/stats.json")).expect("written"))
-            .expect("json");
+    let stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(site.join("data/stats.json")).expect("written"),
+    )
+    .expect("json");
     assert_eq!(stats["unique_clients"], 4321);
     assert_eq!(stats["random_posts"].as_array().map(Vec::len), Some(3));
 
@@ -38,7 +44,11 @@ fn real_site_shows_statistics_and_three_posts() {
     for path in &posts {
         let href = format!(r#"href="https://skychimp.example.org{path}""#);
         assert!(index.contains(&href), "index.html lacks a link {href}");
-        assert!(out.join(path.trim_start_matches('/')).join("index.html").exists());
+        assert!(
+            out.join(path.trim_start_matches('/'))
+                .join("index.html")
+                .exists()
+        );
     }
 
     // Same seed, same pick; the data file is replaced, not appended to.
@@ -53,14 +63,27 @@ fn real_site_builds_without_a_stats_file() {
     let site = tmp.path().join("site");
     common::copy_site(&common::real_site(), &site);
     let out = tmp.path().join("public");
-    skychimp_site::build(&BuildOptions { site_dir: site, out_dir: out.clone(), base_url: None })
-        .expect("builds without stats");
+    skychimp_site::build(&BuildOptions {
+        site_dir: site,
+        out_dir: out.clone(),
+        base_url: None,
+    })
+    .expect("builds without stats");
     let index = std::fs::read_to_string(out.join("index.html")).expect("index.html");
     assert!(index.contains("Live statistics appear here"));
-    for file in ["atom.xml", "sitemap.xml", "robots.txt", "404.html", "tags/index.html", "about/index.html", "css/site.css"] {
+    for file in [
+        "atom.xml",
+        "sitemap.xml",
+        "robots.txt",
+        "404.html",
+        "tags/index.html",
+        "about/index.html",
+        "css/site.css",
+    ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
-    roxmltree::Document::parse(&std::fs::read_to_string(out.join("atom.xml")).expect("atom")).expect("atom parses");
+    roxmltree::Document::parse(&std::fs::read_to_string(out.join("atom.xml")).expect("atom"))
+        .expect("atom parses");
     let blog_posts = skychimp_site::blog_pages(&common::real_site(), "blog").expect("blog pages");
     assert!(blog_posts.len() >= 6, "{blog_posts:?}");
 }
@@ -70,7 +93,12 @@ fn stats_must_be_an_object() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let site = tmp.path().join("site");
     common::copy_site(&common::real_site(), &site);
-    let opts = BuildOptions { site_dir: site, out_dir: tmp.path().join("public"), base_url: None };
-    let err = write_stats_and_build(&opts, &serde_json::json!([1, 2]), Some(1)).expect_err("array refused");
+    let opts = BuildOptions {
+        site_dir: site,
+        out_dir: tmp.path().join("public"),
+        base_url: None,
+    };
+    let err = write_stats_and_build(&opts, &serde_json::json!([1, 2]), Some(1))
+        .expect_err("array refused");
     assert!(err.to_string().contains("data/stats.json"), "{err}");
 }

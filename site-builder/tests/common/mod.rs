@@ -43,7 +43,9 @@ pub fn sample_stats() -> serde_json::Value {
 pub fn picked_post_paths(site: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(site.join("data/stats.json")).expect("stats.json written");
     let value: serde_json::Value = serde_json::from_str(&text).expect("stats.json is JSON");
-    let posts = value["random_posts"].as_array().expect("random_posts array");
+    let posts = value["random_posts"]
+        .as_array()
+        .expect("random_posts array");
     posts
         .iter()
         .map(|p| {
