@@ -70,20 +70,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, SiteError> {
 /// This lets a caller pick posts to feature and hand them to templates through a data file
 /// read with `get_page`, which resolves the same paths.
 pub fn blog_pages(site_dir: &Path, section: &str) -> Result<Vec<String>, SiteError> {
-    let config = config::Config::load(site_dir, None)?;
-    let library = content::load(site_dir, &config)?;
-    let key = format!("{}/_index.md", section.trim_matches('/'));
-    let Some(&i) = library.section_index.get(&key) else {
-        return Err(SiteError::invalid(
-            &site_dir.join("content").join(&key),
-            format!("no section `{section}`: this file does not exist"),
-        ));
+    let opts = BuildOptions {
+        site_dir: site_dir.to_path_buf(),
+        out_dir: PathBuf::new(),
+        base_url: None,
     };
-    Ok(library.sections[i]
-        .pages
-        .iter()
-        .map(|&p| library.pages[p].relative_path.clone())
-        .collect())
+    let (_, library) = site::load(&opts)?;
+    site::section_pages(&library, site_dir, section)
 }
 
 /// Adds three randomly picked posts of section `blog` to `stats` as `random_posts`, writes

@@ -3,92 +3,119 @@
 //! removes its temp folder and leaves the last good site untouched; readers never see a
 //! half-written site.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
 use crate::error::SiteError;
 use crate::site::OutFile;
 
-/// Writes the rendered files, `static/` and content assets into a fresh folder and swaps
-/// it in as `out_dir`. Returns the number of files written.
-pub(crate) fn write_site(
-    out_dir: &Path,
-    static_dir: &Path,
-    files: &[OutFile],
-    copies: &[(PathBuf, String)],
-) -> Result<usize, SiteError> {
-    let parent = match out_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| SiteError::io(&parent, e))?;
-    let name = out_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "public".to_string());
-    let stamp = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let tmp = parent.join(format!(".{name}.tmp-{stamp}"));
-    let result = fill(&tmp, static_dir, files, copies);
-    let count = match result {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    swap(&tmp, out_dir, &parent.join(format!(".{name}.old-{stamp}")))?;
-    Ok(count)
+/// The temp folder a build writes into. Files are written as soon as they are rendered
+/// (holding a 10,000-page site in memory first costs hundreds of megabytes). Dropped without
+/// [`Staging::commit`], it deletes itself and `out_dir` is untouched.
+pub(crate) struct Staging {
+    tmp: PathBuf,
+    out_dir: PathBuf,
+    old: PathBuf,
+    /// Every generated path, to refuse two outputs at one path.
+    written: Mutex<HashSet<String>>,
+    count: AtomicUsize,
+    committed: bool,
 }
 
-fn fill(
-    tmp: &Path,
-    static_dir: &Path,
-    files: &[OutFile],
-    copies: &[(PathBuf, String)],
-) -> Result<usize, SiteError> {
-    std::fs::create_dir_all(tmp).map_err(|e| SiteError::io(tmp, e))?;
-    let mut count = 0;
-    if static_dir.is_dir() {
-        count += copy_tree(static_dir, tmp)?;
+impl Staging {
+    /// Creates the temp folder beside `out_dir` and copies `static_dir` into it.
+    pub(crate) fn new(out_dir: &Path, static_dir: &Path) -> Result<Staging, SiteError> {
+        let parent = match out_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| SiteError::io(&parent, e))?;
+        let name = out_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "public".to_string());
+        let stamp = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let staging = Staging {
+            tmp: parent.join(format!(".{name}.tmp-{stamp}")),
+            out_dir: out_dir.to_path_buf(),
+            old: parent.join(format!(".{name}.old-{stamp}")),
+            written: Mutex::new(HashSet::new()),
+            count: AtomicUsize::new(0),
+            committed: false,
+        };
+        std::fs::create_dir_all(&staging.tmp).map_err(|e| SiteError::io(&staging.tmp, e))?;
+        if static_dir.is_dir() {
+            let n = copy_tree(static_dir, &staging.tmp)?;
+            staging.count.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(staging)
     }
-    count += copies
-        .par_iter()
-        .map(|(from, rel)| {
-            let to = tmp.join(rel);
+
+    /// Writes rendered files. Two outputs at one path (an alias over a page, say) are an
+    /// error rather than a silent overwrite; `blame` is the file named in that error.
+    pub(crate) fn write(&self, files: Vec<OutFile>, blame: &Path) -> Result<(), SiteError> {
+        for f in files {
+            let fresh = match self.written.lock() {
+                Ok(mut set) => set.insert(f.rel.clone()),
+                Err(_) => true,
+            };
+            if !fresh {
+                return Err(SiteError::invalid(
+                    blame,
+                    format!(
+                        "two outputs would be written to {} (check `aliases` and `path`)",
+                        f.rel
+                    ),
+                ));
+            }
+            let to = self.tmp.join(&f.rel);
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| SiteError::io(dir, e))?;
+            }
+            std::fs::write(&to, f.content.as_bytes()).map_err(|e| SiteError::io(&to, e))?;
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Copies content assets (`from`, relative destination).
+    pub(crate) fn copy(&self, copies: &[(PathBuf, String)]) -> Result<(), SiteError> {
+        copies.par_iter().try_for_each(|(from, rel)| {
+            let to = self.tmp.join(rel);
             if let Some(dir) = to.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| SiteError::io(dir, e))?;
             }
             std::fs::copy(from, &to).map_err(|e| SiteError::io(from, e))?;
-            Ok(1)
+            self.count.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         })
-        .sum::<Result<usize, SiteError>>()?;
-    // Create each folder once, then write files in parallel.
-    let mut dirs: Vec<PathBuf> = files
-        .iter()
-        .filter_map(|f| tmp.join(&f.rel).parent().map(Path::to_path_buf))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in &dirs {
-        std::fs::create_dir_all(dir).map_err(|e| SiteError::io(dir, e))?;
     }
-    count += files
-        .par_iter()
-        .map(|f| {
-            let to = tmp.join(&f.rel);
-            std::fs::write(&to, f.content.as_bytes()).map_err(|e| SiteError::io(&to, e))?;
-            Ok(1)
-        })
-        .sum::<Result<usize, SiteError>>()?;
-    Ok(count)
+
+    /// Swaps the temp folder in as `out_dir`; returns the number of files written.
+    pub(crate) fn commit(mut self) -> Result<usize, SiteError> {
+        self.committed = true;
+        swap(&self.tmp, &self.out_dir, &self.old)?;
+        Ok(self.count.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<usize, SiteError> {

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::content::{self, Library, Page, Section};
 use crate::error::SiteError;
 use crate::markdown::{self, MarkdownContext};
-use crate::output;
+use crate::output::Staging;
 use crate::taxonomy::{self, Taxonomy, Term};
 use crate::templates::{FunctionData, LazySection, LazyTaxonomy, Templates};
 use crate::{BuildOptions, BuildReport};
@@ -57,10 +57,46 @@ impl Timings {
 /// Builds the site. See [`crate::build`].
 pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport, SiteError> {
     let started = Instant::now();
+    let (config, library) = load(opts)?;
+    build_loaded(opts, config, library, started)
+}
+
+/// The load stage alone: config and content, validated, nothing rendered.
+pub(crate) fn load(opts: &BuildOptions) -> Result<(Config, Library), SiteError> {
+    let config = Config::load(&opts.site_dir, opts.base_url.as_deref())?;
+    let library = content::load(&opts.site_dir, &config)?;
+    Ok((config, library))
+}
+
+/// The content-relative paths of a section's pages, in its sort order.
+pub(crate) fn section_pages(
+    library: &Library,
+    site_dir: &Path,
+    section: &str,
+) -> Result<Vec<String>, SiteError> {
+    let key = format!("{}/_index.md", section.trim_matches('/'));
+    let Some(&i) = library.section_index.get(&key) else {
+        return Err(SiteError::invalid(
+            &site_dir.join("content").join(&key),
+            format!("no section `{section}`: this file does not exist"),
+        ));
+    };
+    Ok(library.sections[i]
+        .pages
+        .iter()
+        .map(|&p| library.pages[p].relative_path.clone())
+        .collect())
+}
+
+/// Every stage after loading; `started` is when the caller began, for the report.
+pub(crate) fn build_loaded(
+    opts: &BuildOptions,
+    config: Config,
+    mut library: Library,
+    started: Instant,
+) -> Result<BuildReport, SiteError> {
     let timings = Timings::from_env();
     let site_dir = &opts.site_dir;
-    let config = Config::load(site_dir, opts.base_url.as_deref())?;
-    let mut library = content::load(site_dir, &config)?;
     let permalinks = Arc::new(library.permalinks());
 
     timings.mark("load", started);
@@ -85,30 +121,17 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport, SiteError> {
     templates.register(site_dir, &config.markdown, data)?;
 
     timings.mark("templates + function data", started);
+    let staging = Staging::new(&opts.out_dir, &site_dir.join("static"))?;
     let renderer = Renderer {
         config: &config,
         library: &library,
         values: &values,
         templates: &templates,
+        staging: &staging,
     };
-    let mut files = renderer.render_all(&taxonomies)?;
+    renderer.render_all(&taxonomies)?;
+    timings.mark("render + write", started);
 
-    // Generated paths must be unique: an alias over a real page is an error, not a
-    // silent overwrite.
-    files.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
-    for pair in files.windows(2) {
-        if pair[0].rel == pair[1].rel {
-            return Err(SiteError::invalid(
-                &site_dir.join("content"),
-                format!(
-                    "two outputs would be written to {} (check `aliases` and `path`)",
-                    pair[0].rel
-                ),
-            ));
-        }
-    }
-
-    timings.mark("render", started);
     let mut copies: Vec<(PathBuf, String)> = Vec::new();
     for page in &library.pages {
         for asset in &page.assets {
@@ -134,8 +157,8 @@ pub(crate) fn build(opts: &BuildOptions) -> Result<BuildReport, SiteError> {
             copies.push((asset.clone(), rel));
         }
     }
-
-    let written = output::write_site(&opts.out_dir, &site_dir.join("static"), &files, &copies)?;
+    staging.copy(&copies)?;
+    let written = staging.commit()?;
 
     timings.mark("write + swap", started);
     Ok(BuildReport {
@@ -417,6 +440,7 @@ fn paginate(
 }
 
 struct Renderer<'a> {
+    staging: &'a Staging,
     config: &'a Config,
     library: &'a Library,
     values: &'a Values,
@@ -456,35 +480,31 @@ impl Renderer<'_> {
         }
     }
 
-    fn render_all(&self, taxonomies: &[Taxonomy]) -> Result<Vec<OutFile>, SiteError> {
+    /// Renders every output and writes each as soon as it exists.
+    fn render_all(&self, taxonomies: &[Taxonomy]) -> Result<(), SiteError> {
         let t = Timings::from_env();
         let started = Instant::now();
-        let mut files: Vec<OutFile> = self
-            .library
+        let config_file = Path::new("config.toml");
+        self.library
             .pages
             .par_iter()
             .enumerate()
-            .map(|(i, p)| self.render_page(i, p))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        let sections: Vec<Vec<OutFile>> = self
-            .library
+            .try_for_each(|(i, p)| self.staging.write(self.render_page(i, p)?, &p.file))?;
+        t.mark("  pages", started);
+        self.library
             .sections
             .par_iter()
-            .map(|s| self.render_section(s))
-            .collect::<Result<_, _>>()?;
-        t.mark("  pages", started);
-        files.extend(sections.into_iter().flatten());
+            .try_for_each(|s| self.staging.write(self.render_section(s)?, &s.file))?;
         t.mark("  sections", started);
         for tax in taxonomies {
-            files.extend(self.render_taxonomy(tax)?);
+            self.staging
+                .write(self.render_taxonomy(tax)?, config_file)?;
         }
         t.mark("  taxonomies", started);
-        files.extend(self.render_feeds(taxonomies)?);
+        self.staging
+            .write(self.render_feeds(taxonomies)?, config_file)?;
         t.mark("  feeds", started);
-        files.push(self.render_404()?);
+        let mut files = vec![self.render_404()?];
         if self.config.generate_robots_txt {
             let name = if self.templates.has("robots.txt") {
                 "robots.txt"
@@ -500,7 +520,7 @@ impl Renderer<'_> {
         if self.config.generate_sitemap {
             files.push(self.render_sitemap(taxonomies)?);
         }
-        Ok(files)
+        self.staging.write(files, config_file)
     }
 
     fn redirect(&self, rel: String, url: &str) -> Result<OutFile, SiteError> {
@@ -716,39 +736,30 @@ impl Renderer<'_> {
             "taxonomy_single.html",
         )?;
         let tax_value = to_value(&tax.config);
-        let terms: Vec<Value> = tax
-            .terms
-            .iter()
-            .map(|t| term_value(t, self.values, None))
-            .collect();
-        let ctx = self.context(
-            &tax.path,
-            vec![
-                ("taxonomy", tax_value.clone()),
-                ("terms", Value::Array(terms)),
-            ],
-        )?;
-        let mut out = vec![OutFile {
-            rel: index_file(&tax.path),
-            content: self.templates.render(&list_tpl, &ctx)?,
-        }];
-        let singles: Vec<Vec<OutFile>> = tax
+        // Term values hold copies of their pages; on a large blog copying them dominates the
+        // build. An unpaginated term's value is built once, lent to its page's context, taken
+        // back, and then handed to the list page.
+        let singles: Vec<(Vec<OutFile>, Value)> = tax
             .terms
             .par_iter()
-            .map(|term| -> Result<Vec<OutFile>, SiteError> {
+            .map(|term| -> Result<(Vec<OutFile>, Value), SiteError> {
                 match tax.config.paginate_by {
                     None => {
-                        let ctx = self.context(
+                        let mut ctx = self.context(
                             &term.path,
                             vec![
                                 ("taxonomy", tax_value.clone()),
                                 ("term", term_value(term, self.values, None)),
                             ],
                         )?;
-                        Ok(vec![OutFile {
+                        let file = OutFile {
                             rel: index_file(&term.path),
                             content: self.templates.render(&single_tpl, &ctx)?,
-                        }])
+                        };
+                        let value = ctx
+                            .remove("term")
+                            .unwrap_or_else(|| term_value(term, self.values, None));
+                        Ok((vec![file], value))
                     }
                     Some(by) => {
                         let pp = tax.config.paginate_path();
@@ -787,12 +798,25 @@ impl Renderer<'_> {
                             index_file(&format!("{}{pp}/1/", term.path)),
                             &term.permalink,
                         )?);
-                        Ok(files)
+                        Ok((files, term_value(term, self.values, None)))
                     }
                 }
             })
             .collect::<Result<_, _>>()?;
-        out.extend(singles.into_iter().flatten());
+        let mut out = Vec::new();
+        let mut terms = Vec::with_capacity(singles.len());
+        for (files, value) in singles {
+            out.extend(files);
+            terms.push(value);
+        }
+        let ctx = self.context(
+            &tax.path,
+            vec![("taxonomy", tax_value), ("terms", Value::Array(terms))],
+        )?;
+        out.push(OutFile {
+            rel: index_file(&tax.path),
+            content: self.templates.render(&list_tpl, &ctx)?,
+        });
         Ok(out)
     }
 

@@ -55,7 +55,10 @@ pub(crate) fn write_stats_and_build(
             "the statistics value must be a JSON object",
         ));
     };
-    let posts = crate::blog_pages(&opts.site_dir, "blog")?;
+    // Load once: the same library gives the posts to pick from and is then rendered.
+    let started = std::time::Instant::now();
+    let (config, library) = crate::site::load(opts)?;
+    let posts = crate::site::section_pages(&library, &opts.site_dir, "blog")?;
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -75,7 +78,7 @@ pub(crate) fn write_stats_and_build(
     let text = serde_json::to_string_pretty(&Value::Object(map))
         .map_err(|e| SiteError::invalid(&target, e.to_string()))?;
     write_atomically(&data_dir, &target, text.as_bytes())?;
-    crate::build(opts)
+    crate::site::build_loaded(opts, config, library, started)
 }
 
 fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), SiteError> {
