@@ -15,7 +15,7 @@
 //! Anything the builder does not implement is an error naming the file, never a page that
 //! silently differs from what Zola would produce.
 
-pub mod config;
+mod config;
 mod content;
 mod error;
 mod markdown;
