@@ -24,7 +24,9 @@ use crate::{BuildOptions, BuildReport};
 
 /// One file to write: path relative to the output folder, and its content.
 pub(crate) struct OutFile {
+    /// Path relative to the output folder, `/`-separated: `blog/post/index.html`.
     pub rel: String,
+    /// The rendered text.
     pub content: String,
 }
 

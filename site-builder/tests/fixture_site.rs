@@ -434,3 +434,60 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn sitemap_robots_and_feeds_can_be_switched_off_and_pagers_reversed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let site = tmp.path().join("site");
+    copy_dir(&fixture(), &site);
+    let config = std::fs::read_to_string(site.join("config.toml")).expect("config");
+    let config = config
+        .replace("generate_feeds = true", "generate_feeds = false")
+        .replace("generate_sitemap = true", "generate_sitemap = false")
+        .replace("generate_robots_txt = true", "generate_robots_txt = false")
+        .replace(
+            "{ name = \"tags\", feed = true }",
+            "{ name = \"tags\", render = false }",
+        );
+    std::fs::write(site.join("config.toml"), config).expect("write config");
+    let blog = std::fs::read_to_string(site.join("content/blog/_index.md")).expect("blog");
+    let blog = blog.replace(
+        "paginate_by = 2",
+        "paginate_by = 2\npaginate_reversed = true",
+    );
+    std::fs::write(site.join("content/blog/_index.md"), blog).expect("write blog");
+    // Nothing may link to the unrendered tag pages any more.
+    std::fs::write(site.join("templates/index.html"), "{{ section.title }}").expect("index");
+    std::fs::write(
+        site.join("templates/post.html"),
+        "{{ page.title }}{{ page.content | safe }}",
+    )
+    .expect("post");
+    let out = tmp.path().join("public");
+    build(&BuildOptions {
+        site_dir: site,
+        out_dir: out.clone(),
+        base_url: None,
+    })
+    .expect("build");
+    for gone in [
+        "sitemap.xml",
+        "robots.txt",
+        "atom.xml",
+        "rss.xml",
+        "tags/index.html",
+        "tags/rust/index.html",
+        "tags/rust/atom.xml",
+    ] {
+        assert!(!out.join(gone).exists(), "{gone} should not be written");
+    }
+    // Section feeds are the section's own switch.
+    assert!(out.join("blog/atom.xml").exists());
+    // Reversed: oldest first on pager 1.
+    let p1 = std::fs::read_to_string(out.join("blog/index.html")).expect("pager 1");
+    assert!(
+        p1.contains("Old post") && p1.contains("Bundle post"),
+        "{p1}"
+    );
+    assert!(!p1.contains("Third post"));
+}

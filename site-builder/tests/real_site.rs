@@ -51,6 +51,15 @@ fn real_site_shows_statistics_and_three_posts() {
         );
     }
 
+    // Written atomically: no temp file is left beside it.
+    let mut data_files: Vec<String> = std::fs::read_dir(site.join("data"))
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    data_files.sort();
+    assert_eq!(data_files, vec![".gitkeep", "stats.json"]);
+
     // Same seed, same pick; the data file is replaced, not appended to.
     write_stats_and_build(&opts, &common::sample_stats(), Some(7)).expect("rebuild");
     assert_eq!(common::picked_post_paths(&site), posts);
