@@ -333,7 +333,8 @@ fn date_prefix(stem: &str) -> Option<(NaiveDate, &str)> {
 enum Loaded {
     Page(Box<Page>),
     Section(Box<Section>),
-    Draft,
+    /// A draft; for a bundle (`dir/index.md`), its folder, whose files must not be copied.
+    Draft(Option<String>),
 }
 
 /// Walks `content_dir`, returning the Markdown files and the other files (assets).
@@ -387,11 +388,12 @@ pub fn load(site_dir: &Path, config: &Config) -> Result<Library, SiteError> {
     let mut library = Library::default();
     let mut sections: Vec<Section> = Vec::new();
     let mut pages: Vec<Page> = Vec::new();
+    let mut draft_dirs: Vec<String> = Vec::new();
     for item in loaded {
         match item {
             Loaded::Page(p) => pages.push(*p),
             Loaded::Section(s) => sections.push(*s),
-            Loaded::Draft => {}
+            Loaded::Draft(dir) => draft_dirs.extend(dir),
         }
     }
     // The root section exists even without a `content/_index.md`, as in Zola.
@@ -502,6 +504,10 @@ pub fn load(site_dir: &Path, config: &Config) -> Result<Library, SiteError> {
             Some(p) => rel[..=p].to_string(),
             None => String::new(),
         };
+        if draft_dirs.iter().any(|d| dir.starts_with(d.as_str())) {
+            // A draft bundle's images and files are as unpublished as its text.
+            continue;
+        }
         if let Some(&i) = bundle_dirs.get(&dir) {
             pages[i].assets.push(file);
         } else if let Some(&i) = section_dirs.get(&dir) {
@@ -704,7 +710,9 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
     let meta: PageFrontMatter = toml::from_str(toml_text)
         .map_err(|e| SiteError::toml(file, toml_text, &e, toml_line_offset))?;
     if meta.draft {
-        return Ok(Loaded::Draft);
+        let bundle = (file_name == "index.md")
+            .then(|| relative_path.trim_end_matches("index.md").to_string());
+        return Ok(Loaded::Draft(bundle));
     }
     for name in meta.taxonomies.keys() {
         if !config.taxonomies.iter().any(|t| &t.name == name) {

@@ -44,6 +44,9 @@ fn drafts_are_left_out_everywhere() {
     let site = build_fixture();
     assert!(!site.exists("blog/draft/index.html"));
     assert!(!site.exists("tags/draft-only/index.html"));
+    // A draft bundle's files are not published either.
+    assert!(!site.exists("blog/secret-bundle/secret.txt"));
+    assert!(!site.exists("blog/secret-bundle/index.html"));
     for file in [
         "sitemap.xml",
         "atom.xml",
