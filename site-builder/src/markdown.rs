@@ -32,6 +32,9 @@ pub struct Rendered {
     pub word_count: usize,
     /// Minutes at 200 words per minute, rounded up.
     pub reading_time: usize,
+    /// `@/path.md#anchor` links: (target content path, anchor, line in the source file),
+    /// checked once every page's headings are known.
+    pub anchor_links: Vec<(String, String, usize)>,
 }
 
 /// One entry of the table of contents (`page.toc`).
@@ -57,11 +60,40 @@ pub struct MarkdownContext<'a> {
     pub permalinks: &'a HashMap<String, String>,
 }
 
-/// Counts words the way readers see them: runs of letters/digits (apostrophes inside).
+/// Counts words as Zola does: Unicode words of the Markdown source, leaving out HTML
+/// comments, footnote definitions and references, and fenced code blocks.
 pub fn word_count(text: &str) -> usize {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '’'))
-        .filter(|w| w.chars().any(char::is_alphanumeric))
-        .count()
+    use unicode_segmentation::UnicodeSegmentation;
+    let without_comments = strip_between(text, "<!--", "-->");
+    let without_footnotes: String = without_comments
+        .lines()
+        .filter(|l| !(l.trim_start().starts_with("[^") && l.contains("]:")))
+        .map(|l| strip_between(l, "[^", "]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // Fences toggle between prose and code: count every other piece.
+    without_footnotes
+        .split("```")
+        .step_by(2)
+        .map(|piece| piece.unicode_words().count())
+        .sum()
+}
+
+/// `text` without every `start … end` span (an unclosed span runs to the end).
+fn strip_between(text: &str, start: &str, end: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(start) {
+        out.push_str(&rest[..i]);
+        match rest[i + start.len()..].find(end) {
+            Some(j) => rest = &rest[i + start.len() + j + end.len()..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn options(config: &MarkdownConfig) -> Options {
@@ -142,6 +174,7 @@ pub fn render(
     let parser = Parser::new_ext(source, options(ctx.config)).into_offset_iter();
     let mut events: Vec<Event<'_>> = Vec::new();
     let mut more_index = None;
+    let mut anchor_links = Vec::new();
     // Headings: (index of Start event, index of End event).
     let mut headings: Vec<(usize, usize)> = Vec::new();
     let mut heading_start = None;
@@ -172,7 +205,17 @@ pub fn render(
                         None => (target, ""),
                     };
                     match ctx.permalinks.get(path) {
-                        Some(url) => CowStr::from(format!("{url}{anchor}")),
+                        Some(url) => {
+                            if let Some(name) = anchor.strip_prefix('#') {
+                                let (line, _) = line_col(source, range.start);
+                                anchor_links.push((
+                                    path.to_string(),
+                                    name.to_string(),
+                                    line + line_offset,
+                                ));
+                            }
+                            CowStr::from(format!("{url}{anchor}"))
+                        }
                         None => {
                             return Err(err_at(
                                 range.start,
@@ -324,6 +367,7 @@ pub fn render(
         toc: build_toc(&flat, permalink),
         word_count: words,
         reading_time: words.div_ceil(200),
+        anchor_links,
     })
 }
 
@@ -403,4 +447,24 @@ fn escape_attr(s: &str) -> String {
         }
     }
     out
+}
+
+/// Every heading id of a rendered page, for checking `@/page.md#anchor` links.
+pub fn heading_ids(toc: &[Heading], out: &mut std::collections::HashSet<String>) {
+    for h in toc {
+        out.insert(h.id.clone());
+        heading_ids(&h.children, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::word_count;
+
+    #[test]
+    fn word_count_skips_comments_code_and_footnotes() {
+        let text = "One two <!-- not counted -->\n\n```\nlet code = 1;\n```\n\nthree[^1].\n\n[^1]: a footnote here\n";
+        assert_eq!(word_count(text), 3);
+        assert_eq!(word_count("Don't panic, it's 2026."), 4);
+    }
 }

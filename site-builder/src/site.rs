@@ -200,7 +200,50 @@ fn render_markdown(
             &s.permalink,
         )?;
         Ok::<(), SiteError>(())
-    })
+    })?;
+    check_anchors(library)
+}
+
+/// `@/page.md#anchor` must name a heading of that page, as Zola checks.
+fn check_anchors(library: &Library) -> Result<(), SiteError> {
+    let sources = library
+        .pages
+        .iter()
+        .map(|p| (&p.file, &p.rendered))
+        .chain(library.sections.iter().map(|s| (&s.file, &s.rendered)));
+    let mut ids_cache: HashMap<&str, std::collections::HashSet<String>> = HashMap::new();
+    for (file, rendered) in sources {
+        for (target, anchor, line) in &rendered.anchor_links {
+            let ids = ids_cache.entry(target.as_str()).or_insert_with(|| {
+                let mut ids = std::collections::HashSet::new();
+                ids.insert("continue-reading".to_string());
+                let toc = library
+                    .page_index
+                    .get(target)
+                    .map(|&i| &library.pages[i].rendered.toc)
+                    .or_else(|| {
+                        library
+                            .section_index
+                            .get(target)
+                            .map(|&i| &library.sections[i].rendered.toc)
+                    });
+                if let Some(toc) = toc {
+                    markdown::heading_ids(toc, &mut ids);
+                }
+                ids
+            });
+            if !ids.contains(anchor) {
+                return Err(SiteError::invalid_at(
+                    file,
+                    *line,
+                    format!(
+                        "broken internal link `@/{target}#{anchor}`: content/{target} has no heading with id `{anchor}`"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> Value {

@@ -166,6 +166,22 @@ fn broken_internal_link_names_file_and_line() {
 }
 
 #[test]
+fn link_to_a_missing_anchor_is_broken() {
+    let msg = error_of(&[
+        (
+            "content/other.md",
+            "+++\ntitle = \"Other\"\n+++\n## Real heading\n",
+        ),
+        (
+            "content/post.md",
+            "+++\ntitle = \"Post\"\n+++\n[ok](@/other.md#real-heading)\n\n[bad](@/other.md#nope)\n",
+        ),
+    ]);
+    assert_names(&msg, "content/post.md:6");
+    assert!(msg.contains("#nope"), "{msg}");
+}
+
+#[test]
 fn link_to_a_draft_is_broken() {
     let msg = error_of(&[
         (

@@ -117,7 +117,7 @@ fn summaries_reading_time_toc_and_links() {
     assert!(!summary.contains("Body text after"), "{summary}");
 
     let first = site.read("blog/first/index.html");
-    assert!(first.contains("words=45 minutes=1"), "{first}");
+    assert!(first.contains("words=42 minutes=1"), "{first}");
     assert!(first.contains("date=2026-01-01 year=2026"), "{first}");
     assert!(first.contains("mood=happy"));
     assert!(first.contains(r#"<span id="continue-reading"></span>"#));
