@@ -32,9 +32,11 @@ fn build_fixture() -> Built {
         base_url: None,
     })
     .unwrap_or_else(|e| panic!("fixture build failed: {e}"));
-    // 9 non-draft pages: about, first, second, third, bundle, old, docs a/b, hidden/visible.
-    assert_eq!(report.pages, 9, "{report:?}");
-    assert_eq!(report.sections, 6, "{report:?}");
+    // 11 non-draft pages: about, first, second, third, bundle, old, docs a/b, guide intro,
+    // hidden/visible, notes/misc.
+    assert_eq!(report.pages, 11, "{report:?}");
+    // root, blog, blog/archive, docs, docs/guide, hidden, moved
+    assert_eq!(report.sections, 7, "{report:?}");
     assert_eq!(report.taxonomy_terms, 3, "{report:?}"); // rust, git, news
     Built { _tmp: tmp, out }
 }
@@ -195,6 +197,10 @@ fn templates_per_page_section_and_weight_sort() {
     let b = docs.find("Doc B").expect("doc b");
     assert!(a < b, "weight sort: {docs}");
     assert_eq!(site.read("docs/a/index.html").trim(), "PLAIN Doc A");
+    // Nested section and a page in a folder without _index.md.
+    assert!(site.read("docs/guide/intro/index.html").contains(r#"href="https://example.org/docs/""#));
+    assert!(site.exists("docs/guide/index.html"));
+    assert!(site.read("notes/misc/index.html").contains("A page in a folder without _index.md."));
     assert!(
         site.read("blog/second/index.html")
             .contains("<article class=\"post\">"),
