@@ -198,9 +198,15 @@ fn templates_per_page_section_and_weight_sort() {
     assert!(a < b, "weight sort: {docs}");
     assert_eq!(site.read("docs/a/index.html").trim(), "PLAIN Doc A");
     // Nested section and a page in a folder without _index.md.
-    assert!(site.read("docs/guide/intro/index.html").contains(r#"href="https://example.org/docs/""#));
+    assert!(
+        site.read("docs/guide/intro/index.html")
+            .contains(r#"href="https://example.org/docs/""#)
+    );
     assert!(site.exists("docs/guide/index.html"));
-    assert!(site.read("notes/misc/index.html").contains("A page in a folder without _index.md."));
+    assert!(
+        site.read("notes/misc/index.html")
+            .contains("A page in a folder without _index.md.")
+    );
     assert!(
         site.read("blog/second/index.html")
             .contains("<article class=\"post\">"),
