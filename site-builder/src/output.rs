@@ -54,6 +54,7 @@ impl Staging {
             count: AtomicUsize::new(0),
             committed: false,
         };
+        remove_stale(&parent, &name);
         std::fs::create_dir_all(&staging.tmp).map_err(|e| SiteError::io(&staging.tmp, e))?;
         if static_dir.is_dir() {
             let n = copy_tree(static_dir, &staging.tmp)?;
@@ -114,6 +115,34 @@ impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Removes temp and old folders left by builds that were killed (their process is gone),
+/// so a crash does not leave a hidden copy of the site behind for good. Only where
+/// `/proc` tells which processes live; elsewhere nothing is removed.
+fn remove_stale(parent: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(rest) = file_name
+            .strip_prefix(&format!(".{name}.tmp-"))
+            .or_else(|| file_name.strip_prefix(&format!(".{name}.old-")))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

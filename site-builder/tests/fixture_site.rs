@@ -421,6 +421,29 @@ fn a_failed_build_keeps_the_last_good_site() {
 }
 
 #[test]
+fn folders_left_by_a_killed_build_are_cleaned_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // No process has this id (above Linux's pid_max), so these are a dead build's leftovers.
+    let stale = tmp.path().join(".public.tmp-999999999-1");
+    std::fs::create_dir_all(stale.join("blog")).expect("stale dir");
+    let unrelated = tmp.path().join(".other.tmp-999999999-1");
+    std::fs::create_dir_all(&unrelated).expect("unrelated dir");
+    build(&BuildOptions {
+        site_dir: fixture(),
+        out_dir: tmp.path().join("public"),
+        base_url: None,
+    })
+    .expect("build");
+    if std::path::Path::new("/proc/self").exists() {
+        assert!(!stale.exists(), "stale temp folder should be removed");
+    }
+    assert!(
+        unrelated.exists(),
+        "folders of other outputs are left alone"
+    );
+}
+
+#[test]
 fn blog_pages_lists_non_draft_pages_of_a_section() {
     let pages = skychimp_site::blog_pages(&fixture(), "blog").expect("blog pages");
     assert_eq!(
