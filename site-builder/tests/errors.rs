@@ -1,0 +1,280 @@
+//! Broken input must fail with a message naming the file (and line when known), never
+//! produce a silently wrong page.
+
+use std::path::Path;
+
+use skychimp_site::{BuildOptions, SiteError, build};
+
+/// A minimal valid site, with `files` (relative path, content) written over it.
+fn build_with(
+    files: &[(&str, &str)],
+) -> (
+    tempfile::TempDir,
+    Result<skychimp_site::BuildReport, SiteError>,
+) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let site = tmp.path().join("site");
+    let base: &[(&str, &str)] = &[
+        (
+            "config.toml",
+            "base_url = \"https://example.org\"\ntitle = \"t\"\n",
+        ),
+        ("content/_index.md", "+++\ntitle = \"Home\"\n+++\n"),
+        (
+            "content/post.md",
+            "+++\ntitle = \"Post\"\ndate = 2026-01-01\n+++\nHello.\n",
+        ),
+        ("templates/index.html", "<h1>{{ section.title }}</h1>\n"),
+        (
+            "templates/page.html",
+            "<h1>{{ page.title }}</h1>\n{{ page.content | safe }}\n",
+        ),
+    ];
+    for (rel, text) in base.iter().chain(files) {
+        let path = site.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, text).expect("write");
+    }
+    let out = tmp.path().join("public");
+    let result = build(&BuildOptions {
+        site_dir: site,
+        out_dir: out,
+        base_url: None,
+    });
+    (tmp, result)
+}
+
+fn error_of(files: &[(&str, &str)]) -> String {
+    let (_tmp, result) = build_with(files);
+    match result {
+        Ok(r) => panic!("build should fail, built {r:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_names(message: &str, file_and_line: &str) {
+    assert!(
+        message.contains(file_and_line),
+        "expected {file_and_line:?} in: {message}"
+    );
+}
+
+#[test]
+fn minimal_site_builds() {
+    let (_tmp, result) = build_with(&[]);
+    result.expect("minimal site builds");
+}
+
+#[test]
+fn template_syntax_error_names_file_and_line() {
+    let msg = error_of(&[(
+        "templates/page.html",
+        "<h1>\n{{ page.title }}\n{% if %}\n{% endif %}\n",
+    )]);
+    assert_names(&msg, "templates/page.html:3");
+}
+
+#[test]
+fn unknown_function_names_file_and_line() {
+    let msg = error_of(&[(
+        "templates/index.html",
+        "<h1>ok</h1>\n\n{{ get_pgae(path=\"post.md\") }}\n",
+    )]);
+    assert_names(&msg, "templates/index.html:3");
+    assert!(msg.contains("unknown function `get_pgae`"), "{msg}");
+}
+
+#[test]
+fn unknown_filter_in_a_parent_template_names_that_file() {
+    let msg = error_of(&[
+        (
+            "templates/base.html",
+            "<html>\n<body>\n{% block c %}{% endblock c %}\n{{ config.title | shout }}\n</body></html>\n",
+        ),
+        (
+            "templates/index.html",
+            "{% extends \"base.html\" %}{% block c %}x{% endblock c %}",
+        ),
+    ]);
+    assert_names(&msg, "templates/base.html:4");
+    assert!(msg.contains("unknown filter `shout`"), "{msg}");
+}
+
+#[test]
+fn render_error_names_template_line_and_content_file() {
+    let msg = error_of(&[(
+        "templates/page.html",
+        "<h1>{{ page.title }}</h1>\n<p>{{ page.nope.deeper }}</p>\n",
+    )]);
+    assert_names(&msg, "templates/page.html:2");
+    assert!(msg.contains("content/post.md"), "{msg}");
+}
+
+#[test]
+fn get_page_of_a_missing_page_names_the_line() {
+    let msg = error_of(&[(
+        "templates/index.html",
+        "a\nb\n{% set p = get_page(path=\"nope.md\") %}\n",
+    )]);
+    assert_names(&msg, "templates/index.html:3");
+    assert!(msg.contains("nope.md"), "{msg}");
+}
+
+#[test]
+fn broken_front_matter_names_the_file_and_line() {
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\ndate = 2026-01-01\ntags = [\n+++\nbody\n",
+    )]);
+    assert!(msg.contains("content/post.md:"), "{msg}");
+}
+
+#[test]
+fn unknown_front_matter_key_is_refused() {
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\nsumary = \"typo\"\n+++\nbody\n",
+    )]);
+    assert_names(&msg, "content/post.md:3");
+    assert!(msg.contains("sumary"), "{msg}");
+}
+
+#[test]
+fn missing_front_matter_is_refused() {
+    let msg = error_of(&[("content/post.md", "just text\n")]);
+    assert_names(&msg, "content/post.md:1");
+}
+
+#[test]
+fn unknown_config_key_names_config_line() {
+    let msg = error_of(&[(
+        "config.toml",
+        "base_url = \"https://example.org\"\n\n[markdown]\nhighlight_theme = \"x\"\n",
+    )]);
+    assert_names(&msg, "config.toml:4");
+    assert!(msg.contains("highlight_theme"), "{msg}");
+}
+
+#[test]
+fn broken_internal_link_names_file_and_line() {
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\n+++\nfine\n\nsee [x](@/missing.md)\n",
+    )]);
+    assert_names(&msg, "content/post.md:6");
+    assert!(msg.contains("@/missing.md"), "{msg}");
+}
+
+#[test]
+fn link_to_a_missing_anchor_is_broken() {
+    let msg = error_of(&[
+        (
+            "content/other.md",
+            "+++\ntitle = \"Other\"\n+++\n## Real heading\n",
+        ),
+        (
+            "content/post.md",
+            "+++\ntitle = \"Post\"\n+++\n[ok](@/other.md#real-heading)\n\n[bad](@/other.md#nope)\n",
+        ),
+    ]);
+    assert_names(&msg, "content/post.md:6");
+    assert!(msg.contains("#nope"), "{msg}");
+}
+
+#[test]
+fn link_to_a_draft_is_broken() {
+    let msg = error_of(&[
+        (
+            "content/draft.md",
+            "+++\ntitle = \"D\"\ndraft = true\n+++\n",
+        ),
+        (
+            "content/post.md",
+            "+++\ntitle = \"Post\"\n+++\n[d](@/draft.md)\n",
+        ),
+    ]);
+    assert_names(&msg, "content/post.md:4");
+}
+
+#[test]
+fn shortcode_syntax_is_refused() {
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\n+++\n\n{{ youtube(id=\"x\") }}\n",
+    )]);
+    assert_names(&msg, "content/post.md:5");
+    assert!(msg.contains("shortcode"), "{msg}");
+    // Zola expands shortcodes inside code too, so they are refused there as well, and so
+    // is the `{{/* */}}` escape (which Zola would unescape).
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\n+++\n\n```\n{{ youtube(id=\"x\") }}\n```\n",
+    )]);
+    assert_names(&msg, "content/post.md:6");
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\n+++\n{{/* youtube() */}}\n",
+    )]);
+    assert_names(&msg, "content/post.md:4");
+    // Plain template-looking text that is no shortcode call is content, as in Zola.
+    let (_tmp, result) = build_with(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\n+++\n`{{ client.name }}`\n",
+    )]);
+    result.expect("variables in text are not shortcodes");
+}
+
+#[test]
+fn undefined_taxonomy_is_refused() {
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\n[taxonomies]\ntags = [\"a\"]\n+++\n",
+    )]);
+    assert_names(&msg, "content/post.md");
+    assert!(msg.contains("taxonomy `tags`"), "{msg}");
+}
+
+#[test]
+fn missing_template_names_the_content_file() {
+    let msg = error_of(&[(
+        "content/post.md",
+        "+++\ntitle = \"Post\"\ntemplate = \"fancy.html\"\n+++\n",
+    )]);
+    assert_names(&msg, "content/post.md");
+    assert!(msg.contains("fancy.html"), "{msg}");
+}
+
+#[test]
+fn two_pages_on_one_path_are_refused() {
+    let msg = error_of(&[(
+        "content/other.md",
+        "+++\ntitle = \"Other\"\npath = \"post\"\n+++\n",
+    )]);
+    assert!(msg.contains("/post/"), "{msg}");
+}
+
+#[test]
+fn load_data_errors_name_the_data_file() {
+    let msg = error_of(&[
+        ("data/x.json", "{\"a\": 1,,}"),
+        (
+            "templates/index.html",
+            "{% set d = load_data(path=\"data/x.json\") %}{{ d.a }}",
+        ),
+    ]);
+    assert!(msg.contains("data/x.json:1:"), "{msg}");
+    let msg = error_of(&[(
+        "templates/index.html",
+        "{% set d = load_data(path=\"data/none.json\") %}",
+    )]);
+    assert!(msg.contains("data/none.json"), "{msg}");
+}
+
+#[test]
+fn error_location_is_exposed() {
+    let (_tmp, result) = build_with(&[("templates/index.html", "x\n{{ nope() }}\n")]);
+    let err = result.expect_err("unknown function");
+    let loc = err.location().expect("location");
+    assert!(loc.path.ends_with(Path::new("templates/index.html")));
+    assert_eq!(loc.line, Some(2));
+}
