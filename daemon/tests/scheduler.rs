@@ -11,7 +11,12 @@ use skychimpd::clock::{Clock, FixedClock};
 use skychimpd::daemon::scheduler::Scheduler;
 
 fn utc(y: i32, m: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(h, mi, 0).unwrap())
+    Utc.from_utc_datetime(
+        &NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .and_hms_opt(h, mi, 0)
+            .unwrap(),
+    )
 }
 
 struct Fixture {
@@ -24,7 +29,11 @@ struct Fixture {
 async fn fixture(mailings: &[(&str, &str)], start: DateTime<Utc>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    std::fs::write(root.join("users.toml"), "[alice]\nemail = \"alice@example.com\"\nname = \"Alice\"\n").unwrap();
+    std::fs::write(
+        root.join("users.toml"),
+        "[alice]\nemail = \"alice@example.com\"\nname = \"Alice\"\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(root.join("clients/alice")).unwrap();
     std::fs::write(
         root.join("clients/alice/list.toml"),
@@ -39,10 +48,15 @@ async fn fixture(mailings: &[(&str, &str)], start: DateTime<Utc>) -> Fixture {
         )
         .unwrap();
     }
-    let options = LoadOptions { default_timezone: chrono_tz::UTC, now: start };
+    let options = LoadOptions {
+        default_timezone: chrono_tz::UTC,
+        now: start,
+    };
     let catalog = Catalog::load(root, &options, None).unwrap();
     assert!(!catalog.has_errors(), "{:?}", catalog.problems());
-    let store = Store::connect(&format!("sqlite://{}", root.join("db.sqlite").display())).await.unwrap();
+    let store = Store::connect(&format!("sqlite://{}", root.join("db.sqlite").display()))
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let clock = Arc::new(FixedClock::new(start));
     let scheduler = Scheduler::new(
@@ -52,7 +66,12 @@ async fn fixture(mailings: &[(&str, &str)], start: DateTime<Utc>) -> Fixture {
         Duration::from_secs(86_400),
         false,
     );
-    Fixture { _dir: dir, store, clock, scheduler }
+    Fixture {
+        _dir: dir,
+        store,
+        clock,
+        scheduler,
+    }
 }
 
 /// Run the scheduler the way the daemon does: a pass, then jump to the next occurrence,
@@ -88,7 +107,11 @@ async fn months_of_occurrences_each_run_once_at_its_time() {
     .await;
     let created = drive(&f, utc(2027, 6, 30, 23, 59)).await;
     let of = |m: &str| -> Vec<DateTime<Utc>> {
-        created.iter().filter(|(id, ..)| id == &format!("alice/{m}")).map(|(_, o, _)| *o).collect()
+        created
+            .iter()
+            .filter(|(id, ..)| id == &format!("alice/{m}"))
+            .map(|(_, o, _)| *o)
+            .collect()
     };
     // Every run was created exactly at its occurrence (the clock jumped there).
     for (id, occurrence, at) in &created {
@@ -99,22 +122,42 @@ async fn months_of_occurrences_each_run_once_at_its_time() {
     assert_eq!(daily.len(), 16);
     assert_eq!(daily[0], utc(2027, 3, 20, 8, 0));
     assert_eq!(daily[8], utc(2027, 3, 28, 7, 0));
-    assert!(daily.iter().all(|o| o.with_timezone(&chrono_tz::Europe::Berlin).hour() == 9));
+    assert!(
+        daily
+            .iter()
+            .all(|o| o.with_timezone(&chrono_tz::Europe::Berlin).hour() == 9)
+    );
     // Weekly: every Monday 08:00 New York, 26 of them by the end of June.
     let weekly = of("weekly");
     assert_eq!(weekly.len(), 26);
     for o in &weekly {
         let local = o.with_timezone(&chrono_tz::America::New_York);
-        assert_eq!((local.weekday(), local.hour()), (chrono::Weekday::Mon, 8), "{local}");
+        assert_eq!(
+            (local.weekday(), local.hour()),
+            (chrono::Weekday::Mon, 8),
+            "{local}"
+        );
     }
     // Monthly on the 31st: the last day of shorter months.
-    let monthly: Vec<String> = of("monthly").iter().map(|o| o.format("%m-%d").to_string()).collect();
-    assert_eq!(monthly, ["01-31", "02-28", "03-31", "04-30", "05-31", "06-30"]);
+    let monthly: Vec<String> = of("monthly")
+        .iter()
+        .map(|o| o.format("%m-%d").to_string())
+        .collect();
+    assert_eq!(
+        monthly,
+        ["01-31", "02-28", "03-31", "04-30", "05-31", "06-30"]
+    );
     // Cron at 02:30 Berlin on Sundays: on 28 March 02:30 does not exist and moves to 03:30.
     let cron = of("cron");
     assert_eq!(cron.len(), 26);
-    let change_day = cron.iter().find(|o| o.date_naive() == NaiveDate::from_ymd_opt(2027, 3, 28).unwrap()).unwrap();
-    assert_eq!(change_day.with_timezone(&chrono_tz::Europe::Berlin).hour(), 3);
+    let change_day = cron
+        .iter()
+        .find(|o| o.date_naive() == NaiveDate::from_ymd_opt(2027, 3, 28).unwrap())
+        .unwrap();
+    assert_eq!(
+        change_day.with_timezone(&chrono_tz::Europe::Berlin).hour(),
+        3
+    );
     assert_eq!(of("once"), [utc(2027, 2, 14, 12, 0)]);
     // The database agrees: one scheduled run per occurrence, nothing twice.
     for m in ["daily", "weekly", "monthly", "cron", "once"] {
@@ -131,17 +174,28 @@ async fn after_downtime_only_the_latest_missed_occurrence_goes_within_catch_up()
     let f = fixture(
         &[
             ("daily", "start = 2027-01-01T09:00:00\nevery = \"daily\""),
-            ("tight", "start = 2027-01-01T09:00:00\nevery = \"daily\"\ncatch_up = \"1h\""),
+            (
+                "tight",
+                "start = 2027-01-01T09:00:00\nevery = \"daily\"\ncatch_up = \"1h\"",
+            ),
         ],
         start,
     )
     .await;
     let created = drive(&f, utc(2027, 1, 2, 12, 0)).await;
-    assert_eq!(created.len(), 4, "the 1st and 2nd of each mailing: {created:?}");
+    assert_eq!(
+        created.len(),
+        4,
+        "the 1st and 2nd of each mailing: {created:?}"
+    );
     // Down from the 2nd 12:00 until the 7th 11:00: five occurrences missed.
     f.clock.set(utc(2027, 1, 7, 11, 0));
     let tick = f.scheduler.tick().await.unwrap();
-    let ids: Vec<(String, DateTime<Utc>)> = tick.created.iter().map(|(m, o, _)| (m.clone(), *o)).collect();
+    let ids: Vec<(String, DateTime<Utc>)> = tick
+        .created
+        .iter()
+        .map(|(m, o, _)| (m.clone(), *o))
+        .collect();
     // Only the latest missed occurrence, once, and not for the mailing whose catch_up
     // (1 hour) is shorter than its lateness (2 hours).
     assert_eq!(ids, [("alice/daily".to_string(), utc(2027, 1, 7, 9, 0))]);
@@ -164,9 +218,17 @@ async fn a_new_mailing_inside_its_interval_runs_at_once_and_a_future_one_waits()
     )
     .await;
     let tick = f.scheduler.tick().await.unwrap();
-    let ids: Vec<(String, DateTime<Utc>)> = tick.created.iter().map(|(m, o, _)| (m.clone(), *o)).collect();
+    let ids: Vec<(String, DateTime<Utc>)> = tick
+        .created
+        .iter()
+        .map(|(m, o, _)| (m.clone(), *o))
+        .collect();
     assert_eq!(ids, [("alice/started".to_string(), utc(2027, 5, 8, 9, 0))]);
     assert_eq!(tick.next, Some(utc(2027, 5, 15, 9, 0)));
     let created = drive(&f, utc(2027, 6, 1, 9, 0)).await;
-    assert!(created.contains(&("alice/future".to_string(), utc(2027, 6, 1, 9, 0), utc(2027, 6, 1, 9, 0))));
+    assert!(created.contains(&(
+        "alice/future".to_string(),
+        utc(2027, 6, 1, 9, 0),
+        utc(2027, 6, 1, 9, 0)
+    )));
 }

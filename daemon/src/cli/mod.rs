@@ -6,6 +6,7 @@
 mod check;
 mod logs;
 mod send;
+mod site;
 mod status;
 
 pub(crate) use logs::redact;
@@ -86,6 +87,12 @@ pub enum Command {
     Migrate,
     /// The daemon: watch the repository, send on schedule, serve the HTTP API.
     Run,
+    /// The static site.
+    Site {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: SiteAction,
+    },
     /// Statuses and next occurrences of mailings.
     Status {
         /// One mailing, as OWNER/NAME.
@@ -93,6 +100,20 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+    },
+}
+
+/// `skychimpd site …`
+#[derive(Debug, Subcommand)]
+pub enum SiteAction {
+    /// Render the site with the live statistics and three random posts.
+    Build {
+        /// Output folder [default: [site] out].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Seed of the random post pick, for a repeatable build.
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
     },
 }
 
@@ -121,6 +142,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Report { mailing, format } => logs::report(&cli, mailing, *format),
         Command::Migrate => logs::migrate(&cli),
         Command::Run => Setup::new(&cli).and_then(crate::daemon::run),
+        Command::Site {
+            action: SiteAction::Build { out, seed },
+        } => site::build(&cli, out.clone(), *seed),
     };
     match result {
         Ok(code) => code,

@@ -8,8 +8,6 @@ use serde::Serialize;
 use super::{Cli, Format, Setup};
 use std::collections::HashMap;
 
-use skychimp_storage::{Storage, UserState};
-
 use crate::catalog::{Catalog, Mailing};
 use crate::schedule::{self, MailingFacts, Status};
 
@@ -60,7 +58,7 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
         Some(id) => {
             let m = setup.find_mailing(&catalog, id)?;
             vec![row(m, fact(m), now, catch_up)]
-        },
+        }
         None => catalog
             .mailings()
             .values()
@@ -113,26 +111,7 @@ fn facts(setup: &Setup, catalog: &Catalog) -> anyhow::Result<HashMap<String, Mai
     let rt = super::runtime()?;
     rt.block_on(async {
         let store = setup.store().await?;
-        let users: HashMap<String, UserState> =
-            store.user_states().await?.into_iter().map(|u| (u.user_id.clone(), u)).collect();
-        let disabled: HashMap<String, bool> =
-            store.mailing_states().await?.into_iter().map(|s| (s.mailing_id, s.disabled)).collect();
-        let mut out = HashMap::new();
-        for m in catalog.mailings().values() {
-            let user = users.get(&m.owner);
-            let email = catalog.users().get(&m.owner).map_or("", |u| u.email.as_str());
-            out.insert(
-                m.id.clone(),
-                MailingFacts {
-                    disabled: disabled.get(&m.id).copied().unwrap_or(false),
-                    owner_blocked: user.is_some_and(|u| u.blocked),
-                    owner_unverified: setup.config.users.require_verification
-                        && !user.is_some_and(|u| u.is_verified_for(email)),
-                    last_run: store.last_occurrence(&m.id).await?,
-                },
-            );
-        }
-        Ok(out)
+        Ok(crate::facts::load(&store, catalog, setup.config.users.require_verification).await?)
     })
 }
 

@@ -8,7 +8,9 @@
 //! - the **delivery workers** send what is queued ([`crate::delivery`]);
 //! - the **verifier** mails verification links to new users;
 //! - the **HTTP listener** serves `/healthz`, `/verify` and `/unsubscribe` on its own threads;
-//! - a **recovery** timer takes over deliveries whose lease expired (a dead instance).
+//! - a **recovery** timer takes over deliveries whose lease expired (a dead instance) and
+//!   marks finished runs;
+//! - the **site** task rebuilds the static site, debounced, after changes and finished runs.
 //!
 //! On SIGTERM/SIGINT the workers finish the SMTP transactions in flight, record them, and
 //! the process exits 0; a restart resumes what is queued.
@@ -41,7 +43,7 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 /// Start logging as `[daemon] log_format` says; `RUST_LOG` filters (default `info`).
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,notify=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
@@ -204,12 +206,75 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         })
     };
 
+    // The site: rebuilt (debounced) when its sources, the catalog or the statistics change.
+    let site_changed = Arc::new(Notify::new());
+    let site_task = {
+        let (store, handle, clock, site_changed, mut stop) = (
+            store.clone(),
+            handle.clone(),
+            clock.clone(),
+            site_changed.clone(),
+            stop_rx.clone(),
+        );
+        let config = config.clone();
+        tokio::spawn(async move {
+            let options = crate::site::options(&config, None);
+            if !config.site.rebuild || !options.site_dir.join("config.toml").exists() {
+                return;
+            }
+            site_changed.notify_one();
+            loop {
+                tokio::select! {
+                    _ = site_changed.notified() => {}
+                    _ = stop.changed() => break,
+                }
+                // Debounce: build once things have been quiet for a second.
+                loop {
+                    tokio::select! {
+                        _ = site_changed.notified() => continue,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => break,
+                        _ = stop.changed() => return,
+                    }
+                }
+                let catalog = handle.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let now = clock.now();
+                let facts =
+                    crate::facts::load(&store, &catalog, config.users.require_verification).await;
+                let sent = store.stats(now).await.map(|s| s.sent_total);
+                let (facts, sent) = match (facts, sent) {
+                    (Ok(f), Ok(s)) => (f, s),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!("site statistics: {e}");
+                        continue;
+                    }
+                };
+                let stats =
+                    crate::site::stats(&catalog, &facts, sent, now, config.daemon.catch_up.0);
+                let options = options.clone();
+                match tokio::task::spawn_blocking(move || {
+                    crate::site::build(&options, &stats, None)
+                })
+                .await
+                {
+                    Ok(Ok(report)) => tracing::info!(
+                        pages = report.pages,
+                        ms = report.elapsed.as_millis() as u64,
+                        "site rebuilt"
+                    ),
+                    Ok(Err(e)) => tracing::error!("site not rebuilt, the last good one stays: {e}"),
+                    Err(e) => tracing::error!("site build stopped: {e}"),
+                }
+            }
+        })
+    };
+
     // Reloads.
     let reload_task = {
-        let (handle, reloaded, root, mut stop) = (
+        let (handle, reloaded, root, site_changed, mut stop) = (
             handle.clone(),
             reloaded.clone(),
             root.clone(),
+            site_changed.clone(),
             stop_rx.clone(),
         );
         let (tz, clock) = (config.timezone(), clock.clone());
@@ -220,6 +285,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                     _ = stop.changed() => None,
                 };
                 let Some(change) = change else { break };
+                site_changed.notify_one();
                 if change != Change::Catalog {
                     continue;
                 }
@@ -305,10 +371,15 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
 
     // Recovery of expired leases (a dead instance) and finishing runs.
     let recovery_task = {
-        let (store, clock, mut stop) = (store.clone(), clock.clone(), stop_rx.clone());
+        let (store, clock, site_changed, mut stop) = (
+            store.clone(),
+            clock.clone(),
+            site_changed.clone(),
+            stop_rx.clone(),
+        );
         let (lease, redeliver) = (config.delivery.lease.0, config.delivery.redeliver_unknown);
         tokio::spawn(async move {
-            let every = (lease / 2).max(Duration::from_secs(1));
+            let every = (lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -323,8 +394,13 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                     Ok(n) => tracing::warn!(n, "took over deliveries whose lease expired"),
                     Err(e) => tracing::error!("recovery: {e}"),
                 }
-                if let Err(e) = store.finish_runs(now).await {
-                    tracing::error!("finishing runs: {e}");
+                match store.finish_runs(now).await {
+                    Ok(finished) if !finished.is_empty() => {
+                        tracing::info!(runs = ?finished.iter().map(|r| r.0).collect::<Vec<_>>(), "runs finished");
+                        site_changed.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("finishing runs: {e}"),
                 }
             }
         })
@@ -345,7 +421,13 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         Some(r) => r,
         None => delivery_task.await,
     };
-    for task in [verify_task, reload_task, schedule_task, recovery_task] {
+    for task in [
+        verify_task,
+        reload_task,
+        schedule_task,
+        recovery_task,
+        site_task,
+    ] {
         let _ = task.await;
     }
     http.stop();

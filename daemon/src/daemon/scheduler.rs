@@ -12,10 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use skychimp_storage::{RunId, RunKind, Storage, Store};
 
-use crate::catalog::Mailing;
 use crate::clock::Clock;
 use crate::delivery::{self, CatalogHandle};
-use crate::schedule;
+use crate::schedule::{self, MailingFacts};
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,42 +72,12 @@ impl Scheduler {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mailing_states = self.store.mailing_states().await?;
-        let user_states = self.store.user_states().await?;
-        let disabled: std::collections::HashSet<&str> = mailing_states
-            .iter()
-            .filter(|s| s.disabled)
-            .map(|s| s.mailing_id.as_str())
-            .collect();
-        let users: HashMap<&str, &skychimp_storage::UserState> = user_states
-            .iter()
-            .map(|u| (u.user_id.as_str(), u))
-            .collect();
-        let mut holds = HashMap::new();
-        for m in catalog.mailings().values() {
-            let state = users.get(m.owner.as_str());
-            let email = catalog
-                .users()
-                .get(&m.owner)
-                .map(|u| u.email.as_str())
-                .unwrap_or("");
-            let hold = if disabled.contains(m.id.as_str()) {
-                Some(Hold::Disabled)
-            } else if state.is_some_and(|s| s.blocked) {
-                Some(Hold::Blocked)
-            } else if self.require_verification && !state.is_some_and(|s| s.is_verified_for(email))
-            {
-                Some(Hold::Unverified)
-            } else if !m.enabled {
-                Some(Hold::Paused)
-            } else {
-                None
-            };
-            if let Some(h) = hold {
-                holds.insert(m.id.clone(), h);
-            }
-        }
-        Ok(holds)
+        let facts = crate::facts::load(&self.store, &catalog, self.require_verification).await?;
+        Ok(catalog
+            .mailings()
+            .values()
+            .filter_map(|m| hold(m.enabled, facts.get(&m.id)?).map(|h| (m.id.clone(), h)))
+            .collect())
     }
 
     /// One pass at the clock's now.
@@ -119,13 +88,15 @@ impl Scheduler {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let holds = self.holds().await?;
+        let facts = crate::facts::load(&self.store, &catalog, self.require_verification).await?;
         let mut tick = Tick::default();
         for m in catalog.mailings().values() {
-            if holds.contains_key(&m.id) {
+            let Some(f) = facts.get(&m.id) else { continue };
+            if hold(m.enabled, f).is_some() {
                 continue;
             }
-            if let Some(occurrence) = self.due(m, now).await? {
+            let catch_up = m.catch_up.unwrap_or(self.catch_up);
+            if let Some(occurrence) = schedule::due(&m.schedule, now, f.last_run, catch_up) {
                 let run = delivery::new_run(&catalog, m, occurrence, RunKind::Scheduled);
                 if let Some(id) = self.store.create_run(&run, now).await? {
                     tracing::info!(mailing = %m.id, %occurrence, run = id.0, recipients = run.recipients.len(), "run created");
@@ -138,22 +109,19 @@ impl Scheduler {
         }
         Ok(tick)
     }
+}
 
-    async fn due(
-        &self,
-        m: &Mailing,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, skychimp_storage::StorageError> {
-        // Cheap first: most mailings have nothing at or before now that could be due.
-        if m.schedule.latest_at_or_before(now).is_none() {
-            return Ok(None);
-        }
-        let last = self.store.last_occurrence(&m.id).await?;
-        Ok(schedule::due(
-            &m.schedule,
-            now,
-            last,
-            m.catch_up.unwrap_or(self.catch_up),
-        ))
+/// What holds a mailing back, if anything: a manager's decision first, then the owner.
+pub fn hold(enabled: bool, facts: &MailingFacts) -> Option<Hold> {
+    if facts.disabled {
+        Some(Hold::Disabled)
+    } else if facts.owner_blocked {
+        Some(Hold::Blocked)
+    } else if facts.owner_unverified {
+        Some(Hold::Unverified)
+    } else if !enabled {
+        Some(Hold::Paused)
+    } else {
+        None
     }
 }

@@ -1,0 +1,53 @@
+//! `skychimpd site build`: the static site with live statistics.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use skychimp_storage::Storage;
+
+use super::{Cli, Setup};
+
+/// Build the site once.
+pub fn build(cli: &Cli, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::Result<ExitCode> {
+    let setup = Setup::new(cli)?;
+    let catalog = setup.catalog()?;
+    let now = setup.clock.now();
+    let url = setup.database_url();
+    let fresh_sqlite = url
+        .strip_prefix("sqlite://")
+        .is_some_and(|p| !std::path::Path::new(p).exists());
+    let (facts, sent) = if fresh_sqlite {
+        Default::default()
+    } else {
+        super::runtime()?.block_on(async {
+            let store = setup.store().await?;
+            let facts =
+                crate::facts::load(&store, &catalog, setup.config.users.require_verification)
+                    .await?;
+            let sent = store.stats(now).await?.sent_total;
+            anyhow::Ok((facts, sent))
+        })?
+    };
+    let stats = crate::site::stats(&catalog, &facts, sent, now, setup.config.daemon.catch_up.0);
+    let options = crate::site::options(&setup.config, out);
+    match crate::site::build(&options, &stats, seed) {
+        Ok(report) => {
+            println!(
+                "built {} → {}: {} pages, {} sections, {} taxonomy terms, {} files in {} ms",
+                options.site_dir.display(),
+                options.out_dir.display(),
+                report.pages,
+                report.sections,
+                report.taxonomy_terms,
+                report.files_written,
+                report.elapsed.as_millis()
+            );
+            println!("statistics: {stats}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("skychimpd: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! What the database knows of each mailing, gathered in one place for the scheduler,
+//! `skychimpd status` and the site's statistics: disabled, owner blocked or not verified,
+//! and the occurrence of its last scheduled run.
+
+use std::collections::{HashMap, HashSet};
+
+use skychimp_storage::{Storage, StorageError, Store, UserState};
+
+use crate::catalog::Catalog;
+use crate::schedule::MailingFacts;
+
+/// Facts of every mailing of `catalog`, by mailing id.
+pub async fn load(
+    store: &Store,
+    catalog: &Catalog,
+    require_verification: bool,
+) -> Result<HashMap<String, MailingFacts>, StorageError> {
+    let users: HashMap<String, UserState> = store
+        .user_states()
+        .await?
+        .into_iter()
+        .map(|u| (u.user_id.clone(), u))
+        .collect();
+    let disabled: HashSet<String> = store
+        .mailing_states()
+        .await?
+        .into_iter()
+        .filter(|s| s.disabled)
+        .map(|s| s.mailing_id)
+        .collect();
+    let mut out = HashMap::with_capacity(catalog.mailings().len());
+    for m in catalog.mailings().values() {
+        let user = users.get(&m.owner);
+        let email = catalog
+            .users()
+            .get(&m.owner)
+            .map_or("", |u| u.email.as_str());
+        out.insert(
+            m.id.clone(),
+            MailingFacts {
+                disabled: disabled.contains(&m.id),
+                owner_blocked: user.is_some_and(|u| u.blocked),
+                owner_unverified: require_verification
+                    && !user.is_some_and(|u| u.is_verified_for(email)),
+                last_run: store.last_occurrence(&m.id).await?,
+            },
+        );
+    }
+    Ok(out)
+}
