@@ -17,5 +17,6 @@ pub mod message;
 pub mod problem;
 pub mod schedule;
 pub mod shutdown;
+pub mod signing;
 pub mod site;
 pub mod tokens;
