@@ -14,6 +14,7 @@ pub mod duration;
 pub mod facts;
 pub mod http;
 pub mod message;
+pub mod metrics;
 pub mod problem;
 pub mod schedule;
 pub mod shutdown;

@@ -174,6 +174,10 @@ storage_interface! {
     /// Deliveries of a run still `queued` or `sending`: `skychimpd send` is done at 0.
     fn run_pending(&self, run_id: RunId) -> i64;
 
+    /// A number that grows whenever a run is created or an attempt is logged: caches of
+    /// logs, reports and statistics key on it, so they are dropped exactly when a run changes.
+    fn generation(&self) -> i64;
+
     /// Every distinct lease owner in the deliveries table, so a starting process can find
     /// the leases of processes that died on its host.
     fn lease_owners(&self) -> Vec<String>;

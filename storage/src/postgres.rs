@@ -457,6 +457,14 @@ impl Storage for PgStore {
         .await?)
     }
 
+    async fn generation(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE((SELECT max(id) FROM attempts), 0) + COALESCE((SELECT max(id) FROM runs), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL",

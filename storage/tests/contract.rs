@@ -69,6 +69,7 @@ contract!(
     claim_can_be_limited_to_one_run,
     release_gives_back_unstarted_rows,
     dead_workers_are_taken_over,
+    generation_grows_with_runs_and_attempts,
 );
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -1633,4 +1634,33 @@ async fn dead_workers_are_taken_over(store: Store) {
         .expect("claim");
     let taken: Vec<DeliveryId> = taken.iter().map(|c| c.id).collect();
     assert_eq!(taken, dead_ids[1..].to_vec());
+}
+
+async fn generation_grows_with_runs_and_attempts(store: Store) {
+    let g0 = store.generation().await.expect("generation");
+    let run = create(&store, "alice/weekly", t0(), 2).await;
+    let g1 = store.generation().await.expect("generation");
+    assert!(g1 > g0, "a new run");
+    let claimed = store
+        .claim("w", 1, Duration::from_secs(60), t0(), None)
+        .await
+        .expect("claim");
+    assert_eq!(
+        store.generation().await.expect("generation"),
+        g1,
+        "claiming changes nothing visible"
+    );
+    store
+        .mark_sending(&[claimed[0].id], "w", t0())
+        .await
+        .expect("mark");
+    store
+        .record_outcomes(&[outcome(claimed[0].id, OutcomeStatus::Sent, 250, "ok", t0())])
+        .await
+        .expect("record");
+    assert!(
+        store.generation().await.expect("generation") > g1,
+        "an attempt"
+    );
+    assert_eq!(store.run_pending(run).await.expect("pending"), 1);
 }

@@ -141,6 +141,8 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         config.users.verification_ttl.0,
     ));
     let state_changed = Arc::new(Notify::new());
+    let cache: Arc<dyn crate::http::api::ResponseCache> =
+        Arc::new(crate::http::api::MemoryCache::default());
     let http = HttpServer::start(
         &config.manager.listen,
         config.manager.threads as usize,
@@ -151,6 +153,13 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             secret: secret.clone(),
             verifier: verifier.clone(),
             state_changed: state_changed.clone(),
+            catalog: handle.clone(),
+            keys: manager_keys(&config),
+            replay: Arc::new(crate::http::api::MemoryReplayStore::default()),
+            cache: cache.clone(),
+            require_verification: config.users.require_verification,
+            catch_up: config.daemon.catch_up.0,
+            metrics: deliverer.metrics(),
         }),
     )?;
 
@@ -441,6 +450,34 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(anyhow::anyhow!("delivery stopped: {e}")),
     }
+}
+
+/// The manager keys whose secrets are available: id → secret. Keys without one are
+/// logged and left out.
+pub fn manager_keys(config: &crate::config::Config) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut keys = std::collections::HashMap::new();
+    for (id, key) in &config.manager.keys {
+        let from_env = (!key.secret_env.is_empty())
+            .then(|| std::env::var(&key.secret_env).ok())
+            .flatten();
+        let from_file = || {
+            (!key.secret_file.is_empty())
+                .then(|| std::fs::read_to_string(config.resolve(&key.secret_file)).ok())
+                .flatten()
+                .map(|s| s.trim().to_string())
+        };
+        match from_env.or_else(from_file).filter(|s| !s.is_empty()) {
+            Some(secret) => {
+                keys.insert(id.clone(), secret.into_bytes());
+            }
+            None => tracing::warn!(
+                key = %id,
+                "manager key has no secret (set {} or secret_file): its requests are refused",
+                if key.secret_env.is_empty() { "secret_env" } else { &key.secret_env }
+            ),
+        }
+    }
+    keys
 }
 
 async fn print_startup(

@@ -206,6 +206,7 @@ pub struct Deliverer {
     instance: String,
     /// Woken when new work may be there (a run created, a retry due).
     wake: Notify,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// This process's name in leases: `host:pid:start`, so a restart on the same host can tell
@@ -247,6 +248,7 @@ impl Deliverer {
             dkim,
             instance: instance_name(),
             wake: Notify::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -258,6 +260,11 @@ impl Deliverer {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// This engine's counters (for `/metrics`).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Tell idle workers there may be work.
@@ -406,10 +413,20 @@ impl Deliverer {
                 };
                 self.rate.acquire().await;
                 let outcome = self.attempt(d, &ctx, sender).await;
+                use crate::metrics::Metrics;
                 match outcome.status {
-                    OutcomeStatus::Sent => tally.sent += 1,
-                    OutcomeStatus::Failed => tally.failed += 1,
-                    OutcomeStatus::Deferred { .. } => tally.deferred += 1,
+                    OutcomeStatus::Sent => {
+                        tally.sent += 1;
+                        Metrics::inc(&self.metrics.sent);
+                    }
+                    OutcomeStatus::Failed => {
+                        tally.failed += 1;
+                        Metrics::inc(&self.metrics.failed);
+                    }
+                    OutcomeStatus::Deferred { .. } => {
+                        tally.deferred += 1;
+                        Metrics::inc(&self.metrics.deferred);
+                    }
                 }
                 outcomes.push(outcome);
             }

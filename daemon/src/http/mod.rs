@@ -4,8 +4,10 @@
 //! (a page with a button on GET, RFC 8058 one-click on POST). Handlers never send mail:
 //! they record a decision in the database and wake the task that acts on it.
 
+pub mod api;
 mod pages;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +38,20 @@ pub struct HttpState {
     pub verifier: Arc<Verifier>,
     /// Wakes the scheduler when a decision changes what may send (a user verified).
     pub state_changed: Arc<Notify>,
+    /// The catalog in use.
+    pub catalog: crate::delivery::CatalogHandle,
+    /// Manager keys: id → secret.
+    pub keys: HashMap<String, Vec<u8>>,
+    /// Signatures already used.
+    pub replay: Arc<dyn api::ReplayStore>,
+    /// Cached read responses.
+    pub cache: Arc<dyn api::ResponseCache>,
+    /// `[users] require_verification`.
+    pub require_verification: bool,
+    /// `[daemon] catch_up`.
+    pub catch_up: std::time::Duration,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A running listener; [`HttpServer::stop`] ends it.
@@ -100,9 +116,9 @@ fn header(name: &str, value: &str) -> Header {
 
 /// A response: status, content type and body.
 pub struct Reply {
-    status: u16,
+    pub(crate) status: u16,
     content_type: &'static str,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
@@ -112,6 +128,24 @@ impl Reply {
             status,
             content_type: "application/json",
             body: value.to_string(),
+        }
+    }
+
+    /// A JSON body already serialized (from the cache).
+    pub fn raw_json(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    /// Prometheus text.
+    pub fn text(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; version=0.0.4",
+            body,
         }
     }
 
@@ -142,6 +176,28 @@ fn handle(state: &HttpState, mut request: Request) {
         .map_or(true, |n| n > MAX_BODY);
     let reply = if too_big {
         Reply::error(413, "too_large", "the request body is over 64 KiB")
+    } else if path == "/v1" || path.starts_with("/v1/") {
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_ascii_lowercase(),
+                    h.value.as_str().to_string(),
+                )
+            })
+            .collect();
+        let peer = request.remote_addr().map(|a| a.to_string());
+        api::handle(
+            state,
+            &api::ApiRequest {
+                method: &method,
+                path_and_query: &url,
+                headers: &headers,
+                body: &body,
+                peer,
+            },
+        )
     } else {
         route(state, &method, &path)
     };
@@ -158,6 +214,7 @@ fn route(state: &HttpState, method: &Method, path: &str) -> Reply {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (Method::Get, ["healthz"]) => Reply::json(200, &serde_json::json!({"status": "ok"})),
+        (Method::Get, ["metrics"]) => metrics(state),
         (Method::Get, ["verify", token]) => verify(state, token),
         (Method::Get, ["unsubscribe", token]) => unsubscribe_page(state, token),
         (Method::Post, ["unsubscribe", token]) => unsubscribe(state, token),
@@ -167,6 +224,30 @@ fn route(state: &HttpState, method: &Method, path: &str) -> Reply {
             "this route does not take that method",
         ),
         _ => Reply::error(404, "not_found", "no such route"),
+    }
+}
+
+fn metrics(state: &HttpState) -> Reply {
+    let catalog = state
+        .catalog
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let stats = state.runtime.block_on(state.store.stats(state.clock.now()));
+    match stats {
+        Ok(s) => Reply::text(
+            200,
+            state.metrics.render(
+                s.queued,
+                s.runs,
+                catalog.problems().iter().filter(|p| p.is_error()).count(),
+                catalog.mailings().len(),
+            ),
+        ),
+        Err(e) => {
+            tracing::error!("metrics: {e}");
+            Reply::text(503, "# the database did not answer\n".into())
+        }
     }
 }
 
@@ -251,6 +332,7 @@ fn unsubscribe(state: &HttpState, token: &str) -> Reply {
             .unsubscribe(&owner, &address, Some(&mailing), now),
     ) {
         Ok(_) => {
+            state.cache.invalidate();
             tracing::info!(%owner, %mailing, "a client unsubscribed");
             Reply::html(
                 200,

@@ -1,0 +1,665 @@
+//! The manager's signed API: `/v1/…`. Managers see everything, block users and disable
+//! mailings; no route edits a mailing, a list or a message.
+//!
+//! Every request is authenticated ([`crate::signing`]): a known key id, a timestamp within
+//! 300 s, a correct signature, never used before (the replay store remembers signatures for
+//! twice the skew window). Decisions are written to the shared database, which every
+//! delivery worker of every instance consults before each message (`mark_sending` leaves
+//! out skipped rows), so a block or a disable takes effect before the next message leaves,
+//! on all instances at once; each one writes an audit row.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use skychimp_storage::{AttemptId, NewAuditEntry, RunReport, Storage};
+use tiny_http::Method;
+
+use super::{HttpState, Reply};
+use crate::schedule::{self, MailingFacts};
+use crate::signing;
+
+/// Remembers signatures already used. Implementations must be safe to call from the
+/// listener's threads.
+pub trait ReplayStore: Send + Sync {
+    /// True the first time `signature` is seen within `ttl`; false for a replay.
+    fn first_use(&self, signature: &str, ttl: Duration, now: DateTime<Utc>) -> bool;
+}
+
+/// Signatures kept in this process (without Redis, or when Redis is down).
+#[derive(Default)]
+pub struct MemoryReplayStore {
+    seen: std::sync::Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl ReplayStore for MemoryReplayStore {
+    fn first_use(&self, signature: &str, ttl: Duration, now: DateTime<Utc>) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, until| *until > now);
+        }
+        match seen.get(signature) {
+            Some(until) if *until > now => false,
+            _ => {
+                let until = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+                seen.insert(signature.to_string(), until);
+                true
+            }
+        }
+    }
+}
+
+/// Cached bodies of the read routes that cost the most (logs, report, stats), dropped
+/// whenever a run changes.
+pub trait ResponseCache: Send + Sync {
+    /// A cached body.
+    fn get(&self, key: &str) -> Option<String>;
+    /// Remember a body.
+    fn put(&self, key: &str, body: &str);
+    /// Forget everything (a run changed).
+    fn invalidate(&self);
+}
+
+/// A cache in this process.
+#[derive(Default)]
+pub struct MemoryCache {
+    entries: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl ResponseCache for MemoryCache {
+    fn get(&self, key: &str) -> Option<String> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+    fn put(&self, key: &str, body: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 1_000 {
+            entries.clear();
+        }
+        entries.insert(key.to_string(), body.to_string());
+    }
+    fn invalidate(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// One request as the API sees it.
+pub struct ApiRequest<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// Path and query exactly as sent (what is signed).
+    pub path_and_query: &'a str,
+    /// Headers as (lower-cased name, value).
+    pub headers: &'a [(String, String)],
+    /// The body.
+    pub body: &'a [u8],
+    /// The peer's address, for the audit row.
+    pub peer: Option<String>,
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Result<&'h str, Reply> {
+    let lower = name.to_ascii_lowercase();
+    let mut values = headers
+        .iter()
+        .filter(|(n, _)| *n == lower)
+        .map(|(_, v)| v.as_str());
+    match (values.next(), values.next()) {
+        (Some(v), None) => Ok(v),
+        (None, _) => Err(Reply::error(
+            401,
+            "unauthenticated",
+            &format!("missing {name} header"),
+        )),
+        (Some(_), Some(_)) => Err(Reply::error(
+            401,
+            "unauthenticated",
+            &format!("{name} appears more than once"),
+        )),
+    }
+}
+
+/// Check the signature; the key id on success.
+fn authenticate(state: &HttpState, req: &ApiRequest) -> Result<String, Reply> {
+    let key = header(req.headers, signing::KEY_HEADER)?;
+    let timestamp = header(req.headers, signing::TIMESTAMP_HEADER)?;
+    let signature = header(req.headers, signing::SIGNATURE_HEADER)?;
+    let Some(secret) = state.keys.get(key) else {
+        return Err(Reply::error(
+            401,
+            "unknown_key",
+            &format!("unknown key id `{key}`"),
+        ));
+    };
+    let Ok(ts) = timestamp.trim().parse::<i64>() else {
+        return Err(Reply::error(
+            401,
+            "bad_timestamp",
+            "X-Skychimp-Timestamp must be unix seconds",
+        ));
+    };
+    let now = state.clock.now();
+    if (now.timestamp() - ts).abs() > signing::MAX_SKEW_SECS {
+        return Err(Reply::error(
+            401,
+            "stale_timestamp",
+            "the timestamp is more than 300 s away from the server's clock",
+        ));
+    }
+    if !signing::verify(
+        secret,
+        signature.trim(),
+        ts,
+        req.method.as_str(),
+        req.path_and_query,
+        req.body,
+    ) {
+        return Err(Reply::error(
+            401,
+            "bad_signature",
+            "the signature does not match the request",
+        ));
+    }
+    let ttl = Duration::from_secs(2 * signing::MAX_SKEW_SECS as u64);
+    if !state
+        .replay
+        .first_use(&format!("{key}:{signature}"), ttl, now)
+    {
+        return Err(Reply::error(
+            401,
+            "replayed",
+            "this signature was used already",
+        ));
+    }
+    Ok(key.to_string())
+}
+
+/// Why a path is refused before anything else: tricks that could make two spellings of
+/// one route, or reach outside `/v1`.
+fn path_problem(path: &str) -> Option<Reply> {
+    if !path.is_ascii() {
+        return Some(Reply::error(400, "bad_path", "the path must be ASCII"));
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || path.contains('\\')
+    {
+        return Some(Reply::error(
+            400,
+            "bad_path",
+            "encoded slashes and dots are not allowed in the path",
+        ));
+    }
+    if path.split('/').any(|s| s == ".." || s == ".") || path.contains("//") {
+        return Some(Reply::error(
+            400,
+            "bad_path",
+            "`.`, `..` and empty segments are not allowed in the path",
+        ));
+    }
+    None
+}
+
+/// Serve one `/v1/…` request.
+pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
+    let (path, query) = req
+        .path_and_query
+        .split_once('?')
+        .unwrap_or((req.path_and_query, ""));
+    if let Some(reply) = path_problem(req.path_and_query) {
+        return reply;
+    }
+    if matches!(req.method, Method::Put | Method::Patch | Method::Delete) {
+        return Reply::error(
+            405,
+            "method_not_allowed",
+            "the manager API never edits mailings, lists or messages",
+        );
+    }
+    let key_id = match authenticate(state, req) {
+        Ok(k) => k,
+        Err(reply) => return reply,
+    };
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = *req.method == Method::Get;
+    let post = *req.method == Method::Post;
+    let result = match segments.as_slice() {
+        ["v1", "mailings"] if get => mailings(state),
+        ["v1", "mailings", owner, name] if get => mailing(state, &format!("{owner}/{name}")),
+        ["v1", "mailings", owner, name, "logs"] if get => cached(state, req.path_and_query, || {
+            logs(state, &format!("{owner}/{name}"), query)
+        }),
+        ["v1", "mailings", owner, name, "report"] if get => {
+            cached(state, req.path_and_query, || {
+                report(state, &format!("{owner}/{name}"))
+            })
+        }
+        [
+            "v1",
+            "mailings",
+            owner,
+            name,
+            action @ ("disable" | "enable"),
+        ] if post => set_mailing(
+            state,
+            req,
+            &key_id,
+            &format!("{owner}/{name}"),
+            *action == "disable",
+        ),
+        ["v1", "users"] if get => users(state),
+        ["v1", "users", user, action @ ("block" | "unblock")] if post => {
+            set_user(state, req, &key_id, user, *action == "block")
+        }
+        ["v1", "stats"] if get => cached(state, req.path_and_query, || stats(state)),
+        ["v1", "problems"] if get => problems(state),
+        ["v1", "mailings"]
+        | ["v1", "mailings", _, _]
+        | [
+            "v1",
+            "mailings",
+            _,
+            _,
+            "logs" | "report" | "disable" | "enable",
+        ]
+        | ["v1", "users"]
+        | ["v1", "users", _, "block" | "unblock"]
+        | ["v1", "stats"]
+        | ["v1", "problems"] => Err(Reply::error(
+            405,
+            "method_not_allowed",
+            "this route does not take that method",
+        )),
+        _ => Err(Reply::error(404, "not_found", "no such route")),
+    };
+    result.unwrap_or_else(|reply| reply)
+}
+
+type Answer = Result<Reply, Reply>;
+
+fn db_error(e: impl std::fmt::Display) -> Reply {
+    tracing::error!("manager API: {e}");
+    Reply::error(503, "unavailable", "the database did not answer; try again")
+}
+
+/// Serve from the cache when nothing changed since: the key carries the database's
+/// generation (it grows with every run and attempt), so a changed run is never served stale.
+fn cached(state: &HttpState, path: &str, compute: impl FnOnce() -> Answer) -> Answer {
+    let generation = state
+        .runtime
+        .block_on(state.store.generation())
+        .map_err(db_error)?;
+    let key = format!("{generation}:{path}");
+    if let Some(body) = state.cache.get(&key) {
+        return Ok(Reply::raw_json(200, body));
+    }
+    let reply = compute()?;
+    if reply.status == 200 {
+        state.cache.put(&key, &reply.body);
+    }
+    Ok(reply)
+}
+
+fn catalog(state: &HttpState) -> std::sync::Arc<crate::catalog::Catalog> {
+    state
+        .catalog
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+fn facts(
+    state: &HttpState,
+    catalog: &crate::catalog::Catalog,
+) -> Result<HashMap<String, MailingFacts>, Reply> {
+    state
+        .runtime
+        .block_on(crate::facts::load(
+            &state.store,
+            catalog,
+            state.require_verification,
+        ))
+        .map_err(db_error)
+}
+
+fn report_json(r: &RunReport) -> Value {
+    json!({
+        "run": r.run_id.0, "occurrence": r.occurrence, "kind": r.kind.as_str(),
+        "created_at": r.created_at, "finished_at": r.finished_at, "recipients": r.recipients,
+        "queued": r.queued, "sending": r.sending, "sent": r.sent, "failed": r.failed,
+        "deferred": r.deferred, "skipped": r.skipped, "unknown": r.unknown,
+    })
+}
+
+fn mailing_json(
+    m: &crate::catalog::Mailing,
+    f: MailingFacts,
+    last: Option<&RunReport>,
+    now: DateTime<Utc>,
+    catch_up: Duration,
+) -> Value {
+    let catch_up = m.catch_up.unwrap_or(catch_up);
+    let status = schedule::status(&m.schedule, m.enabled, &f, now, catch_up);
+    let next = schedule::due(&m.schedule, now, f.last_run, catch_up)
+        .or_else(|| m.schedule.next_after(now));
+    json!({
+        "id": m.id, "owner": m.owner, "title": m.title, "status": status,
+        "schedule": m.schedule.repeat.to_string(), "timezone": m.schedule.timezone.to_string(),
+        "enabled": m.enabled, "recipients": m.recipient_count(),
+        "next_occurrence": next.filter(|_| matches!(status, schedule::Status::Created | schedule::Status::Running)),
+        "last_run": last.map(report_json),
+    })
+}
+
+fn mailings(state: &HttpState) -> Answer {
+    let catalog = catalog(state);
+    let facts = facts(state, &catalog)?;
+    let latest = state
+        .runtime
+        .block_on(state.store.latest_reports())
+        .map_err(db_error)?;
+    let latest: HashMap<&str, &RunReport> =
+        latest.iter().map(|r| (r.mailing_id.as_str(), r)).collect();
+    let now = state.clock.now();
+    let list: Vec<Value> = catalog
+        .mailings()
+        .values()
+        .map(|m| {
+            mailing_json(
+                m,
+                facts.get(&m.id).copied().unwrap_or_default(),
+                latest.get(m.id.as_str()).copied(),
+                now,
+                state.catch_up,
+            )
+        })
+        .collect();
+    Ok(Reply::json(200, &json!({ "mailings": list })))
+}
+
+fn find<'c>(
+    catalog: &'c crate::catalog::Catalog,
+    id: &str,
+) -> Result<&'c std::sync::Arc<crate::catalog::Mailing>, Reply> {
+    catalog
+        .mailing(id)
+        .ok_or_else(|| Reply::error(404, "not_found", &format!("no mailing `{id}`")))
+}
+
+fn mailing(state: &HttpState, id: &str) -> Answer {
+    let catalog = catalog(state);
+    let m = find(&catalog, id)?;
+    let facts = facts(state, &catalog)?;
+    let runs = state
+        .runtime
+        .block_on(state.store.report(id))
+        .map_err(db_error)?;
+    let state_row = state
+        .runtime
+        .block_on(state.store.mailing_state(id))
+        .map_err(db_error)?;
+    let mut value = mailing_json(
+        m,
+        facts.get(id).copied().unwrap_or_default(),
+        runs.first(),
+        state.clock.now(),
+        state.catch_up,
+    );
+    value["lists"] = json!(m.lists.iter().map(|l| l.id.clone()).collect::<Vec<_>>());
+    value["path"] = json!(m.path);
+    value["blob"] = json!(m.blob);
+    value["message"] = json!({ "subject": m.message.subject, "file": m.message.name.as_ref().map(|_| &m.message.path) });
+    value["disabled_reason"] =
+        json!(state_row.and_then(|s| s.disabled.then_some(s.reason).flatten()));
+    value["runs"] = json!(runs.len());
+    Ok(Reply::json(200, &value))
+}
+
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
+    let catalog = catalog(state);
+    find(&catalog, id)?;
+    let limit = match query_param(query, "limit") {
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| Reply::error(400, "bad_query", "limit must be 1 to 1000"))?,
+        None => 50,
+    };
+    let before = match query_param(query, "before") {
+        Some(v) => Some(AttemptId(v.parse().map_err(|_| {
+            Reply::error(400, "bad_query", "before must be an attempt id")
+        })?)),
+        None => None,
+    };
+    let rows = state
+        .runtime
+        .block_on(state.store.logs(id, limit, before))
+        .map_err(db_error)?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|a| a.id.0))
+        .flatten();
+    let attempts: Vec<Value> = rows
+        .iter()
+        .map(|a| json!({"id": a.id.0, "run": a.run_id.0, "at": a.at, "address": a.address, "outcome": a.outcome.as_str(),
+                        "code": a.smtp_code, "reply": a.reply, "duration_ms": a.duration_ms}))
+        .collect();
+    Ok(Reply::json(
+        200,
+        &json!({ "mailing": id, "attempts": attempts, "next_before": next }),
+    ))
+}
+
+fn report(state: &HttpState, id: &str) -> Answer {
+    let catalog = catalog(state);
+    find(&catalog, id)?;
+    let runs = state
+        .runtime
+        .block_on(state.store.report(id))
+        .map_err(db_error)?;
+    Ok(Reply::json(
+        200,
+        &json!({ "mailing": id, "runs": runs.iter().map(report_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Reason {
+    reason: Option<String>,
+}
+
+fn reason(body: &[u8]) -> Result<Option<String>, Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let r: Reason = serde_json::from_slice(body).map_err(|e| {
+        Reply::error(
+            400,
+            "bad_json",
+            &format!("the body must be {{\"reason\": \"…\"}}: {e}"),
+        )
+    })?;
+    Ok(r.reason.filter(|s| !s.trim().is_empty()))
+}
+
+fn audit(
+    state: &HttpState,
+    req: &ApiRequest,
+    key_id: &str,
+    action: &str,
+    target: &str,
+    reason: Option<&str>,
+) -> Result<(), Reply> {
+    let entry = NewAuditEntry {
+        at: state.clock.now(),
+        key_id: key_id.to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        reason: reason.map(str::to_string),
+        peer: req.peer.clone(),
+    };
+    state
+        .runtime
+        .block_on(state.store.audit(&entry))
+        .map_err(db_error)?;
+    tracing::info!(key = key_id, action, target, reason, "manager action");
+    Ok(())
+}
+
+fn set_mailing(
+    state: &HttpState,
+    req: &ApiRequest,
+    key_id: &str,
+    id: &str,
+    disable: bool,
+) -> Answer {
+    let catalog = catalog(state);
+    find(&catalog, id)?;
+    let why = reason(req.body)?;
+    let now = state.clock.now();
+    let skipped = state.runtime.block_on(async {
+        state
+            .store
+            .set_mailing_disabled(id, disable, why.as_deref(), now)
+            .await?;
+        if disable {
+            let text = format!(
+                "mailing disabled by a manager{}",
+                why.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            state.store.skip_queued_for_mailing(id, &text, now).await
+        } else {
+            Ok(0)
+        }
+    });
+    let skipped = skipped.map_err(db_error)?;
+    audit(
+        state,
+        req,
+        key_id,
+        if disable {
+            "mailing.disable"
+        } else {
+            "mailing.enable"
+        },
+        id,
+        why.as_deref(),
+    )?;
+    state.cache.invalidate();
+    state.state_changed.notify_waiters();
+    Ok(Reply::json(
+        200,
+        &json!({ "mailing": id, "disabled": disable, "reason": why, "skipped": skipped }),
+    ))
+}
+
+fn set_user(state: &HttpState, req: &ApiRequest, key_id: &str, user: &str, block: bool) -> Answer {
+    let catalog = catalog(state);
+    if !catalog.users().contains_key(user) {
+        return Err(Reply::error(404, "not_found", &format!("no user `{user}`")));
+    }
+    let why = reason(req.body)?;
+    let now = state.clock.now();
+    let skipped = state.runtime.block_on(async {
+        state
+            .store
+            .set_blocked(user, block, why.as_deref(), now)
+            .await?;
+        if block {
+            let text = format!(
+                "owner blocked by a manager{}",
+                why.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            state.store.skip_queued_for_owner(user, &text, now).await
+        } else {
+            Ok(0)
+        }
+    });
+    let skipped = skipped.map_err(db_error)?;
+    audit(
+        state,
+        req,
+        key_id,
+        if block { "user.block" } else { "user.unblock" },
+        user,
+        why.as_deref(),
+    )?;
+    state.cache.invalidate();
+    state.state_changed.notify_waiters();
+    Ok(Reply::json(
+        200,
+        &json!({ "user": user, "blocked": block, "reason": why, "skipped": skipped }),
+    ))
+}
+
+fn users(state: &HttpState) -> Answer {
+    let catalog = catalog(state);
+    let states = state
+        .runtime
+        .block_on(state.store.user_states())
+        .map_err(db_error)?;
+    let states: HashMap<&str, &skychimp_storage::UserState> =
+        states.iter().map(|s| (s.user_id.as_str(), s)).collect();
+    let list: Vec<Value> = catalog
+        .users()
+        .values()
+        .map(|u| {
+            let s = states.get(u.id.as_str());
+            let lists: Vec<_> = catalog
+                .lists()
+                .values()
+                .filter(|l| l.owner == u.id)
+                .collect();
+            json!({
+                "id": u.id, "email": u.email, "name": u.name,
+                "verified": s.is_some_and(|s| s.is_verified_for(&u.email)),
+                "blocked": s.is_some_and(|s| s.blocked),
+                "blocked_reason": s.and_then(|s| s.blocked_reason.clone()),
+                "lists": lists.len(),
+                "mailings": catalog.mailings().values().filter(|m| m.owner == u.id).count(),
+                "clients": lists.iter().map(|l| l.clients.len()).sum::<usize>(),
+            })
+        })
+        .collect();
+    Ok(Reply::json(200, &json!({ "users": list })))
+}
+
+fn stats(state: &HttpState) -> Answer {
+    let catalog = catalog(state);
+    let facts = facts(state, &catalog)?;
+    let now = state.clock.now();
+    let s = state
+        .runtime
+        .block_on(state.store.stats(now))
+        .map_err(db_error)?;
+    let site = crate::site::stats(&catalog, &facts, s.sent_total, now, state.catch_up);
+    Ok(Reply::json(
+        200,
+        &json!({
+            "mailings": site["mailings"], "active_mailings": site["active_mailings"],
+            "unique_clients": site["unique_clients"], "sent_24h": s.sent_24h, "sent_30d": s.sent_30d,
+            "sent_total": s.sent_total, "runs": s.runs, "queued": s.queued,
+        }),
+    ))
+}
+
+fn problems(state: &HttpState) -> Answer {
+    let catalog = catalog(state);
+    Ok(Reply::json(200, &json!({ "problems": catalog.problems() })))
+}
