@@ -287,6 +287,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             stop_rx.clone(),
         );
         let (tz, clock) = (config.timezone(), clock.clone());
+        let metrics = deliverer.metrics();
         tokio::spawn(async move {
             loop {
                 let change = tokio::select! {
@@ -322,6 +323,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                             "catalog reloaded"
                         );
                         *handle.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+                        crate::metrics::Metrics::inc(&metrics.reloads);
                         reloaded.notify_waiters();
                     }
                     Ok(Err(e)) => tracing::error!("reload failed, keeping the catalog in use: {e}"),
