@@ -278,12 +278,16 @@ fn render_preview(
     let raw = String::from_utf8_lossy(&composed.bytes);
     let headers = raw.split("\r\n\r\n").next().unwrap_or_default();
     let mut out = String::new();
-    for line in headers
-        .lines()
-        .filter(|l| !l.starts_with("Content-") && !l.starts_with("MIME-Version"))
-    {
-        out.push_str(line);
-        out.push('\n');
+    // The MIME plumbing (and its folded continuation lines) says nothing to a reader.
+    let mut skipping = false;
+    for line in headers.lines() {
+        if !line.starts_with([' ', '\t']) {
+            skipping = line.starts_with("Content-") || line.starts_with("MIME-Version");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
     out.push_str("\n--- text/plain ---\n");
     out.push_str(&rendered.text);
