@@ -197,7 +197,11 @@ fn file_changes_while_running_send_each_occurrence_once_and_survive_broken_files
     let (code, report) = skychimpd(root, &["report", "alice/daily", "--format", "json"], ENV);
     assert_eq!(code, Some(0));
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(report.as_array().unwrap().len(), 1, "one run only: {report}");
+    assert_eq!(
+        report.as_array().unwrap().len(),
+        1,
+        "one run only: {report}"
+    );
     assert_eq!(report[0]["sent"], 3, "{report}");
 
     // 6. SIGTERM: exit 0 and say so.

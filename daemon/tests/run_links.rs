@@ -168,11 +168,17 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
         page.contains("ivan@example.com") && page.contains("method=\"post\""),
         "{page}"
     );
-    write(root, "mailings/alice/second.toml", &once("newsletter", "Second"));
+    write(
+        root,
+        "mailings/alice/second.toml",
+        &once("newsletter", "Second"),
+    );
     daemon.wait_for(&["run created", "mailing=alice/second"]);
-    wait_outbox(&out, "the second mailing to both (a GET unsubscribes nobody)", |m| {
-        to_of(m, "Second") == ["ivan@example.com", "maria@example.org"]
-    });
+    wait_outbox(
+        &out,
+        "the second mailing to both (a GET unsubscribes nobody)",
+        |m| to_of(m, "Second") == ["ivan@example.com", "maria@example.org"],
+    );
     for forged in ["garbage", flipped.as_str(), alice_token.as_str()] {
         let (status, page) = daemon.post(
             &format!("/unsubscribe/{forged}"),
@@ -188,7 +194,11 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Unsubscribed"), "{page}");
     daemon.wait_for(&["a client unsubscribed", "owner=alice"]);
-    write(root, "mailings/alice/third.toml", &once("newsletter", "Third"));
+    write(
+        root,
+        "mailings/alice/third.toml",
+        &once("newsletter", "Third"),
+    );
     daemon.wait_for(&["run created", "mailing=alice/third"]);
     let mails = wait_outbox(&out, "the third mailing to maria", |m| {
         !to_of(m, "Third").is_empty()
@@ -197,7 +207,10 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
     let (_, report) = skychimpd(root, &["report", "alice/third", "--format", "json"], ENV);
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(
-        (report[0]["recipients"].as_i64(), report[0]["skipped"].as_i64()),
+        (
+            report[0]["recipients"].as_i64(),
+            report[0]["skipped"].as_i64()
+        ),
         (Some(2), Some(1)),
         "{report}"
     );
@@ -216,7 +229,10 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
     let new_link = verification_link(&mails, "alice.new@example.com");
     assert_ne!(new_link, alice_link);
     let (status, page) = daemon.get(&alice_link);
-    assert_eq!(status, 410, "the old link after the address changed: {page}");
+    assert_eq!(
+        status, 410,
+        "the old link after the address changed: {page}"
+    );
     assert!(page.contains("Link replaced"), "{page}");
     let (status, page) = daemon.get(&new_link);
     assert_eq!(status, 200, "{page}");

@@ -327,9 +327,7 @@ fn find_text(part: &mailparse::ParsedMail) -> Option<String> {
 pub fn tally(mails: &[Mail]) -> BTreeMap<(String, String), usize> {
     let mut counts = BTreeMap::new();
     for m in mails {
-        *counts
-            .entry((m.to.clone(), m.list_id.clone()))
-            .or_insert(0) += 1;
+        *counts.entry((m.to.clone(), m.list_id.clone())).or_insert(0) += 1;
     }
     counts
 }
