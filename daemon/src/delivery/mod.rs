@@ -309,6 +309,9 @@ impl Deliverer {
         let mut sender = self.transport.connect();
         let mut renderers: HashMap<RunId, Arc<RunContext>> = HashMap::new();
         let mut tally = Tally::default();
+        // Whether this worker sent something since it last found nothing to claim: the
+        // moment to mark finished the runs it may have completed.
+        let mut worked = false;
         let result = loop {
             if *stop.borrow() {
                 break Ok(());
@@ -327,6 +330,11 @@ impl Deliverer {
                 Err(e) => break Err(e.into()),
             };
             if claimed.is_empty() {
+                if std::mem::take(&mut worked)
+                    && let Err(e) = self.store.finish_runs(self.clock.now()).await
+                {
+                    tracing::error!("finishing runs: {e}");
+                }
                 if let Scope::Run(id) = scope {
                     match self.store.run_pending(id).await {
                         Ok(0) => break Ok(()),
@@ -354,6 +362,7 @@ impl Deliverer {
             {
                 break Err(e);
             }
+            worked = true;
             // Idle workers waiting for a run's last rows learn at once that they are done.
             self.wake();
             if renderers.len() > 256 {
