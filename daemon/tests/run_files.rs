@@ -164,6 +164,13 @@ fn file_changes_while_running_send_each_occurrence_once_and_survive_broken_files
         &daily("Daily news (fixed)", "Third version."),
     );
     write(root, "mailings/alice/zz3.toml", &marker("newsletter"));
+    // A daily sibling, to show below that a later day does bring runs — just not of a
+    // deleted mailing.
+    write(
+        root,
+        "mailings/alice/keep.toml",
+        &daily("Kept", "Kept.").replace("[\"newsletter\"]", "[\"markers\"]"),
+    );
     daemon.wait_for(&["catalog reloaded", "errors=0"]);
     daemon.wait_for(&["run created", "mailing=alice/zz3", "recipients=4"]);
     let mails = wait_outbox(&out, "the third marker to the fixed list", |m| {
@@ -179,9 +186,14 @@ fn file_changes_while_running_send_each_occurrence_once_and_survive_broken_files
         ])
     );
 
+    wait_outbox(&out, "the kept daily mailing", |m| {
+        recipients_of(m, "keep") == ["marker@example.net"]
+    });
+
     // 5. Deleting the mailing: it leaves the catalog; its log stays readable.
     std::fs::remove_file(root.join("mailings/alice/daily.toml")).unwrap();
-    daemon.wait_for(&["catalog reloaded", "mailings=3"]);
+    // zz1, zz2, zz3 and keep.
+    daemon.wait_for(&["catalog reloaded", "mailings=4"]);
     let (code, logs) = skychimpd(root, &["logs", "alice/daily", "--format", "json"], ENV);
     assert_eq!(code, Some(0));
     let logs: serde_json::Value = serde_json::from_str(&logs).unwrap();
@@ -218,9 +230,33 @@ fn file_changes_while_running_send_each_occurrence_once_and_survive_broken_files
         .count();
     assert_eq!(daily_runs, 1, "{}", log.join("\n"));
 
+    // 7. The next day (a restart with the clock a day on): the kept daily mailing sends its
+    //    next occurrence; the deleted one has no future runs.
+    let next_day = [
+        ("SKYCHIMP_NOW", "2026-11-27T12:00:00Z"),
+        ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
+    ];
+    let mut daemon = Daemon::start("files, next day", root, &next_day);
+    daemon.wait_for(&[
+        "run created",
+        "mailing=alice/keep",
+        "occurrence=2026-11-27 09:00:00",
+    ]);
+    wait_outbox(&out, "the kept mailing's second day", |m| {
+        recipients_of(m, "keep").len() == 2
+    });
+    let (status, log) = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "{}", log.join("\n"));
+    let created: Vec<&String> = log.iter().filter(|l| l.contains("run created")).collect();
+    assert_eq!(created.len(), 1, "only the kept mailing runs: {created:#?}");
+
     // Nothing was sent twice, and nothing else was sent.
     let mails = outbox(&out);
-    let counts = tally(&mails);
+    let mut counts = tally(&mails);
+    let kept = counts
+        .remove(&("marker@example.net".to_string(), keep_list_id(&mails)))
+        .unwrap_or(0);
+    assert_eq!(kept, 2, "the kept daily mailing: one message per day");
     assert!(counts.values().all(|&n| n == 1), "{counts:#?}");
     assert_eq!(counts.len(), 3 + 1 + 3 + 4, "{counts:#?}");
     assert!(
@@ -230,6 +266,14 @@ fn file_changes_while_running_send_each_occurrence_once_and_survive_broken_files
             .all(|m| m.text.contains("First version.")),
         "the daily mailing went out once, in its first version"
     );
+}
+
+fn keep_list_id(mails: &[running::Mail]) -> String {
+    mails
+        .iter()
+        .find(|m| m.list_id.contains("<keep.alice."))
+        .map(|m| m.list_id.clone())
+        .unwrap_or_default()
 }
 
 /// `line` names `prefix` followed by `LINE:COL:`.
