@@ -23,6 +23,10 @@ use sink::Sink;
 
 const RECIPIENTS: usize = 10_000;
 
+/// The scenarios run one at a time: six daemons, two sinks and PostgreSQL at once on two
+/// cores would only make each slower.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How long the whole run may take before the test fails: a safety net only (≈ 10–40 s
 /// on 2 busy cores in a debug build).
 const RUN_DEADLINE: Duration = Duration::from_secs(150);
@@ -233,6 +237,7 @@ fn stop_all(daemons: Vec<Daemon>) -> Vec<String> {
 
 #[test]
 fn three_instances_send_ten_thousand_messages_exactly_once() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cluster) = Cluster::new(&[]) else {
         return;
     };
@@ -265,6 +270,7 @@ fn three_instances_send_ten_thousand_messages_exactly_once() {
 
 #[test]
 fn a_killed_instance_loses_nothing_and_sends_nothing_twice() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cluster) = Cluster::new(&[("SKYCHIMP_DELIVERY_LEASE", "3s")]) else {
         return;
     };
