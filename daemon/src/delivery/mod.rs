@@ -384,7 +384,18 @@ impl Deliverer {
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
         let mut rest = claimed;
+        // The claim set the lease; a slow server or the rate limit can make a batch outlast
+        // it, and another instance would then take over rows this one is still sending
+        // (logging them as interrupted by a crash). Renew before a third of it is gone.
+        let mut renewed = std::time::Instant::now();
         while !rest.is_empty() {
+            if renewed.elapsed() > self.settings.lease / 3 {
+                let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
+                self.store
+                    .renew_lease(&ids, worker, self.settings.lease, self.clock.now())
+                    .await?;
+                renewed = std::time::Instant::now();
+            }
             let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
             rest = tail;
             if *stop.borrow() {
