@@ -326,8 +326,19 @@ fn a_killed_instance_loses_nothing_and_sends_nothing_twice() {
         "{} received, {sent} sent",
         got.len()
     );
+    // Only the dead instance's messages were interrupted: the survivors renewed their
+    // leases, so none of what they were still sending was declared lost by the others
+    // (the log would show an `unknown` attempt for a message that went out normally).
+    let unknown_attempts = cluster
+        .db
+        .scalar("SELECT count(*) FROM attempts WHERE outcome = 'unknown'");
+    assert_eq!(
+        unknown_attempts,
+        unknown.to_string(),
+        "unknown attempt rows beyond the killed instance's deliveries"
+    );
     println!(
-        "killed at {at_kill} messages; {sent} sent, {unknown} unknown (interrupted), {} received; takeover logged: {}",
+        "killed at {at_kill} messages; {sent} sent, {unknown} unknown (interrupted; {unknown_attempts} unknown attempt rows), {} received; takeover logged: {}",
         got.len(),
         log.iter()
             .any(|l| l.contains("took over deliveries whose lease expired"))
