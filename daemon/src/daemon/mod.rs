@@ -86,6 +86,21 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         default_timezone: config.timezone(),
         now: clock.now(),
     };
+    // Watch before the first load: a file changed while the daemon starts (migrations,
+    // recovery and the listener take a while) must still reach the catalog. Events wait in
+    // the channel until the reload task runs; an extra reload is harmless.
+    let (change_tx, mut change_rx) = mpsc::unbounded_channel();
+    let site_dir = std::path::PathBuf::from(&config.site.dir);
+    let _watcher = match watcher::watch(&root, site_dir, DEBOUNCE, change_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(
+                "cannot watch {}: {e}; changes need a restart",
+                root.display()
+            );
+            None
+        }
+    };
     let catalog = Catalog::load(&root, &options, None)?;
     log_problems(&catalog, None);
     let store = setup.store().await?;
@@ -174,18 +189,6 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
     .await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (change_tx, mut change_rx) = mpsc::unbounded_channel();
-    let site_dir = std::path::PathBuf::from(&config.site.dir);
-    let _watcher = match watcher::watch(&root, site_dir, DEBOUNCE, change_tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(
-                "cannot watch {}: {e}; changes need a restart",
-                root.display()
-            );
-            None
-        }
-    };
 
     let reloaded = Arc::new(Notify::new());
     // Verification links: at start and after each reload.

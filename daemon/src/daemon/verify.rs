@@ -168,12 +168,6 @@ impl Verifier {
             return Ok(Verified::Invalid);
         };
         let state = self.store.user_state(&user).await?;
-        if state.as_ref().is_some_and(|s| s.is_verified_for(&email)) {
-            return Ok(Verified::AlreadyConfirmed { user, email });
-        }
-        if self.clock.now().timestamp() > expires {
-            return Ok(Verified::Expired);
-        }
         let current = self
             .catalog
             .read()
@@ -181,10 +175,21 @@ impl Verifier {
             .users()
             .get(&user)
             .map(|u| u.email.clone());
-        let same_address = current.is_some_and(|c| c.eq_ignore_ascii_case(&email));
+        // A link to an address the user no longer has is replaced, even if it was once
+        // confirmed: "already confirmed" would tell them nothing is left to do while their
+        // mailings wait for the new address.
+        if !current.is_some_and(|c| c.eq_ignore_ascii_case(&email)) {
+            return Ok(Verified::Superseded);
+        }
+        if state.as_ref().is_some_and(|s| s.is_verified_for(&email)) {
+            return Ok(Verified::AlreadyConfirmed { user, email });
+        }
+        if self.clock.now().timestamp() > expires {
+            return Ok(Verified::Expired);
+        }
         let same_nonce =
             state.as_ref().and_then(|s| s.verification_nonce.as_deref()) == Some(nonce.as_str());
-        if !same_address || !same_nonce {
+        if !same_nonce {
             return Ok(Verified::Superseded);
         }
         self.store

@@ -316,6 +316,9 @@ impl Deliverer {
         let mut sender = self.transport.connect();
         let mut renderers: HashMap<RunId, Arc<RunContext>> = HashMap::new();
         let mut tally = Tally::default();
+        // Whether this worker sent something since it last found nothing to claim: the
+        // moment to mark finished the runs it may have completed.
+        let mut worked = false;
         let result = loop {
             if *stop.borrow() {
                 break Ok(());
@@ -334,6 +337,11 @@ impl Deliverer {
                 Err(e) => break Err(e.into()),
             };
             if claimed.is_empty() {
+                if std::mem::take(&mut worked)
+                    && let Err(e) = self.store.finish_runs(self.clock.now()).await
+                {
+                    tracing::error!("finishing runs: {e}");
+                }
                 if let Scope::Run(id) = scope {
                     match self.store.run_pending(id).await {
                         Ok(0) => break Ok(()),
@@ -361,6 +369,7 @@ impl Deliverer {
             {
                 break Err(e);
             }
+            worked = true;
             // Idle workers waiting for a run's last rows learn at once that they are done.
             self.wake();
             if renderers.len() > 256 {
@@ -382,7 +391,18 @@ impl Deliverer {
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
         let mut rest = claimed;
+        // The claim set the lease; a slow server or the rate limit can make a batch outlast
+        // it, and another instance would then take over rows this one is still sending
+        // (logging them as interrupted by a crash). Renew before a third of it is gone.
+        let mut renewed = std::time::Instant::now();
         while !rest.is_empty() {
+            if renewed.elapsed() > self.settings.lease / 3 {
+                let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
+                self.store
+                    .renew_lease(&ids, worker, self.settings.lease, self.clock.now())
+                    .await?;
+                renewed = std::time::Instant::now();
+            }
             let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
             rest = tail;
             if *stop.borrow() {

@@ -1,0 +1,256 @@
+//! The links `skychimpd run` mails and serves: address verification (`/verify/{token}`)
+//! and one-click unsubscribe (`/unsubscribe/{token}`), exercised as a new owner and a
+//! recipient would — by opening the links from the `.eml` files the outbox received.
+
+mod running;
+
+use std::path::Path;
+
+use running::{Daemon, Mail, outbox, skychimpd, wait_outbox, write};
+
+const NOW: &str = "2026-11-26T12:00:00Z";
+const ENV: &[(&str, &str)] = &[("SKYCHIMP_NOW", NOW)];
+const CONFIRM: &str = "Confirm your address for Skychimp";
+
+fn users(alice: &str) -> String {
+    format!(
+        "[alice]\nemail = \"{alice}\"\nname = \"Alice\"\n\n[bob]\nemail = \"bob@example.org\"\nname = \"Bob\"\n"
+    )
+}
+
+fn once(list: &str, subject: &str) -> String {
+    format!(
+        "title = \"{subject}\"\nlists = [\"{list}\"]\nstart = 2026-11-26T10:00:00\nevery = \"once\"\n\n\
+         [message]\nsubject = \"{subject}\"\nbody = \"Hello {{{{ client.name }}}}: {subject}.\"\n"
+    )
+}
+
+fn repository(root: &Path) {
+    write(root, "users.toml", &users("alice@example.com"));
+    write(
+        root,
+        "clients/alice/newsletter.toml",
+        "[[client]]\nemail = \"ivan@example.com\"\nname = \"Ivan\"\n\n\
+         [[client]]\nemail = \"maria@example.org\"\nname = \"Maria\"\n",
+    );
+    write(
+        root,
+        "clients/bob/team.toml",
+        "[[client]]\nemail = \"dev@example.org\"\nname = \"Dev\"\n",
+    );
+    write(
+        root,
+        "mailings/alice/daily.toml",
+        "title = \"Daily\"\nlists = [\"newsletter\"]\nstart = 2026-11-20T09:00:00\nevery = \"daily\"\n\n\
+         [message]\nsubject = \"Daily\"\nbody = \"Hello {{ client.name }}.\"\n",
+    );
+    write(root, "mailings/bob/standup.toml", &once("team", "Standup"));
+}
+
+/// The verification link mailed to `to` (the newest, if several), path only.
+fn verification_link(mails: &[Mail], to: &str) -> String {
+    let mail = mails
+        .iter()
+        .rev()
+        .find(|m| m.to == to && m.subject == CONFIRM)
+        .unwrap_or_else(|| panic!("no verification mail to {to}: {mails:#?}"));
+    assert!(mail.list_id.is_empty(), "a notice is not a list message");
+    let start = mail
+        .text
+        .find("http://skychimp.test/verify/")
+        .unwrap_or_else(|| panic!("no link in {:?}", mail.text));
+    let link: String = mail.text[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '>')
+        .collect();
+    link.trim_start_matches("http://skychimp.test").to_string()
+}
+
+fn to_of(mails: &[Mail], subject: &str) -> Vec<String> {
+    let mut v: Vec<String> = mails
+        .iter()
+        .filter(|m| m.subject == subject)
+        .map(|m| m.to.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    repository(root);
+    let out = root.join("var/outbox");
+    let mut daemon = Daemon::start("links", root, ENV);
+
+    // Each new user is mailed a link; nothing of theirs sends before it is opened.
+    let mark = daemon.position();
+    daemon.wait_for(&["verification link sent", "user=alice"]);
+    daemon.rewind(mark);
+    daemon.wait_for(&["verification link sent", "user=bob"]);
+    let mails = wait_outbox(&out, "two verification links", |m| {
+        to_of(m, CONFIRM).len() == 2
+    });
+    assert_eq!(mails.len(), 2, "only the links went out: {mails:#?}");
+    let alice_link = verification_link(&mails, "alice@example.com");
+    let bob_link = verification_link(&mails, "bob@example.org");
+
+    // Bob confirms: his mailing sends. The scheduler pass that creates his run also saw
+    // Alice's due mailing, still held.
+    let (status, page) = daemon.get(&bob_link);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Address confirmed"), "{page}");
+    daemon.wait_for(&["address verified", "user=bob"]);
+    daemon.wait_for(&["run created", "mailing=bob/standup"]);
+    let mails = wait_outbox(&out, "bob's standup", |m| {
+        to_of(m, "Standup") == ["dev@example.org"]
+    });
+    assert!(to_of(&mails, "Daily").is_empty(), "{mails:#?}");
+    let (_, report) = skychimpd(root, &["report", "alice/daily", "--format", "json"], ENV);
+    assert_eq!(report.trim(), "[]", "alice is unverified: no run yet");
+
+    // Forged or mangled links are refused with 400, never a server error.
+    let alice_token = running::token_of(&alice_link).to_string();
+    let mut flipped = alice_token.clone();
+    let last = flipped.pop().unwrap();
+    flipped.push(if last == 'A' { 'B' } else { 'A' });
+    let standup = mails.iter().find(|m| m.subject == "Standup").unwrap();
+    let unsubscribe_token = running::token_of(&standup.unsubscribe).to_string();
+    for forged in [
+        flipped.as_str(),
+        "garbage",
+        "a.b.c",
+        "%00%ff",
+        &"x".repeat(3000),
+        &alice_token[..alice_token.len() / 2],
+        // A real token of another kind.
+        &unsubscribe_token,
+    ] {
+        let (status, page) = daemon.get(&format!("/verify/{forged}"));
+        assert_eq!(status, 400, "/verify/{forged}: {page}");
+        assert!(page.contains("Invalid link"), "{page}");
+    }
+
+    // Alice confirms: her due mailing sends; opening the link again is harmless.
+    let (status, page) = daemon.get(&alice_link);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Address confirmed"), "{page}");
+    daemon.wait_for(&["address verified", "user=alice"]);
+    daemon.wait_for(&["run created", "mailing=alice/daily"]);
+    let mails = wait_outbox(&out, "alice's daily", |m| to_of(m, "Daily").len() == 2);
+    assert_eq!(
+        to_of(&mails, "Daily"),
+        ["ivan@example.com", "maria@example.org"]
+    );
+    let (status, page) = daemon.get(&alice_link);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Already confirmed"), "{page}");
+
+    // Unsubscribe: the link from the List-Unsubscribe header. A GET (what mail scanners
+    // do) only shows the page...
+    let ivan = mails
+        .iter()
+        .find(|m| m.subject == "Daily" && m.to == "ivan@example.com")
+        .unwrap();
+    assert!(
+        ivan.unsubscribe
+            .starts_with("http://skychimp.test/unsubscribe/"),
+        "{ivan:#?}"
+    );
+    let unsubscribe = ivan
+        .unsubscribe
+        .trim_start_matches("http://skychimp.test")
+        .to_string();
+    let (status, page) = daemon.get(&unsubscribe);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("ivan@example.com") && page.contains("method=\"post\""),
+        "{page}"
+    );
+    write(
+        root,
+        "mailings/alice/second.toml",
+        &once("newsletter", "Second"),
+    );
+    daemon.wait_for(&["run created", "mailing=alice/second"]);
+    wait_outbox(
+        &out,
+        "the second mailing to both (a GET unsubscribes nobody)",
+        |m| to_of(m, "Second") == ["ivan@example.com", "maria@example.org"],
+    );
+    for forged in ["garbage", flipped.as_str(), alice_token.as_str()] {
+        let (status, page) = daemon.post(
+            &format!("/unsubscribe/{forged}"),
+            "List-Unsubscribe=One-Click",
+        );
+        assert_eq!(status, 400, "POST /unsubscribe/{forged}: {page}");
+        let (status, _) = daemon.get(&format!("/unsubscribe/{forged}"));
+        assert_eq!(status, 400, "GET /unsubscribe/{forged}");
+    }
+
+    // ...the one-click POST (RFC 8058) unsubscribes, and the owner's next run skips him.
+    let (status, page) = daemon.post(&unsubscribe, "List-Unsubscribe=One-Click");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Unsubscribed"), "{page}");
+    daemon.wait_for(&["a client unsubscribed", "owner=alice"]);
+    write(
+        root,
+        "mailings/alice/third.toml",
+        &once("newsletter", "Third"),
+    );
+    daemon.wait_for(&["run created", "mailing=alice/third"]);
+    let mails = wait_outbox(&out, "the third mailing to maria", |m| {
+        !to_of(m, "Third").is_empty()
+    });
+    assert_eq!(to_of(&mails, "Third"), ["maria@example.org"]);
+    let (_, report) = skychimpd(root, &["report", "alice/third", "--format", "json"], ENV);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(
+        (
+            report[0]["recipients"].as_i64(),
+            report[0]["skipped"].as_i64()
+        ),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+
+    // A changed address gets a new link; the old one is replaced.
+    write(root, "users.toml", &users("alice.new@example.com"));
+    daemon.wait_for(&[
+        "verification link sent",
+        "user=alice",
+        "alice.new@example.com",
+    ]);
+    let mails = wait_outbox(&out, "a link to the new address", |m| {
+        m.iter()
+            .any(|m| m.to == "alice.new@example.com" && m.subject == CONFIRM)
+    });
+    let new_link = verification_link(&mails, "alice.new@example.com");
+    assert_ne!(new_link, alice_link);
+    let (status, page) = daemon.get(&alice_link);
+    assert_eq!(
+        status, 410,
+        "the old link after the address changed: {page}"
+    );
+    assert!(page.contains("Link replaced"), "{page}");
+    let (status, page) = daemon.get(&new_link);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Address confirmed"), "{page}");
+
+    let (status, log) = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "{}", log.join("\n"));
+    assert!(
+        !log.iter().any(|l| l.contains(" ERROR ")),
+        "{}",
+        log.join("\n")
+    );
+    // Every recipient got each mailing at most once.
+    let counts = running::tally(&outbox(&out));
+    assert!(
+        counts
+            .iter()
+            .all(|((_, list), &n)| n == 1 || list.is_empty()),
+        "{counts:#?}"
+    );
+}

@@ -1,0 +1,132 @@
+//! SIGTERM in the middle of a run: `skychimpd run` finishes the SMTP transactions in
+//! flight, records them and exits 0 — nothing is left `unknown` — and a restart sends the
+//! rest, so every recipient gets the message exactly once. Real smtp-sink, SQLite.
+
+mod running;
+#[path = "../../transport/tests/common/mod.rs"]
+mod sink;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use running::{Daemon, skychimpd, write};
+use sink::Sink;
+
+const RECIPIENTS: usize = 2_000;
+
+fn received(sink: &Sink) -> BTreeMap<String, usize> {
+    let dump = std::fs::read_to_string(&sink.dump).unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    for line in dump.lines() {
+        if let Some(rcpt) = line.strip_prefix("X-Rcpt-Args: ") {
+            let address = rcpt
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_lowercase();
+            *counts.entry(address).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_mid_run_loses_nothing_and_a_restart_sends_the_rest_once() {
+    let Some(sink) = Sink::start(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "users.toml",
+        "[alice]\nemail = \"alice@example.com\"\nname = \"Alice\"\n",
+    );
+    let mut list = String::new();
+    for i in 0..RECIPIENTS {
+        let _ = write!(
+            list,
+            "[[client]]\nemail = \"c{i:04}@example.com\"\nname = \"Client {i}\"\n\n"
+        );
+    }
+    write(root, "clients/alice/everyone.toml", &list);
+    write(
+        root,
+        "mailings/alice/blast.toml",
+        "title = \"Blast\"\nlists = [\"everyone\"]\nstart = 2026-11-26T10:00:00\nevery = \"once\"\n\n\
+         [message]\nsubject = \"Hello {{ client.name }}\"\nbody = \"For {{ client.email }}.\"\n",
+    );
+    let url = sink.url();
+    let env = [
+        ("SKYCHIMP_NOW", "2026-11-26T12:00:00Z"),
+        ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
+        ("SKYCHIMP_SMTP_URL", url.as_str()),
+    ];
+    let report = || {
+        let (code, out) = skychimpd(root, &["report", "alice/blast", "--format", "json"], &env);
+        assert_eq!(code, Some(0), "{out}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+
+    let mut daemon = Daemon::start("first", root, &env);
+    daemon.wait_for(&["run created", "mailing=alice/blast"]);
+    wait_until("300 messages at the sink", || received(&sink).len() >= 300);
+    let (status, log) = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("stopped")),
+        "{}",
+        log.join("\n")
+    );
+    let before_restart = received(&sink);
+    let r = report();
+    assert_eq!(
+        r[0]["unknown"], 0,
+        "a graceful stop leaves nothing unknown: {r}"
+    );
+    assert_eq!(r[0]["sending"], 0, "{r}");
+    assert_eq!(
+        r[0]["sent"].as_u64(),
+        Some(before_restart.len() as u64),
+        "what reached the server is what was recorded as sent: {r}"
+    );
+    assert!(
+        r[0]["queued"].as_u64().unwrap() > 0,
+        "stopped before the end, so the restart has work: {r}"
+    );
+
+    let daemon = Daemon::start("second", root, &env);
+    wait_until("every recipient at the sink", || {
+        received(&sink).len() >= RECIPIENTS
+    });
+    wait_until("the run finished", || !report()[0]["finished_at"].is_null());
+    let (status, log) = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "{}", log.join("\n"));
+    assert!(
+        !log.iter().any(|l| l.contains("run created")),
+        "the restart resumes the run, it does not create another: {}",
+        log.join("\n")
+    );
+    let got = received(&sink);
+    assert_eq!(got.len(), RECIPIENTS);
+    let twice: Vec<_> = got.iter().filter(|&(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "received twice: {twice:?}");
+    let r = report();
+    assert_eq!(r[0]["sent"], RECIPIENTS, "{r}");
+    println!(
+        "stopped after {} messages; the restart sent the other {}",
+        before_restart.len(),
+        RECIPIENTS - before_restart.len()
+    );
+}
