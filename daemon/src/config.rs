@@ -166,7 +166,7 @@ impl Default for DeliveryConfig {
             backoff_max: HumanDuration::secs(3600),
             give_up_after: HumanDuration::secs(2 * 86_400),
             lease: HumanDuration::secs(300),
-            batch: 64,
+            batch: 512,
         }
     }
 }

@@ -178,6 +178,17 @@ storage_interface! {
     /// logs, reports and statistics key on it, so they are dropped exactly when a run changes.
     fn generation(&self) -> i64;
 
+    /// [`Storage::record_outcomes`] for one chunk and [`Storage::mark_sending`] for the next,
+    /// in one transaction: a sender pipelining its chunks commits once per chunk instead of
+    /// twice. Returns the ids marked, as `mark_sending` does.
+    fn record_and_mark_sending(
+        &self,
+        outcomes: &[Outcome],
+        ids: &[DeliveryId],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Vec<DeliveryId>;
+
     /// Every distinct lease owner in the deliveries table, so a starting process can find
     /// the leases of processes that died on its host.
     fn lease_owners(&self) -> Vec<String>;

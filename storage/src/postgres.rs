@@ -409,24 +409,9 @@ impl Storage for PgStore {
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<DeliveryId>, StorageError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        let mut marked: Vec<DeliveryId> = sqlx::query_scalar::<_, i64>(
-            "UPDATE deliveries SET status = 'sending', updated_at = $3 \
-             WHERE id = ANY($1) AND lease_owner = $2 AND status IN ('queued', 'deferred') \
-             RETURNING id",
-        )
-        .bind(ids)
-        .bind(worker)
-        .bind(to_millis(now))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(DeliveryId)
-        .collect();
-        marked.sort();
+        let mut tx = self.pool.begin().await?;
+        let marked = mark_in(&mut tx, ids, worker, now).await?;
+        tx.commit().await?;
         Ok(marked)
     }
 
@@ -463,6 +448,24 @@ impl Storage for PgStore {
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    async fn record_and_mark_sending(
+        &self,
+        outcomes: &[Outcome],
+        ids: &[DeliveryId],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryId>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        record_in(&mut tx, outcomes).await?;
+        let marked = if ids.is_empty() {
+            Vec::new()
+        } else {
+            mark_in(&mut tx, ids, worker, now).await?
+        };
+        tx.commit().await?;
+        Ok(marked)
     }
 
     async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
@@ -530,63 +533,7 @@ impl Storage for PgStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let mut written = 0;
-        for chunk in outcomes.chunks(OUTCOME_CHUNK) {
-            let mut ids = Vec::with_capacity(chunk.len());
-            let mut statuses = Vec::with_capacity(chunk.len());
-            let mut nexts = Vec::with_capacity(chunk.len());
-            let mut codes = Vec::with_capacity(chunk.len());
-            let mut replies = Vec::with_capacity(chunk.len());
-            let mut ats = Vec::with_capacity(chunk.len());
-            let mut durations = Vec::with_capacity(chunk.len());
-            for o in chunk {
-                let (status, next) = match o.status {
-                    OutcomeStatus::Sent => ("sent", None),
-                    OutcomeStatus::Failed => ("failed", None),
-                    OutcomeStatus::Deferred { next_attempt_at } => {
-                        ("deferred", Some(to_millis(next_attempt_at)))
-                    }
-                };
-                ids.push(o.delivery_id.0);
-                statuses.push(status);
-                nexts.push(next);
-                codes.push(o.smtp_code.map(i32::from));
-                replies.push(o.reply.as_str());
-                ats.push(to_millis(o.at));
-                durations.push(duration_ms(o.duration));
-            }
-            // One statement: the data-modifying CTE updates the deliveries and feeds the
-            // attempt rows from what it updated (run and address come from the row).
-            written += sqlx::query(
-                "WITH o AS ( \
-                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], \
-                                          $4::int[], $5::text[], $6::timestamptz[], \
-                                          $7::bigint[]) \
-                         AS o(id, status, next_at, code, reply, at, duration_ms)), \
-                 u AS ( \
-                     UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1, \
-                            next_attempt_at = coalesce(o.next_at, d.next_attempt_at), \
-                            last_code = o.code, last_reply = o.reply, \
-                            lease_owner = NULL, lease_until = NULL, updated_at = o.at \
-                     FROM o WHERE d.id = o.id \
-                     RETURNING d.id, d.run_id, d.address) \
-                 INSERT INTO attempts (delivery_id, run_id, mailing_id, address, at, outcome, \
-                                       smtp_code, reply, duration_ms) \
-                 SELECT o.id, u.run_id, r.mailing_id, u.address, o.at, o.status, o.code, \
-                        o.reply, o.duration_ms \
-                 FROM o JOIN u ON u.id = o.id JOIN runs r ON r.id = u.run_id",
-            )
-            .bind(ids)
-            .bind(statuses)
-            .bind(nexts)
-            .bind(codes)
-            .bind(replies)
-            .bind(ats)
-            .bind(durations)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
+        let written = record_in(&mut tx, outcomes).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -1006,4 +953,101 @@ impl Storage for PgStore {
         .map(audit_from)
         .collect()
     }
+}
+
+/// `record_outcomes` inside a transaction the caller commits.
+async fn record_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    outcomes: &[Outcome],
+) -> Result<u64, StorageError> {
+    if outcomes.is_empty() {
+        return Ok(0);
+    }
+    let mut written = 0;
+    for chunk in outcomes.chunks(OUTCOME_CHUNK) {
+        let mut ids = Vec::with_capacity(chunk.len());
+        let mut statuses = Vec::with_capacity(chunk.len());
+        let mut nexts = Vec::with_capacity(chunk.len());
+        let mut codes = Vec::with_capacity(chunk.len());
+        let mut replies = Vec::with_capacity(chunk.len());
+        let mut ats = Vec::with_capacity(chunk.len());
+        let mut durations = Vec::with_capacity(chunk.len());
+        for o in chunk {
+            let (status, next) = match o.status {
+                OutcomeStatus::Sent => ("sent", None),
+                OutcomeStatus::Failed => ("failed", None),
+                OutcomeStatus::Deferred { next_attempt_at } => {
+                    ("deferred", Some(to_millis(next_attempt_at)))
+                }
+            };
+            ids.push(o.delivery_id.0);
+            statuses.push(status);
+            nexts.push(next);
+            codes.push(o.smtp_code.map(i32::from));
+            replies.push(o.reply.as_str());
+            ats.push(to_millis(o.at));
+            durations.push(duration_ms(o.duration));
+        }
+        // One statement: the data-modifying CTE updates the deliveries and feeds the
+        // attempt rows from what it updated (run and address come from the row).
+        written += sqlx::query(
+            "WITH o AS ( \
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], \
+                                          $4::int[], $5::text[], $6::timestamptz[], \
+                                          $7::bigint[]) \
+                         AS o(id, status, next_at, code, reply, at, duration_ms)), \
+                 u AS ( \
+                     UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1, \
+                            next_attempt_at = coalesce(o.next_at, d.next_attempt_at), \
+                            last_code = o.code, last_reply = o.reply, \
+                            lease_owner = NULL, lease_until = NULL, updated_at = o.at \
+                     FROM o WHERE d.id = o.id \
+                     RETURNING d.id, d.run_id, d.address) \
+                 INSERT INTO attempts (delivery_id, run_id, mailing_id, address, at, outcome, \
+                                       smtp_code, reply, duration_ms) \
+                 SELECT o.id, u.run_id, r.mailing_id, u.address, o.at, o.status, o.code, \
+                        o.reply, o.duration_ms \
+                 FROM o JOIN u ON u.id = o.id JOIN runs r ON r.id = u.run_id",
+        )
+        .bind(ids)
+        .bind(statuses)
+        .bind(nexts)
+        .bind(codes)
+        .bind(replies)
+        .bind(ats)
+        .bind(durations)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+
+    Ok(written)
+}
+
+/// `mark_sending` inside a transaction the caller commits.
+async fn mark_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ids: &[DeliveryId],
+    worker: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<DeliveryId>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+    let mut marked: Vec<DeliveryId> = sqlx::query_scalar::<_, i64>(
+        "UPDATE deliveries SET status = 'sending', updated_at = $3 \
+             WHERE id = ANY($1) AND lease_owner = $2 AND status IN ('queued', 'deferred') \
+             RETURNING id",
+    )
+    .bind(ids)
+    .bind(worker)
+    .bind(to_millis(now))
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(DeliveryId)
+    .collect();
+    marked.sort();
+    Ok(marked)
 }

@@ -507,25 +507,8 @@ impl Storage for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.write_tx().await?;
-        let mut marked = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(ID_CHUNK) {
-            let sql = format!(
-                "UPDATE deliveries SET status = 'sending', updated_at = ? \
-                 WHERE lease_owner = ? AND status IN ('queued', 'deferred') \
-                   AND id IN ({}) \
-                 RETURNING id",
-                placeholders(chunk.len())
-            );
-            let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
-                .bind(ms(now))
-                .bind(worker);
-            for id in chunk {
-                q = q.bind(id.0);
-            }
-            marked.extend(q.fetch_all(&mut *tx).await?.into_iter().map(DeliveryId));
-        }
+        let marked = mark_in(&mut tx, ids, worker, now).await?;
         tx.commit().await?;
-        marked.sort();
         Ok(marked)
     }
 
@@ -568,6 +551,24 @@ impl Storage for SqliteStore {
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    async fn record_and_mark_sending(
+        &self,
+        outcomes: &[Outcome],
+        ids: &[DeliveryId],
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryId>, StorageError> {
+        let mut tx = self.write_tx().await?;
+        record_in(&mut tx, outcomes).await?;
+        let marked = if ids.is_empty() {
+            Vec::new()
+        } else {
+            mark_in(&mut tx, ids, worker, now).await?
+        };
+        tx.commit().await?;
+        Ok(marked)
     }
 
     async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
@@ -645,59 +646,7 @@ impl Storage for SqliteStore {
             return Ok(0);
         }
         let mut tx = self.write_tx().await?;
-        let mut written = 0;
-        let mut sql_cache: Option<(usize, String, String)> = None;
-        for chunk in outcomes.chunks(OUTCOME_CHUNK) {
-            if sql_cache.as_ref().is_none_or(|(n, _, _)| *n != chunk.len()) {
-                // columns: 1 id, 2 status, 3 next_attempt_at, 4 code, 5 reply, 6 at, 7 duration
-                let values = value_rows(chunk.len(), 7);
-                let insert = format!(
-                    "INSERT INTO attempts (delivery_id, run_id, mailing_id, address, at, outcome, \
-                                           smtp_code, reply, duration_ms) \
-                     SELECT o.column1, d.run_id, r.mailing_id, d.address, o.column6, o.column2, \
-                            o.column4, o.column5, o.column7 \
-                     FROM (VALUES {values}) AS o \
-                     JOIN deliveries d ON d.id = o.column1 \
-                     JOIN runs r ON r.id = d.run_id"
-                );
-                let update = format!(
-                    "UPDATE deliveries SET status = o.column2, attempts = attempts + 1, \
-                            next_attempt_at = coalesce(o.column3, next_attempt_at), \
-                            last_code = o.column4, last_reply = o.column5, \
-                            lease_owner = NULL, lease_until = NULL, updated_at = o.column6 \
-                     FROM (VALUES {values}) AS o \
-                     WHERE deliveries.id = o.column1"
-                );
-                sql_cache = Some((chunk.len(), insert, update));
-            }
-            let Some((_, insert, update)) = sql_cache.as_ref() else {
-                continue;
-            };
-            for (i, sql) in [insert, update].into_iter().enumerate() {
-                let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
-                for o in chunk {
-                    let (status, next) = match o.status {
-                        OutcomeStatus::Sent => ("sent", None),
-                        OutcomeStatus::Failed => ("failed", None),
-                        OutcomeStatus::Deferred { next_attempt_at } => {
-                            ("deferred", Some(ms(next_attempt_at)))
-                        }
-                    };
-                    q = q
-                        .bind(o.delivery_id.0)
-                        .bind(status)
-                        .bind(next)
-                        .bind(o.smtp_code.map(i64::from))
-                        .bind(&o.reply)
-                        .bind(ms(o.at))
-                        .bind(duration_ms(o.duration));
-                }
-                let done = q.execute(&mut *tx).await?.rows_affected();
-                if i == 0 {
-                    written += done;
-                }
-            }
-        }
+        let written = record_in(&mut tx, outcomes).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -1136,4 +1085,101 @@ impl Storage for SqliteStore {
         .map(audit_from)
         .collect()
     }
+}
+
+/// `record_outcomes` inside a transaction the caller commits.
+async fn record_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    outcomes: &[Outcome],
+) -> Result<u64, StorageError> {
+    if outcomes.is_empty() {
+        return Ok(0);
+    }
+    let mut written = 0;
+    let mut sql_cache: Option<(usize, String, String)> = None;
+    for chunk in outcomes.chunks(OUTCOME_CHUNK) {
+        if sql_cache.as_ref().is_none_or(|(n, _, _)| *n != chunk.len()) {
+            // columns: 1 id, 2 status, 3 next_attempt_at, 4 code, 5 reply, 6 at, 7 duration
+            let values = value_rows(chunk.len(), 7);
+            let insert = format!(
+                "INSERT INTO attempts (delivery_id, run_id, mailing_id, address, at, outcome, \
+                                           smtp_code, reply, duration_ms) \
+                     SELECT o.column1, d.run_id, r.mailing_id, d.address, o.column6, o.column2, \
+                            o.column4, o.column5, o.column7 \
+                     FROM (VALUES {values}) AS o \
+                     JOIN deliveries d ON d.id = o.column1 \
+                     JOIN runs r ON r.id = d.run_id"
+            );
+            let update = format!(
+                "UPDATE deliveries SET status = o.column2, attempts = attempts + 1, \
+                            next_attempt_at = coalesce(o.column3, next_attempt_at), \
+                            last_code = o.column4, last_reply = o.column5, \
+                            lease_owner = NULL, lease_until = NULL, updated_at = o.column6 \
+                     FROM (VALUES {values}) AS o \
+                     WHERE deliveries.id = o.column1"
+            );
+            sql_cache = Some((chunk.len(), insert, update));
+        }
+        let Some((_, insert, update)) = sql_cache.as_ref() else {
+            continue;
+        };
+        for (i, sql) in [insert, update].into_iter().enumerate() {
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
+            for o in chunk {
+                let (status, next) = match o.status {
+                    OutcomeStatus::Sent => ("sent", None),
+                    OutcomeStatus::Failed => ("failed", None),
+                    OutcomeStatus::Deferred { next_attempt_at } => {
+                        ("deferred", Some(ms(next_attempt_at)))
+                    }
+                };
+                q = q
+                    .bind(o.delivery_id.0)
+                    .bind(status)
+                    .bind(next)
+                    .bind(o.smtp_code.map(i64::from))
+                    .bind(&o.reply)
+                    .bind(ms(o.at))
+                    .bind(duration_ms(o.duration));
+            }
+            let done = q.execute(&mut **tx).await?.rows_affected();
+            if i == 0 {
+                written += done;
+            }
+        }
+    }
+
+    Ok(written)
+}
+
+/// `mark_sending` inside a transaction the caller commits.
+async fn mark_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    ids: &[DeliveryId],
+    worker: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<DeliveryId>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut marked = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(ID_CHUNK) {
+        let sql = format!(
+            "UPDATE deliveries SET status = 'sending', updated_at = ? \
+                 WHERE lease_owner = ? AND status IN ('queued', 'deferred') \
+                   AND id IN ({}) \
+                 RETURNING id",
+            placeholders(chunk.len())
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+            .bind(ms(now))
+            .bind(worker);
+        for id in chunk {
+            q = q.bind(id.0);
+        }
+        marked.extend(q.fetch_all(&mut **tx).await?.into_iter().map(DeliveryId));
+    }
+
+    marked.sort();
+    Ok(marked)
 }

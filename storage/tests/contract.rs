@@ -70,6 +70,7 @@ contract!(
     release_gives_back_unstarted_rows,
     dead_workers_are_taken_over,
     generation_grows_with_runs_and_attempts,
+    record_and_mark_in_one_transaction,
 );
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -1663,4 +1664,53 @@ async fn generation_grows_with_runs_and_attempts(store: Store) {
         "an attempt"
     );
     assert_eq!(store.run_pending(run).await.expect("pending"), 1);
+}
+
+async fn record_and_mark_in_one_transaction(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 4).await;
+    let claimed = store
+        .claim("w", 4, Duration::from_secs(60), t0(), None)
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    let first = store
+        .mark_sending(&ids[..2], "w", t0())
+        .await
+        .expect("mark");
+    assert_eq!(first, ids[..2].to_vec());
+    let outcomes: Vec<Outcome> = first
+        .iter()
+        .map(|&id| outcome(id, OutcomeStatus::Sent, 250, "ok", t0()))
+        .collect();
+    let second = store
+        .record_and_mark_sending(&outcomes, &ids[2..], "w", t0())
+        .await
+        .expect("record and mark");
+    assert_eq!(second, ids[2..].to_vec());
+    let rows = store.deliveries_of(run).await.expect("rows");
+    let status = |id: DeliveryId| rows.iter().find(|d| d.id == id).expect("row").status;
+    assert_eq!(status(ids[0]), DeliveryStatus::Sent);
+    assert_eq!(status(ids[1]), DeliveryStatus::Sent);
+    assert_eq!(status(ids[2]), DeliveryStatus::Sending);
+    assert_eq!(
+        store
+            .logs("alice/weekly", 10, None)
+            .await
+            .expect("logs")
+            .len(),
+        2
+    );
+    // The last chunk: outcomes only.
+    let last: Vec<Outcome> = second
+        .iter()
+        .map(|&id| outcome(id, OutcomeStatus::Failed, 550, "no", t0()))
+        .collect();
+    assert!(
+        store
+            .record_and_mark_sending(&last, &[], "w", t0())
+            .await
+            .expect("record")
+            .is_empty()
+    );
+    assert_eq!(store.run_pending(run).await.expect("pending"), 0);
 }

@@ -115,16 +115,15 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
             let _ = stop_tx.send(true);
         });
         let progress = progress_bar(mailing.recipient_count() as u64);
+        // Progress from this process's own counters: it delivers only this run, and asking
+        // the database several times a second would slow the run it is watching.
         let watcher = {
-            let (store, progress, mailing_id) = (store.clone(), progress.clone(), mailing.id.clone());
+            let (metrics, progress) = (deliverer.metrics(), progress.clone());
             tokio::spawn(async move {
+                use std::sync::atomic::Ordering::Relaxed;
                 loop {
-                    if let Ok(reports) = store.report(&mailing_id).await
-                        && let Some(r) = reports.iter().find(|r| r.run_id == run_id)
-                    {
-                        progress.set_length(r.recipients as u64);
-                        progress.set_position((r.sent + r.failed + r.skipped + r.unknown + r.deferred) as u64);
-                    }
+                    let done = metrics.sent.load(Relaxed) + metrics.failed.load(Relaxed) + metrics.deferred.load(Relaxed);
+                    progress.set_position(done);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             })

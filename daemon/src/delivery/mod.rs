@@ -391,6 +391,9 @@ impl Deliverer {
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
         let mut rest = claimed;
+        // Outcomes of the chunk just sent are written in the same transaction that marks the
+        // next chunk `sending`: one commit per chunk instead of two.
+        let mut pending: Vec<Outcome> = Vec::new();
         // The claim set the lease; a slow server or the rate limit can make a batch outlast
         // it, and another instance would then take over rows this one is still sending
         // (logging them as interrupted by a crash). Renew before a third of it is gone.
@@ -407,16 +410,21 @@ impl Deliverer {
             rest = tail;
             if *stop.borrow() {
                 // Not started: give them back at once rather than at lease expiry.
+                self.store.record_outcomes(&pending).await?;
                 let ids: Vec<DeliveryId> = chunk.iter().chain(rest).map(|d| d.id).collect();
                 self.store.release(worker, &ids).await?;
                 return Ok(());
             }
             let ids: Vec<DeliveryId> = chunk.iter().map(|d| d.id).collect();
-            let marked = self
-                .store
-                .mark_sending(&ids, worker, self.clock.now())
-                .await?;
-            let mut outcomes = Vec::with_capacity(marked.len());
+            let now = self.clock.now();
+            let marked = if pending.is_empty() {
+                self.store.mark_sending(&ids, worker, now).await?
+            } else {
+                self.store
+                    .record_and_mark_sending(&pending, &ids, worker, now)
+                    .await?
+            };
+            pending.clear();
             let mut unsent = Vec::new();
             for d in chunk.iter().filter(|d| marked.contains(&d.id)) {
                 if *stop.borrow() {
@@ -448,13 +456,15 @@ impl Deliverer {
                         Metrics::inc(&self.metrics.deferred);
                     }
                 }
-                outcomes.push(outcome);
+                pending.push(outcome);
             }
-            self.store.record_outcomes(&outcomes).await?;
             if !unsent.is_empty() {
+                self.store.record_outcomes(&pending).await?;
+                pending.clear();
                 self.store.release(worker, &unsent).await?;
             }
         }
+        self.store.record_outcomes(&pending).await?;
         Ok(())
     }
 
