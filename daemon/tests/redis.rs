@@ -602,3 +602,25 @@ fn a_daemon_whose_redis_is_unreachable_starts_in_process() {
         "replays are still refused in process"
     );
 }
+
+#[test]
+fn a_running_daemon_whose_redis_dies_keeps_answering_and_warns_once() {
+    let Some(mut server) = OwnRedis::start(None) else {
+        return;
+    };
+    let daemon = Daemon::start(&server.url());
+    server.kill();
+
+    // Requests keep being served (never a 500), replays are still refused in process, and
+    // the outage is logged once, not per request.
+    for _ in 0..5 {
+        let headers = signed_headers("/v1/stats");
+        let (status, body) = http(daemon.port, "GET", "/v1/stats", &headers).unwrap();
+        assert_eq!(status, 200, "{body}\n{}", daemon.log());
+        let (status, body) = http(daemon.port, "GET", "/v1/stats", &headers).unwrap();
+        assert_eq!(status, 401, "{body}");
+        std::thread::sleep(Duration::from_millis(1100)); // a new signature next time
+    }
+    let warnings = daemon.log().matches("failed (").count();
+    assert_eq!(warnings, 1, "one warning per outage:\n{}", daemon.log());
+}
