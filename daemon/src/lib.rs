@@ -16,6 +16,7 @@ pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod problem;
+pub mod redis;
 pub mod schedule;
 pub mod shutdown;
 pub mod signing;

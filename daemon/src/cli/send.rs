@@ -96,7 +96,8 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         let transport = delivery::transport_from_config(&setup.config)?;
         let dkim = delivery::dkim_from_config(&setup.config)?;
         let secret = TokenSecret::load(&setup.config)?;
-        let rate = skychimp_transport::RateLimiter::for_config(f64::from(setup.config.smtp.rate));
+        let redis = crate::redis::from_config(&setup.config).await;
+        let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(setup.config.smtp.rate));
         let clock: Arc<dyn crate::clock::Clock> = Arc::from(crate::clock::from_env().map_err(anyhow::Error::msg)?);
         let deliverer = Arc::new(Deliverer::new(
             store.clone(),

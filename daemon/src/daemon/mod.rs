@@ -126,7 +126,8 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
     let transport = delivery::transport_from_config(&config)?;
     let dkim = delivery::dkim_from_config(&config)?;
     let secret = TokenSecret::load(&config)?;
-    let rate = skychimp_transport::RateLimiter::for_config(f64::from(config.smtp.rate));
+    let redis = crate::redis::from_config(&config).await;
+    let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(config.smtp.rate));
     let handle: CatalogHandle = Arc::new(RwLock::new(Arc::new(catalog)));
 
     let deliverer = Arc::new(Deliverer::new(
@@ -156,13 +157,13 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         config.users.verification_ttl.0,
     ));
     let state_changed = Arc::new(Notify::new());
-    let cache: Arc<dyn crate::http::api::ResponseCache> =
-        Arc::new(crate::http::api::MemoryCache::default());
+    let runtime = tokio::runtime::Handle::current();
+    let cache = crate::redis::response_cache(redis.as_ref(), runtime.clone());
     let http = HttpServer::start(
         &config.manager.listen,
         config.manager.threads as usize,
         Arc::new(HttpState {
-            runtime: tokio::runtime::Handle::current(),
+            runtime: runtime.clone(),
             store: store.clone(),
             clock: clock.clone(),
             secret: secret.clone(),
@@ -170,7 +171,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             state_changed: state_changed.clone(),
             catalog: handle.clone(),
             keys: manager_keys(&config),
-            replay: Arc::new(crate::http::api::MemoryReplayStore::default()),
+            replay: crate::redis::replay_store(redis.as_ref(), runtime),
             cache: cache.clone(),
             require_verification: config.users.require_verification,
             catch_up: config.daemon.catch_up.0,
