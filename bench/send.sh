@@ -21,6 +21,8 @@
 #   BATCH=                SKYCHIMP_DELIVERY_BATCH (empty: the configured default)
 #   STEP_TIMEOUT=900      seconds before one step is killed
 #   PERF=0                1: record `perf record -g` of the skychimpd step into target/bench/
+#   PGSAMPLE=0            1: sample pg_stat_activity every 0.1 s during each PostgreSQL run
+#                         and print what the busy backends were doing (the database's side)
 #   KEEP=0                1: keep the generated repository and database for inspection
 #
 # Requires: psql (trust auth on $PG), python3 (Django is pip-installed into
@@ -41,6 +43,7 @@ PG="${PG:-postgres://postgres@127.0.0.1:5432}"
 BATCH="${BATCH:-}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-900}"
 PERF="${PERF:-0}"
+PGSAMPLE="${PGSAMPLE:-0}"
 KEEP="${KEEP:-0}"
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(skychimpd source django django-orm memory)
@@ -136,6 +139,7 @@ EOF
 wall_s() { awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0
     for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$1"; }
 rss_kib() { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1"; }
+cpu_s() { awk -F': ' '/User time|System time/ { s += $2 } END { print s }' "$1"; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
 
 # Run `skychimpd send bench/blast` for N recipients; print one line; check completeness.
@@ -167,17 +171,38 @@ skychimpd_run() { # skychimpd_run N LABEL
         mkdir -p target/bench
         cmd=(perf record -g -o "$repo/target/bench/perf-$label-$n.data" -- "${cmd[@]}")
     fi
-    local status=0
+    local status=0 sampler=""
+    if [[ "$PGSAMPLE" == 1 && "$BACKEND" == postgres ]]; then
+        # One psql session polling with \watch, so the sampler costs one backend, not a
+        # process per sample. Each line: wait event and the statement's first words.
+        printf '%s\n' "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') || ' | ' || \
+            left(regexp_replace(query, '\s+', ' ', 'g'), 70) FROM pg_stat_activity \
+            WHERE datname = '$db' AND state = 'active' AND pid <> pg_backend_pid() \watch 0.1" |
+            PGOPTIONS="-c client_min_messages=warning" psql -X -q -t -A -h "$pg_host" \
+                -p "${pg_port:-5432}" -U "${pg_user:-postgres}" -d "$db" \
+                >"$work/pgsample-$label-$n" 2>/dev/null &
+        sampler=$!
+    fi
     env "${env[@]}" timeout --kill-after=10 "$STEP_TIMEOUT" \
         /usr/bin/time -v -o "$work/time-$label-$n" "${cmd[@]}" \
         >"$work/out-$label-$n" 2>"$work/err-$label-$n" || status=$?
+    if [[ -n "$sampler" ]]; then
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        echo "pg_stat_activity samples (active backends, every 0.1 s; N=$n):"
+        local total
+        total="$(grep -c . "$work/pgsample-$label-$n" || true)"
+        grep . "$work/pgsample-$label-$n" | sort | uniq -c | sort -rn | head -n 12 |
+            awk -v t="$total" '{ printf "  %5.1f%%  %s\n", 100 * $1 / t, substr($0, index($0, $2)) }'
+    fi
     if [[ $status -ne 0 ]]; then
         echo "skychimpd send exited $status" >&2
         tail -n 20 "$work/err-$label-$n" "$work/out-$label-$n" >&2
         return 1
     fi
-    local wall rss sent attempts span
+    local wall rss cpu sent attempts span
     wall="$(wall_s "$work/time-$label-$n")"
+    cpu="$(cpu_s "$work/time-$label-$n")"
     rss="$(rss_kib "$work/time-$label-$n")"
     if [[ "$BACKEND" == postgres ]]; then
         sent="$(q "$db" "SELECT count(*) FROM deliveries WHERE status = 'sent'")"
@@ -189,9 +214,9 @@ skychimpd_run() { # skychimpd_run N LABEL
         attempts="$(sqlite3 "$f" "SELECT count(*) FROM attempts")"
         span="$(sqlite3 "$f" "SELECT (julianday(max(at)) - julianday(min(at))) * 86400 FROM attempts")"
     fi
-    printf 'skychimpd send %-8s N=%-7s C=%s: %6.2f s wall = %6s messages/s (first→last attempt %6.2f s = %6s/s), peak RSS %6.1f MiB; %s sent, %s attempt rows\n' \
+    printf 'skychimpd send %-8s N=%-7s C=%s: %6.2f s wall = %6s messages/s (first→last attempt %6.2f s = %6s/s), peak RSS %6.1f MiB, CPU %6.2f s; %s sent, %s attempt rows\n' \
         "$BACKEND" "$n" "$C" "$wall" "$(rate "$n" "$wall")" "$span" "$(rate "$n" "$span")" \
-        "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$sent" "$attempts"
+        "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$cpu" "$sent" "$attempts"
     if [[ "$sent" != "$n" || "$attempts" != "$n" ]]; then
         echo "INCOMPLETE: expected $n sent deliveries and $n attempt rows" >&2
         return 1
@@ -236,7 +261,18 @@ for step in "${steps[@]}"; do
                 --database-url "$PG/$db"
             ;;
         memory)
-            for n in $SIZES; do skychimpd_run "$n" mem; done
+            for n in $SIZES; do
+                skychimpd_run "$n" mem
+                # The same repository read and checked, nothing sent: the floor that loading
+                # the catalog (the recipient snapshot) sets by itself.
+                dir="$work/repo-check-$n"
+                gen_repo "$n" "$dir"
+                /usr/bin/time -v -o "$work/time-check-$n" "$bin" --root "$dir" check >/dev/null 2>&1
+                printf 'skychimpd check N=%-7s: %6.2f s wall, peak RSS %6.1f MiB\n' "$n" \
+                    "$(wall_s "$work/time-check-$n")" \
+                    "$(awk -v k="$(rss_kib "$work/time-check-$n")" 'BEGIN { print k / 1024 }')"
+                rm -rf "$dir"
+            done
             ;;
         *)
             die "unknown step '$step' (skychimpd source django django-orm memory)"
