@@ -212,7 +212,7 @@ skychimpd_run() { # skychimpd_run N LABEL
         local f="$dir/var/bench.db"
         sent="$(sqlite3 "$f" "SELECT count(*) FROM deliveries WHERE status = 'sent'")"
         attempts="$(sqlite3 "$f" "SELECT count(*) FROM attempts")"
-        span="$(sqlite3 "$f" "SELECT (julianday(max(at)) - julianday(min(at))) * 86400 FROM attempts")"
+        span="$(sqlite3 "$f" "SELECT (max(at) - min(at)) / 1000.0 FROM attempts")" # unix ms
     fi
     printf 'skychimpd send %-8s N=%-7s C=%s: %6.2f s wall = %6s messages/s (first→last attempt %6.2f s = %6s/s), peak RSS %6.1f MiB, CPU %6.2f s; %s sent, %s attempt rows\n' \
         "$BACKEND" "$n" "$C" "$wall" "$(rate "$n" "$wall")" "$span" "$(rate "$n" "$span")" \
