@@ -125,7 +125,7 @@ EOF
     {
         printf 'subject = "News for {{ client.name }}"\nbody = """\n'
         printf '# This month at Example\n\nHello {{ client.name }},\n\n'
-        for i in 1 2 3 4; do
+        for i in 1 2 3 4 5 6; do
             printf '## Section %d\n\nLorem ipsum dolor sit amet, **consectetur** adipiscing elit, sed do eiusmod\n' "$i"
             printf 'tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis\n'
             printf 'nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat.\n\n'
