@@ -65,9 +65,15 @@ q() { # q DB SQL → one unaligned value (notices off)
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/skychimp-bench.XXXXXX")"
 sink_pid=""
+child=""
 dbs=()
 cleanup() {
     local rc=$?
+    if [[ -n "$child" ]]; then
+        # `timeout` passes the signal on to its whole process group (skychimpd, perf, time).
+        kill "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
     if [[ -n "$sink_pid" ]]; then
         kill "$sink_pid" 2>/dev/null || true
         wait "$sink_pid" 2>/dev/null || true
@@ -84,6 +90,17 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Run a step under `timeout`, in the background: bash runs a trap only after a foreground
+# command ends, so waiting on a background child is what lets Ctrl-C stop a long step.
+bounded() {
+    timeout --kill-after=10 "$STEP_TIMEOUT" "$@" &
+    child=$!
+    local rc=0
+    wait "$child" || rc=$?
+    child=""
+    return "$rc"
+}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -183,8 +200,7 @@ skychimpd_run() { # skychimpd_run N LABEL
                 >"$work/pgsample-$label-$n" 2>/dev/null &
         sampler=$!
     fi
-    env "${env[@]}" timeout --kill-after=10 "$STEP_TIMEOUT" \
-        /usr/bin/time -v -o "$work/time-$label-$n" "${cmd[@]}" \
+    bounded env "${env[@]}" /usr/bin/time -v -o "$work/time-$label-$n" "${cmd[@]}" \
         >"$work/out-$label-$n" 2>"$work/err-$label-$n" || status=$?
     if [[ -n "$sampler" ]]; then
         kill "$sampler" 2>/dev/null || true
@@ -239,7 +255,7 @@ for step in "${steps[@]}"; do
         source)
             # -d: reuse each of the C sessions for many messages, as skychimpd does.
             start=$(date +%s.%N)
-            timeout --kill-after=10 "$STEP_TIMEOUT" scripts/smtp-sink.sh source -d -s "$C" \
+            bounded scripts/smtp-sink.sh source -d -s "$C" \
                 -m "$N" -l 2000 -f news@example.com -t client@example.com "127.0.0.1:$port"
             end=$(date +%s.%N)
             secs="$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')"
@@ -248,16 +264,14 @@ for step in "${steps[@]}"; do
             ;;
         django)
             ensure_django
-            timeout --kill-after=10 "$STEP_TIMEOUT" \
-                "$venv/bin/python" bench/django_send.py --port "$port" --count "$M"
+            bounded "$venv/bin/python" bench/django_send.py --port "$port" --count "$M"
             ;;
         django-orm)
             ensure_django
             db="skychimp_bench_$$_django"
             q postgres "CREATE DATABASE $db" >/dev/null
             dbs+=("$db")
-            timeout --kill-after=10 "$STEP_TIMEOUT" \
-                "$venv/bin/python" bench/django_send.py --port "$port" --count "$M" \
+            bounded "$venv/bin/python" bench/django_send.py --port "$port" --count "$M" \
                 --database-url "$PG/$db"
             ;;
         memory)
