@@ -155,6 +155,9 @@ pub struct DeliveryConfig {
     pub lease: HumanDuration,
     /// Deliveries claimed per database round trip.
     pub batch: u32,
+    /// Deliveries marked `sending` per database write (and so per commit): the most a
+    /// crash can leave `unknown` per worker.
+    pub chunk: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -167,6 +170,7 @@ impl Default for DeliveryConfig {
             give_up_after: HumanDuration::secs(2 * 86_400),
             lease: HumanDuration::secs(300),
             batch: 512,
+            chunk: 16,
         }
     }
 }
@@ -423,6 +427,9 @@ impl Config {
         }
         if self.delivery.max_attempts == 0 {
             return Err("delivery.max_attempts must be at least 1".into());
+        }
+        if self.delivery.chunk == 0 {
+            return Err("delivery.chunk must be at least 1".into());
         }
         if self.delivery.batch == 0 {
             return Err("delivery.batch must be at least 1".into());

@@ -32,9 +32,6 @@ use crate::config::Config;
 use crate::message::{ClientVars, MailingVars, OwnerVars};
 use crate::tokens::{self, TokenSecret};
 
-/// Deliveries marked `sending` at once: the most a crash can leave `unknown` per worker.
-const CHUNK: usize = 16;
-
 /// The catalog in use, swapped on reload; delivery reads titles and owner names from it.
 pub type CatalogHandle = Arc<RwLock<Arc<Catalog>>>;
 
@@ -60,6 +57,9 @@ pub struct Settings {
     pub lease: Duration,
     /// Deliveries claimed at once.
     pub batch: usize,
+    /// Deliveries marked `sending` in one database write: the most a crash can leave
+    /// `unknown` per worker, and the number of messages per commit.
+    pub chunk: usize,
     /// Parallel workers (SMTP sessions).
     pub concurrency: usize,
     /// Retries of transient failures.
@@ -77,6 +77,7 @@ impl Settings {
             public_url: config.manager.public_url.clone(),
             lease: d.lease.0,
             batch: d.batch as usize,
+            chunk: d.chunk as usize,
             concurrency: config.smtp.concurrency as usize,
             retry: RetryPolicy {
                 max_attempts: d.max_attempts,
@@ -406,7 +407,7 @@ impl Deliverer {
                     .await?;
                 renewed = std::time::Instant::now();
             }
-            let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
+            let (chunk, tail) = rest.split_at(rest.len().min(self.settings.chunk.max(1)));
             rest = tail;
             if *stop.borrow() {
                 // Not started: give them back at once rather than at lease expiry.

@@ -306,6 +306,7 @@ pub fn settings(concurrency: usize) -> Settings {
         public_url: PUBLIC_URL.to_string(),
         lease: Duration::from_secs(300),
         batch: 64,
+        chunk: 16,
         concurrency,
         retry: RetryPolicy {
             max_attempts: 5,
