@@ -372,6 +372,12 @@ impl Deliverer {
     }
 
     /// Send one claimed batch in chunks; stop between messages when asked.
+    ///
+    /// A row is marked `sending` only once its rate-limit slot is held, and is then sent at
+    /// once: the rows of a chunk are marked together only while slots come without waiting
+    /// (always, at an unlimited rate). Marking a whole chunk before waiting for the rate
+    /// would let a disabled mailing or a blocked owner keep sending for as long as the
+    /// chunk takes at that rate, since a disable skips only rows not yet `sending`.
     async fn deliver(
         &self,
         worker: &str,
@@ -381,16 +387,38 @@ impl Deliverer {
         tally: &mut Tally,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
+        // A slot reserved but not yet free: it belongs to the next group.
+        let mut waiting: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+        > = None;
         let mut rest = claimed;
         while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
-            rest = tail;
             if *stop.borrow() {
                 // Not started: give them back at once rather than at lease expiry.
-                let ids: Vec<DeliveryId> = chunk.iter().chain(rest).map(|d| d.id).collect();
+                let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
                 self.store.release(worker, &ids).await?;
                 return Ok(());
             }
+            match waiting.take() {
+                Some(slot) => slot.await,
+                None => self.rate.acquire().await,
+            }
+            let mut n = 1;
+            while n < rest.len().min(CHUNK) {
+                let mut slot = self.rate.acquire();
+                let free = tokio::select! {
+                    biased;
+                    _ = &mut slot => true,
+                    _ = std::future::ready(()) => false,
+                };
+                if !free {
+                    waiting = Some(slot);
+                    break;
+                }
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
             let ids: Vec<DeliveryId> = chunk.iter().map(|d| d.id).collect();
             let marked = self
                 .store
@@ -411,7 +439,6 @@ impl Deliverer {
                         c
                     }
                 };
-                self.rate.acquire().await;
                 let outcome = self.attempt(d, &ctx, sender).await;
                 use crate::metrics::Metrics;
                 match outcome.status {
