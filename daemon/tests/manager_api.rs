@@ -456,6 +456,7 @@ fn disable_stops_sending_and_enable_resumes() {
         40,
         &[("alice", "flood", &every_minute("Flood"))],
     );
+    early_in_a_minute();
     let d = Daemon::start(repo.root(), &[]);
     wait_for("two messages", Duration::from_secs(30), || {
         d.sent().len() >= 2
@@ -560,6 +561,7 @@ fn block_stops_the_owners_mail() {
         40,
         &[("bob", "flood", &every_minute("Bob's flood"))],
     );
+    early_in_a_minute();
     let d = Daemon::start(repo.root(), &[]);
     wait_for("two messages", Duration::from_secs(30), || {
         d.sent().len() >= 2
@@ -600,6 +602,7 @@ fn block_stops_the_owners_mail() {
 #[test]
 fn one_click_unsubscribe_stops_mail_to_that_address() {
     let repo = Repo::new(&["alice"], 2, &[("alice", "news", &every_minute("News"))]);
+    early_in_a_minute();
     let d = Daemon::start(repo.root(), &[]);
     wait_for("the first run", Duration::from_secs(30), || {
         d.sent().len() == 2

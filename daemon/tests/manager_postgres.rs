@@ -79,6 +79,7 @@ fn disabling_through_one_instance_stops_the_other() {
     let out_b = repo.root().join("outbox-b");
     let smtp_a = format!("outbox:{}", out_a.display());
     let smtp_b = format!("outbox:{}", out_b.display());
+    early_in_a_minute();
     let a = Daemon::start(
         repo.root(),
         &[

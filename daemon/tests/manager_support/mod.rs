@@ -340,3 +340,13 @@ pub fn sqlite(db: &Path, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// Every-minute mailings start a new run at each minute: start a test early in a minute so
+/// that its first steps happen before the next run exists.
+pub fn early_in_a_minute() {
+    use chrono::Timelike;
+    let second = chrono::Utc::now().second();
+    if second >= 40 {
+        std::thread::sleep(Duration::from_millis(u64::from(61 - second) * 1000));
+    }
+}
