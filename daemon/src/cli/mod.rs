@@ -5,6 +5,7 @@
 
 mod check;
 mod logs;
+pub mod manager;
 mod send;
 mod site;
 mod status;
@@ -83,6 +84,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Signed calls to a running daemon's manager API (mailings, users, logs, stats).
+    Manager(manager::ManagerArgs),
     /// Apply the database migrations and exit.
     Migrate,
     /// The daemon: watch the repository, send on schedule, serve the HTTP API.
@@ -140,6 +143,7 @@ pub fn run(cli: Cli) -> ExitCode {
             format,
         } => logs::logs(&cli, mailing, *limit, *before, *format),
         Command::Report { mailing, format } => logs::report(&cli, mailing, *format),
+        Command::Manager(args) => manager::run(&cli, args),
         Command::Migrate => logs::migrate(&cli),
         Command::Run => Setup::new(&cli).and_then(crate::daemon::run),
         Command::Site {

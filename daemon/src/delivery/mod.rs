@@ -382,6 +382,15 @@ impl Deliverer {
     }
 
     /// Send one claimed batch in chunks; stop between messages when asked.
+    ///
+    /// A row is marked `sending` only once its rate-limit slot is held, and is then sent at
+    /// once: the rows of a chunk are marked together only while slots come without waiting
+    /// (always, at an unlimited rate). Marking a whole chunk before waiting for the rate
+    /// would let a disabled mailing or a blocked owner keep sending for as long as the
+    /// chunk takes at that rate, since a disable skips only rows not yet `sending`.
+    ///
+    /// The outcomes of the chunk just sent are written in the same transaction that marks
+    /// the next chunk `sending`: one commit per chunk instead of two.
     async fn deliver(
         &self,
         worker: &str,
@@ -391,10 +400,12 @@ impl Deliverer {
         tally: &mut Tally,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
-        let mut rest = claimed;
-        // Outcomes of the chunk just sent are written in the same transaction that marks the
-        // next chunk `sending`: one commit per chunk instead of two.
+        // A slot reserved but not yet free: it belongs to the next chunk.
+        let mut waiting: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+        > = None;
         let mut pending: Vec<Outcome> = Vec::new();
+        let mut rest = claimed;
         // The claim set the lease; a slow server or the rate limit can make a batch outlast
         // it, and another instance would then take over rows this one is still sending
         // (logging them as interrupted by a crash). Renew before a third of it is gone.
@@ -407,15 +418,29 @@ impl Deliverer {
                     .await?;
                 renewed = std::time::Instant::now();
             }
-            let (chunk, tail) = rest.split_at(rest.len().min(self.settings.chunk.max(1)));
-            rest = tail;
             if *stop.borrow() {
-                // Not started: give them back at once rather than at lease expiry.
-                self.store.record_outcomes(&pending).await?;
-                let ids: Vec<DeliveryId> = chunk.iter().chain(rest).map(|d| d.id).collect();
-                self.store.release(worker, &ids).await?;
-                return Ok(());
+                break;
             }
+            match waiting.take() {
+                Some(slot) => slot.await,
+                None => self.rate.acquire().await,
+            }
+            let mut n = 1;
+            while n < rest.len().min(self.settings.chunk.max(1)) {
+                let mut slot = self.rate.acquire();
+                let free = tokio::select! {
+                    biased;
+                    _ = &mut slot => true,
+                    _ = std::future::ready(()) => false,
+                };
+                if !free {
+                    waiting = Some(slot);
+                    break;
+                }
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
             let ids: Vec<DeliveryId> = chunk.iter().map(|d| d.id).collect();
             let now = self.clock.now();
             let marked = if pending.is_empty() {
@@ -440,7 +465,6 @@ impl Deliverer {
                         c
                     }
                 };
-                self.rate.acquire().await;
                 let outcome = self.attempt(d, &ctx, sender).await;
                 use crate::metrics::Metrics;
                 match outcome.status {
@@ -466,6 +490,11 @@ impl Deliverer {
             }
         }
         self.store.record_outcomes(&pending).await?;
+        if !rest.is_empty() {
+            // Stopped: what was not started goes back at once rather than at lease expiry.
+            let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
+            self.store.release(worker, &ids).await?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,681 @@
+//! The manager API against a real `skychimpd run` on a temporary repository (SQLite,
+//! outbox transport): signatures, every refusal with its status and JSON code, the
+//! effects of disable / enable / block / unsubscribe on the mail that leaves, the audit
+//! rows, and `skychimpd manager`'s output.
+
+mod manager_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use manager_support::*;
+
+/// The server clock pinned by SKYCHIMP_NOW in the refusal tests.
+const PINNED: &str = "2026-11-20T12:00:00Z";
+const PINNED_TS: i64 = 1_795_176_000;
+
+#[test]
+fn pinned_timestamp_matches() {
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(PINNED)
+            .unwrap()
+            .timestamp(),
+        PINNED_TS
+    );
+}
+
+/// The library's signature equals the one openssl computes from DESIGN.md's definition.
+#[test]
+fn signature_vectors_match_openssl() {
+    let cases: [(i64, &str, &str, &str); 3] = [
+        (1_800_000_000, "GET", "/v1/stats", ""),
+        (
+            1_800_000_123,
+            "POST",
+            "/v1/mailings/alice/weekly/disable",
+            r#"{"reason": "complaints"}"#,
+        ),
+        (
+            1_700_000_000,
+            "GET",
+            "/v1/mailings/alice/weekly/logs?limit=10&before=99",
+            "",
+        ),
+    ];
+    assert_eq!(
+        skychimpd::signing::sign(b"s3cret", 1_800_000_000, "GET", "/v1/stats", b""),
+        "v1=0aa05f39f377f26e632d94364d410df7daa541aea3e14049ed900173f97a5095"
+    );
+    for (ts, method, path, body) in cases {
+        let script = format!(
+            "bh=$(printf '%s' \"$BODY\" | openssl dgst -sha256 -hex | sed 's/^.*= //'); \
+             printf 'v1\\n%s\\n%s\\n%s\\n%s' {ts} {method} \"$P\" \"$bh\" | openssl dgst -sha256 -hmac s3cret -hex | sed 's/^.*= //'"
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .env("BODY", body)
+            .env("P", path)
+            .output()
+            .unwrap();
+        let openssl = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            skychimpd::signing::sign(b"s3cret", ts, method, path, body.as_bytes()),
+            format!("v1={openssl}"),
+            "{method} {path}"
+        );
+    }
+}
+
+/// The shell recipe of docs/manager-api.md, run for real with bash, openssl and curl.
+fn docs_recipe() -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/manager-api.md"
+    ))
+    .unwrap();
+    let start = doc
+        .find("<!-- recipe -->")
+        .expect("recipe marker in the docs");
+    let block = &doc[start..];
+    let open = block.find("```bash\n").unwrap() + "```bash\n".len();
+    let close = block[open..].find("```").unwrap();
+    block[open..open + close].to_string()
+}
+
+#[test]
+fn docs_shell_recipe_works_against_the_server() {
+    let repo = Repo::new(&["alice"], 2, &[("alice", "later", &future("Later"))]);
+    let d = Daemon::start(repo.root(), &[]);
+    let script = format!(
+        "{}\nskychimp GET /v1/stats\nskychimp POST /v1/mailings/alice/later/disable '{{\"reason\": \"from the docs\"}}'\nskychimp POST /v1/mailings/alice/later/enable\n",
+        docs_recipe()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("SKYCHIMP_URL", d.url())
+        .env("SKYCHIMP_MANAGER_KEY_OPS", SECRET)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("HTTP 200").count(), 3, "{stdout}");
+    assert!(stdout.contains("\"mailings\":1"), "{stdout}");
+    assert!(
+        stdout.contains(r#""disabled":true,"mailing":"alice/later","reason":"from the docs""#),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn refusals_have_a_status_and_a_code() {
+    let repo = Repo::new(&["alice"], 2, &[("alice", "later", &future("Later"))]);
+    let d = Daemon::start(
+        repo.root(),
+        &[
+            ("SKYCHIMP_NOW", PINNED),
+            ("SKYCHIMP_MANAGER_KEY_NEXT", "the-next-secret"),
+        ],
+    );
+    let p = d.port;
+    let ok = |ts: i64, path: &str| signed(p, "ops", SECRET, ts, "GET", path, b"");
+    let check = |what: &str, a: Answer, status: u16, code: &str| {
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (status, code),
+            "{what}: {}",
+            a.body
+        );
+    };
+
+    // Accepted: both keys (rotation), a timestamp just inside the window either way.
+    assert_eq!(ok(PINNED_TS, "/v1/stats").status, 200);
+    assert_eq!(
+        signed(
+            p,
+            "next",
+            "the-next-secret",
+            PINNED_TS,
+            "GET",
+            "/v1/stats",
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(ok(PINNED_TS - 300, "/v1/users").status, 200);
+    assert_eq!(ok(PINNED_TS + 300, "/v1/users").status, 200);
+
+    check(
+        "unknown key",
+        signed(p, "nobody", SECRET, PINNED_TS, "GET", "/v1/stats", b""),
+        401,
+        "unknown_key",
+    );
+    check(
+        "right key id, other key's secret",
+        signed(p, "next", SECRET, PINNED_TS + 1, "GET", "/v1/stats", b""),
+        401,
+        "bad_signature",
+    );
+    check(
+        "wrong secret",
+        signed(p, "ops", "guess", PINNED_TS + 2, "GET", "/v1/stats", b""),
+        401,
+        "bad_signature",
+    );
+    // A signature for another path, reused.
+    let mut h = sig_headers("ops", SECRET, PINNED_TS + 3, "GET", "/v1/users", b"");
+    check(
+        "signature of another path",
+        request(p, "GET", b"/v1/stats", &h, b""),
+        401,
+        "bad_signature",
+    );
+    check(
+        "too old",
+        ok(PINNED_TS - 301, "/v1/stats"),
+        401,
+        "stale_timestamp",
+    );
+    check(
+        "too far ahead",
+        ok(PINNED_TS + 301, "/v1/stats"),
+        401,
+        "stale_timestamp",
+    );
+    h = sig_headers("ops", SECRET, PINNED_TS, "GET", "/v1/stats", b"");
+    h[1].1 = "yesterday".into();
+    check(
+        "timestamp not a number",
+        request(p, "GET", b"/v1/stats", &h, b""),
+        401,
+        "bad_timestamp",
+    );
+
+    // Replay: the identical request twice.
+    let first = ok(PINNED_TS + 10, "/v1/problems");
+    assert_eq!(first.status, 200, "{}", first.body);
+    check(
+        "replay",
+        ok(PINNED_TS + 10, "/v1/problems"),
+        401,
+        "replayed",
+    );
+    // Replay of a POST too (the second disable would otherwise write a second audit row).
+    let body = br#"{"reason":"once"}"#;
+    let path = "/v1/mailings/alice/later/disable";
+    assert_eq!(
+        signed(p, "ops", SECRET, PINNED_TS + 11, "POST", path, body).status,
+        200
+    );
+    check(
+        "replayed POST",
+        signed(p, "ops", SECRET, PINNED_TS + 11, "POST", path, body),
+        401,
+        "replayed",
+    );
+
+    // Missing and duplicated headers.
+    for missing in 0..3 {
+        let mut h = sig_headers("ops", SECRET, PINNED_TS + 20, "GET", "/v1/stats", b"");
+        let name = h.remove(missing).0;
+        check(
+            &format!("missing {name}"),
+            request(p, "GET", b"/v1/stats", &h, b""),
+            401,
+            "unauthenticated",
+        );
+    }
+    let mut h = sig_headers("ops", SECRET, PINNED_TS + 21, "GET", "/v1/stats", b"");
+    h.push(("X-Skychimp-Key", "ops".into()));
+    check(
+        "duplicated key header",
+        request(p, "GET", b"/v1/stats", &h, b""),
+        401,
+        "unauthenticated",
+    );
+    let mut h = sig_headers("ops", SECRET, PINNED_TS + 22, "GET", "/v1/stats", b"");
+    let sig = h[2].1.clone();
+    h.push(("X-Skychimp-Signature", sig));
+    check(
+        "duplicated signature header",
+        request(p, "GET", b"/v1/stats", &h, b""),
+        401,
+        "unauthenticated",
+    );
+
+    // Bodies.
+    let big = vec![b' '; 64 * 1024 + 1];
+    check(
+        "65 KiB body",
+        signed(p, "ops", SECRET, PINNED_TS + 30, "POST", path, &big),
+        413,
+        "too_large",
+    );
+    let exactly = vec![b' '; 64 * 1024];
+    assert_eq!(
+        signed(p, "ops", SECRET, PINNED_TS + 31, "POST", path, &exactly).status,
+        200,
+        "a body of exactly 64 KiB (whitespace = no reason) is accepted"
+    );
+    check(
+        "malformed JSON",
+        signed(p, "ops", SECRET, PINNED_TS + 32, "POST", path, b"{reason:"),
+        400,
+        "bad_json",
+    );
+    check(
+        "unknown field",
+        signed(
+            p,
+            "ops",
+            SECRET,
+            PINNED_TS + 33,
+            "POST",
+            path,
+            br#"{"why":"x"}"#,
+        ),
+        400,
+        "bad_json",
+    );
+
+    // Routes and paths.
+    check(
+        "unknown route",
+        ok(PINNED_TS + 40, "/v1/nope"),
+        404,
+        "not_found",
+    );
+    check(
+        "unknown mailing",
+        ok(PINNED_TS + 41, "/v1/mailings/alice/nope"),
+        404,
+        "not_found",
+    );
+    check(
+        "unknown user",
+        signed(
+            p,
+            "ops",
+            SECRET,
+            PINNED_TS + 42,
+            "POST",
+            "/v1/users/mallory/block",
+            b"",
+        ),
+        404,
+        "not_found",
+    );
+    check(
+        "trailing slash",
+        ok(PINNED_TS + 43, "/v1/stats/"),
+        404,
+        "not_found",
+    );
+    check(
+        "bad limit",
+        ok(PINNED_TS + 44, "/v1/mailings/alice/later/logs?limit=0"),
+        400,
+        "bad_query",
+    );
+    for (i, trick) in [
+        "/v1/mailings/alice/../alice/later",
+        "/v1/mailings/alice/./later",
+        "/v1/mailings/alice%2Flater",
+        "/v1/mailings/alice/%2e%2e/x",
+        "/v1//stats",
+        "/v1/mailings/alice\\later",
+    ]
+    .iter()
+    .enumerate()
+    {
+        check(trick, ok(PINNED_TS + 50 + i as i64, trick), 400, "bad_path");
+    }
+    // Non-ASCII, as raw UTF-8 bytes: tiny_http drops the connection without an answer
+    // (it cannot parse the request line), and the server stays up.
+    let path = "/v1/mailings/alice/léger";
+    let mut r = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n").into_bytes();
+    for (n, v) in sig_headers("ops", SECRET, PINNED_TS + 60, "GET", path, b"") {
+        r.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    r.extend_from_slice(b"\r\n");
+    assert!(raw(p, &r).is_none(), "a raw non-ASCII path got an answer");
+    // Percent-encoded, it is an ordinary unknown mailing.
+    check(
+        "percent-encoded non-ASCII",
+        ok(PINNED_TS + 61, "/v1/mailings/alice/l%C3%A9ger"),
+        404,
+        "not_found",
+    );
+    assert_eq!(ok(PINNED_TS + 62, "/v1/stats").status, 200);
+    // Methods that would edit.
+    for (i, method) in ["PUT", "PATCH", "DELETE"].iter().enumerate() {
+        let path = "/v1/mailings/alice/later";
+        let h = sig_headers("ops", SECRET, PINNED_TS + 70 + i as i64, method, path, b"");
+        check(
+            method,
+            request(p, method, path.as_bytes(), &h, b""),
+            405,
+            "method_not_allowed",
+        );
+    }
+    check(
+        "GET on a POST route",
+        ok(PINNED_TS + 80, "/v1/mailings/alice/later/disable"),
+        405,
+        "method_not_allowed",
+    );
+    // Unsigned routes stay unsigned; unknown ones are 404.
+    let health = request(p, "GET", b"/healthz", &[], b"");
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
+    let metrics = request(p, "GET", b"/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("# TYPE"), "{}", metrics.body);
+    check(
+        "unsigned unknown",
+        request(p, "GET", b"/nope", &[], b""),
+        404,
+        "not_found",
+    );
+
+    // The audit log holds exactly the accepted action (the replay wrote nothing), and
+    // the second accepted disable (64 KiB of spaces, no reason).
+    let db = repo.root().join("var/skychimp.db");
+    let rows = sqlite(
+        &db,
+        "SELECT key_id, action, target, coalesce(reason, '-') FROM audit ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        "ops|mailing.disable|alice/later|once\nops|mailing.disable|alice/later|-\n"
+    );
+}
+
+/// The CLI reports a refusal as JSON with exit 1, an unreachable daemon with exit 2.
+#[test]
+fn cli_exit_codes() {
+    let repo = Repo::new(&["alice"], 1, &[("alice", "later", &future("Later"))]);
+    let d = Daemon::start(repo.root(), &[]);
+    let out = Command::new(bin())
+        .args(["manager", "stats", "--url", &d.url(), "--root"])
+        .arg(repo.root())
+        .env("SKYCHIMP_MANAGER_KEY_OPS", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#""code":"bad_signature""#), "{err}");
+    let out = d.manager(repo.root(), &["show", "alice/nope", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["code"], "not_found");
+
+    let out = Command::new(bin())
+        .args(["manager", "stats", "--url"])
+        .arg(format!("http://127.0.0.1:{}", free_port()))
+        .arg("--root")
+        .arg(repo.root())
+        .env("SKYCHIMP_MANAGER_KEY_OPS", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+
+    let out = Command::new(bin())
+        .args(["manager", "stats", "--url", &d.url(), "--root"])
+        .arg(repo.root())
+        .env_remove("SKYCHIMP_MANAGER_KEY_OPS")
+        .env_remove("SKYCHIMP_MANAGER_KEY_NEXT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no manager key has a secret"), "{err}");
+}
+
+fn report(d: &Daemon, id: &str) -> serde_json::Value {
+    let a = d.call("GET", &format!("/v1/mailings/{id}/report"), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json()
+}
+
+/// Disable mid-run: the queued deliveries are skipped, nothing more leaves; the audit row
+/// is written; enable: the next occurrence sends again. The CLI shows it all.
+#[test]
+fn disable_stops_sending_and_enable_resumes() {
+    let repo = Repo::new(
+        &["alice"],
+        40,
+        &[("alice", "flood", &every_minute("Flood"))],
+    );
+    early_in_a_minute();
+    let d = Daemon::start(repo.root(), &[]);
+    wait_for("two messages", Duration::from_secs(30), || {
+        d.sent().len() >= 2
+    });
+
+    let out = d.manager(
+        repo.root(),
+        &["disable", "alice/flood", "--reason", "complaints"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.starts_with("alice/flood disabled (complaints); "),
+        "{said}"
+    );
+
+    // Whatever was in flight finishes; then nothing more.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_disable = d.sent().len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.sent().len(), after_disable, "mail left after the disable");
+    assert!(after_disable < 40);
+
+    let runs = report(&d, "alice/flood");
+    let run = &runs["runs"][0];
+    assert_eq!(run["recipients"], 40);
+    assert_eq!(run["sent"].as_u64().unwrap() as usize, after_disable);
+    assert_eq!(
+        run["skipped"].as_u64().unwrap() as usize,
+        40 - after_disable,
+        "{run}"
+    );
+    assert_eq!(run["queued"], 0);
+
+    let shown = d.call("GET", "/v1/mailings/alice/flood", "").json();
+    assert_eq!(shown["status"], "disabled");
+    assert_eq!(shown["disabled_reason"], "complaints");
+
+    // The CLI: a table and raw JSON.
+    let out = d.manager(repo.root(), &["list-mailings"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = table.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("MAILING      STATUS    SCHEDULE"),
+        "{table}"
+    );
+    let row = lines.next().unwrap();
+    assert!(row.starts_with("alice/flood  disabled  "), "{table}");
+    assert!(
+        row.ends_with(&format!(
+            "{after_disable}/40 sent, {} skipped",
+            40 - after_disable
+        )),
+        "{table}"
+    );
+    let out = d.manager(repo.root(), &["--json", "report", "alice/flood"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["runs"][0]["skipped"], runs["runs"][0]["skipped"],
+        "{json}"
+    );
+    let out = d.manager(repo.root(), &["logs", "alice/flood", "--limit", "1"]);
+    let logs = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(logs.starts_with("ID"), "{logs}");
+    assert!(logs.contains(" sent "), "{logs}");
+    assert!(
+        logs.contains("more: skychimpd manager logs alice/flood --before "),
+        "{logs}"
+    );
+
+    let db = repo.root().join("var/skychimp.db");
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT key_id, action, target, reason FROM audit ORDER BY id"
+        ),
+        "ops|mailing.disable|alice/flood|complaints\n"
+    );
+
+    // Enable: the next occurrence (within a minute) sends again.
+    let out = d.manager(repo.root(), &["enable", "alice/flood"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("mail after enable", Duration::from_secs(75), || {
+        d.sent().len() > after_disable
+    });
+    let runs = report(&d, "alice/flood");
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "{runs}");
+    assert_eq!(
+        sqlite(&db, "SELECT action FROM audit ORDER BY id"),
+        "mailing.disable\nmailing.enable\n"
+    );
+}
+
+/// Blocking a user stops the next message to their clients; the users table says so.
+#[test]
+fn block_stops_the_owners_mail() {
+    let repo = Repo::new(
+        &["alice", "bob"],
+        40,
+        &[("bob", "flood", &every_minute("Bob's flood"))],
+    );
+    early_in_a_minute();
+    let d = Daemon::start(repo.root(), &[]);
+    wait_for("two messages", Duration::from_secs(30), || {
+        d.sent().len() >= 2
+    });
+    let a = d.call("POST", "/v1/users/bob/block", r#"{"reason":"spam"}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let skipped = a.json()["skipped"].as_u64().unwrap();
+    assert!(skipped > 0, "{}", a.body);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = d.sent().len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.sent().len(), after, "mail left after the block");
+    let run = &report(&d, "bob/flood")["runs"][0];
+    assert_eq!(run["sent"].as_u64().unwrap() as usize, after);
+    assert_eq!(run["skipped"].as_u64().unwrap() as usize, 40 - after);
+
+    let out = d.manager(repo.root(), &["list-users"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let bob = table.lines().find(|l| l.starts_with("bob ")).unwrap();
+    assert!(bob.contains("yes (spam)"), "{table}");
+    let shown = d.call("GET", "/v1/mailings/bob/flood", "").json();
+    assert_eq!(shown["status"], "blocked");
+
+    let out = d.manager(repo.root(), &["unblock", "bob"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bob unblocked\n");
+    let db = repo.root().join("var/skychimp.db");
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT action, target, coalesce(reason,'-') FROM audit ORDER BY id"
+        ),
+        "user.block|bob|spam\nuser.unblock|bob|-\n"
+    );
+}
+
+/// One-click unsubscribe (RFC 8058) from the link in a sent message: the next run leaves
+/// that address out.
+#[test]
+fn one_click_unsubscribe_stops_mail_to_that_address() {
+    let repo = Repo::new(&["alice"], 2, &[("alice", "news", &every_minute("News"))]);
+    early_in_a_minute();
+    let d = Daemon::start(repo.root(), &[]);
+    wait_for("the first run", Duration::from_secs(30), || {
+        d.sent().len() == 2
+    });
+    let eml = d
+        .sent()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .find(|m| m.contains("alice-c0@example.net"))
+        .unwrap();
+    let header = eml
+        .lines()
+        .find(|l| l.starts_with("List-Unsubscribe:"))
+        .unwrap();
+    let url = header
+        .split('<')
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        url.starts_with(&format!("{}/unsubscribe/", d.url())),
+        "{url}"
+    );
+    assert!(eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+
+    let page = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&page.stdout), "200");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-d",
+            "List-Unsubscribe=One-Click",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n200"), "{text}");
+    assert!(
+        text.contains("alice-c0@example.net will receive no more"),
+        "{text}"
+    );
+    let bad = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-d", "x"])
+        .arg(format!("{}/unsubscribe/forged", d.url()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
+
+    // The next occurrence (within a minute) goes to the other client only.
+    wait_for("the second run", Duration::from_secs(75), || {
+        d.sent().len() >= 3
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let runs = report(&d, "alice/news");
+    let latest = &runs["runs"][0];
+    assert_eq!(
+        (&latest["sent"], &latest["skipped"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "{runs}"
+    );
+    assert_eq!(d.sent().len(), 3);
+    let last = d
+        .sent()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .filter(|m| m.contains("alice-c0@example.net"))
+        .count();
+    assert_eq!(last, 1, "the unsubscribed address got a second message");
+}
