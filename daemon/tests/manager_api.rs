@@ -66,16 +66,13 @@ fn signature_vectors_match_openssl() {
     }
 }
 
-/// The shell recipe of docs/manager-api.md, run for real with bash, openssl and curl.
+/// The shell recipe of the README's manager API section, run for real with bash, openssl and curl.
 fn docs_recipe() -> String {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/manager-api.md"
-    ))
-    .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let start = doc
         .find("<!-- recipe -->")
-        .expect("recipe marker in the docs");
+        .expect("recipe marker in the README");
     let block = &doc[start..];
     let open = block.find("```bash\n").unwrap() + "```bash\n".len();
     let close = block[open..].find("```").unwrap();
