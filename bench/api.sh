@@ -4,9 +4,11 @@
 # GET /v1/stats and POST …/disable. Prints one line per case.
 #
 #   bench/api.sh [THREADS] [COUNT]          (defaults 4 and 5000)
+#   REDIS=redis://127.0.0.1:6379 bench/api.sh   the same with Redis (replay store and cache)
 #
 # Every request is distinct (replay protection): GET /v1/stats?n=I misses the response
-# cache each time, POST bodies carry "bench I". Results go in bench/API-RESULTS.md.
+# cache each time, POST bodies carry "bench I"; the "cached" case repeats GET /v1/stats with
+# a distinct (ignored) body, so the cache answers. Results go in bench/API-RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-4}
@@ -29,14 +31,15 @@ for m in bench other third; do
 done
 printf '[site]\nrebuild = false\n[manager]\nthreads = 4\n' > "$dir/config.toml"
 
-SKYCHIMP_MANAGER_KEY_OPS=$secret SKYCHIMP_MANAGER_LISTEN=127.0.0.1:$port \
+SKYCHIMP_REDIS_URL=${REDIS:-} SKYCHIMP_MANAGER_KEY_OPS=$secret SKYCHIMP_MANAGER_LISTEN=127.0.0.1:$port \
 SKYCHIMP_USERS_REQUIRE_VERIFICATION=false SKYCHIMP_TOKEN_SECRET=bench-token-secret-0123 \
 RUST_LOG=warn "$BIN" run --root "$dir" 2>"$dir/daemon.log" &
 pid=$!
 for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores, manager.threads = 4, $THREADS client threads, $COUNT requests each"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, manager.threads = 4, $THREADS client threads, $COUNT requests each, redis: ${REDIS:-off}"
 "$LOAD" "http://127.0.0.1:$port" "$secret" get "$THREADS" "$COUNT"
+"$LOAD" "http://127.0.0.1:$port" "$secret" cached "$THREADS" "$COUNT"
 "$LOAD" "http://127.0.0.1:$port" "$secret" disable "$THREADS" "$COUNT" alice/bench
 "$LOAD" "http://127.0.0.1:$port" "$secret" get 1 "$COUNT"
 "$LOAD" "http://127.0.0.1:$port" "$secret" disable 1 "$COUNT" alice/bench

@@ -52,6 +52,9 @@ fn main() {
                     }
                     let (method, path, body) = match kind.as_str() {
                         "get" => ("GET", format!("/v1/stats?n={i}"), String::new()),
+                        // One path, so the response cache answers; the body (ignored by a
+                        // GET) makes each signature distinct for replay protection.
+                        "cached" => ("GET", "/v1/stats".to_string(), format!("{i}")),
                         _ => (
                             "POST",
                             format!("/v1/mailings/{mailing}/disable"),
