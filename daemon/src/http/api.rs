@@ -522,6 +522,16 @@ fn audit(
     Ok(())
 }
 
+/// Which manager decision: what it is called in the audit log and the reply, and how the
+/// database records it and skips what it stops.
+#[derive(Clone, Copy)]
+enum Decision {
+    /// Disable (true) or enable a mailing.
+    Mailing(bool),
+    /// Block (true) or unblock a user.
+    User(bool),
+}
+
 fn set_mailing(
     state: &HttpState,
     req: &ApiRequest,
@@ -531,81 +541,72 @@ fn set_mailing(
 ) -> Answer {
     let catalog = catalog(state);
     find(&catalog, id)?;
-    let why = reason(req.body)?;
-    let now = state.clock.now();
-    let skipped = state.runtime.block_on(async {
-        state
-            .store
-            .set_mailing_disabled(id, disable, why.as_deref(), now)
-            .await?;
-        if disable {
-            let text = format!(
-                "mailing disabled by a manager{}",
-                why.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
-            );
-            state.store.skip_queued_for_mailing(id, &text, now).await
-        } else {
-            Ok(0)
-        }
-    });
-    let skipped = skipped.map_err(db_error)?;
-    audit(
-        state,
-        req,
-        key_id,
-        if disable {
-            "mailing.disable"
-        } else {
-            "mailing.enable"
-        },
-        id,
-        why.as_deref(),
-    )?;
-    state.cache.invalidate();
-    state.state_changed.notify_waiters();
-    Ok(Reply::json(
-        200,
-        &json!({ "mailing": id, "disabled": disable, "reason": why, "skipped": skipped }),
-    ))
+    decide(state, req, key_id, id, Decision::Mailing(disable))
 }
 
 fn set_user(state: &HttpState, req: &ApiRequest, key_id: &str, user: &str, block: bool) -> Answer {
-    let catalog = catalog(state);
-    if !catalog.users().contains_key(user) {
+    if !catalog(state).users().contains_key(user) {
         return Err(Reply::error(404, "not_found", &format!("no user `{user}`")));
     }
+    decide(state, req, key_id, user, Decision::User(block))
+}
+
+/// Record a manager decision, skip the queued deliveries it stops (before the next message
+/// leaves: workers re-check each delivery's status), audit it and wake the scheduler.
+fn decide(
+    state: &HttpState,
+    req: &ApiRequest,
+    key_id: &str,
+    target: &str,
+    decision: Decision,
+) -> Answer {
     let why = reason(req.body)?;
     let now = state.clock.now();
+    let because = why.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+    let store = &state.store;
     let skipped = state.runtime.block_on(async {
-        state
-            .store
-            .set_blocked(user, block, why.as_deref(), now)
-            .await?;
-        if block {
-            let text = format!(
-                "owner blocked by a manager{}",
-                why.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
-            );
-            state.store.skip_queued_for_owner(user, &text, now).await
-        } else {
-            Ok(0)
+        match decision {
+            Decision::Mailing(disable) => {
+                store
+                    .set_mailing_disabled(target, disable, why.as_deref(), now)
+                    .await?;
+                if !disable {
+                    return Ok(0);
+                }
+                let text = format!("mailing disabled by a manager{because}");
+                store.skip_queued_for_mailing(target, &text, now).await
+            }
+            Decision::User(block) => {
+                store
+                    .set_blocked(target, block, why.as_deref(), now)
+                    .await?;
+                if !block {
+                    return Ok(0);
+                }
+                let text = format!("owner blocked by a manager{because}");
+                store.skip_queued_for_owner(target, &text, now).await
+            }
         }
     });
     let skipped = skipped.map_err(db_error)?;
-    audit(
-        state,
-        req,
-        key_id,
-        if block { "user.block" } else { "user.unblock" },
-        user,
-        why.as_deref(),
-    )?;
+    let (action, reply) = match decision {
+        Decision::Mailing(on) => (
+            if on {
+                "mailing.disable"
+            } else {
+                "mailing.enable"
+            },
+            json!({ "mailing": target, "disabled": on, "reason": why, "skipped": skipped }),
+        ),
+        Decision::User(on) => (
+            if on { "user.block" } else { "user.unblock" },
+            json!({ "user": target, "blocked": on, "reason": why, "skipped": skipped }),
+        ),
+    };
+    audit(state, req, key_id, action, target, why.as_deref())?;
     state.cache.invalidate();
     state.state_changed.notify_waiters();
-    Ok(Reply::json(
-        200,
-        &json!({ "user": user, "blocked": block, "reason": why, "skipped": skipped }),
-    ))
+    Ok(Reply::json(200, &reply))
 }
 
 fn users(state: &HttpState) -> Answer {
