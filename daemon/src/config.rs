@@ -149,7 +149,7 @@ pub struct DeliveryConfig {
     pub backoff: HumanDuration,
     /// The longest delay between two attempts.
     pub backoff_max: HumanDuration,
-    /// No retry later than this after the first attempt.
+    /// No retry later than this after the run was created.
     pub give_up_after: HumanDuration,
     /// How long a claimed delivery stays reserved for one daemon.
     pub lease: HumanDuration,
