@@ -144,6 +144,8 @@ pub struct Catalog {
     mailings: BTreeMap<String, Arc<Mailing>>,
     problems: Vec<Problem>,
     head_commit: Option<String>,
+    /// Distinct client addresses, counted once: the statistics ask for it on every request.
+    unique_clients: usize,
     /// The version of each file in use, kept for the next reload's fallback.
     good: load::GoodFiles,
 }
@@ -199,16 +201,21 @@ impl Catalog {
         self.head_commit.as_deref()
     }
 
-    /// Distinct client addresses across all lists.
+    /// Distinct client addresses across all lists (counted once, at load).
     pub fn unique_clients(&self) -> usize {
-        let mut seen = foldhash::HashSet::default();
-        for list in self.lists.values() {
-            for c in &list.clients {
-                seen.insert(address::Caseless(&c.email));
-            }
-        }
-        seen.len()
+        self.unique_clients
     }
+}
+
+/// Distinct addresses across lists, ignoring case.
+fn count_unique_clients(lists: &BTreeMap<String, Arc<ClientList>>) -> usize {
+    let mut seen = foldhash::HashSet::default();
+    for list in lists.values() {
+        for c in &list.clients {
+            seen.insert(address::Caseless(&c.email));
+        }
+    }
+    seen.len()
 }
 
 /// The git blob id of a file's bytes: SHA-1 of `blob <len>\0<bytes>`, as `git hash-object`.
