@@ -203,7 +203,6 @@ pub(super) fn load(
         (&a.path, a.line, a.column, &a.message).cmp(&(&b.path, b.line, b.column, &b.message))
     });
     problems.dedup();
-    catalog.unique_clients = super::count_unique_clients(&catalog.lists);
     catalog.problems = problems;
     catalog.good = Arc::new(good);
     Ok(catalog)

@@ -144,8 +144,9 @@ pub struct Catalog {
     mailings: BTreeMap<String, Arc<Mailing>>,
     problems: Vec<Problem>,
     head_commit: Option<String>,
-    /// Distinct client addresses, counted once: the statistics ask for it on every request.
-    unique_clients: usize,
+    /// Distinct client addresses, counted on first use (the statistics ask for it on every
+    /// request; `check` never does).
+    unique_clients: std::sync::OnceLock<usize>,
     /// The version of each file in use, kept for the next reload's fallback.
     good: load::GoodFiles,
 }
@@ -201,9 +202,11 @@ impl Catalog {
         self.head_commit.as_deref()
     }
 
-    /// Distinct client addresses across all lists (counted once, at load).
+    /// Distinct client addresses across all lists (counted once per catalog).
     pub fn unique_clients(&self) -> usize {
-        self.unique_clients
+        *self
+            .unique_clients
+            .get_or_init(|| count_unique_clients(&self.lists))
     }
 }
 
