@@ -34,6 +34,8 @@ use chrono::{DateTime, Utc};
 pub use error::StorageError;
 pub use model::*;
 pub use postgres::PgStore;
+#[doc(hidden)]
+pub use postgres::statements as postgres_statements;
 pub use sqlite::SqliteStore;
 
 /// Connection options of the PostgreSQL driver, for [`PgStore::connect_with`] (e.g. to set

@@ -73,6 +73,14 @@ contract!(
     record_and_mark_in_one_transaction,
 );
 
+/// PostgreSQL-only: what the planner does with statements whose plan decides throughput.
+mod postgres_plans {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn senders_statements_have_bounded_plans() {
+        super::on_postgres(super::senders_statements_have_bounded_plans).await;
+    }
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 async fn on_sqlite<F, Fut>(test: F)
@@ -1713,4 +1721,97 @@ async fn record_and_mark_in_one_transaction(store: Store) {
             .is_empty()
     );
     assert_eq!(store.run_pending(run).await.expect("pending"), 0);
+}
+
+/// The plans of the two statements a sender runs for every batch, checked in the two
+/// states in which the statistics make the due index look small: a table never analysed,
+/// and one analysed when nothing was due (then a new run arrives). Each plan is taken both
+/// generic (what a prepared statement settles on) and custom.
+///
+/// - `mark_sending` must find its chunk through the primary key, never by scanning the
+///   partial index of due rows: during a large run that index holds every queued row and
+///   the dead entries of those already sent, and scanning it per chunk made a
+///   100,000-recipient run quadratic.
+/// - `claim` must walk the due index in order and stop at its limit, not sort every due
+///   row (30 ms per claim at 20,000 due rows).
+async fn senders_statements_have_bounded_plans(store: Store) {
+    let Store::Postgres(pg) = &store else {
+        unreachable!("PostgreSQL only")
+    };
+    let check = async |when: &str| {
+        let claimed = store
+            .claim("w", 16, Duration::from_secs(60), t0(), None)
+            .await
+            .expect("claim");
+        let ids: Vec<String> = claimed.iter().map(|c| c.id.0.to_string()).collect();
+        let mut conn = pg.pool().acquire().await.expect("connection");
+        let (mark, claim) = (
+            postgres_statements::MARK_SENDING,
+            postgres_statements::CLAIM,
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE mark(bigint[], text, timestamptz) AS {mark}; \
+             PREPARE claim(timestamptz, bigint, text, timestamptz, bigint) AS {claim}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .expect("prepare");
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+                .execute(&mut *conn)
+                .await
+                .expect("plan_cache_mode");
+            let plan = explain(
+                &mut conn,
+                format!("mark('{{{}}}', 'w', now())", ids.join(",")),
+            )
+            .await;
+            assert!(
+                plan.contains("deliveries_pkey") && !plan.contains("deliveries_due"),
+                "{when}, {mode}: mark_sending should look its rows up by primary key only:\n{plan}"
+            );
+            // As the claim's transaction does (SET LOCAL there).
+            sqlx::raw_sql("SET enable_sort = off")
+                .execute(&mut *conn)
+                .await
+                .expect("settings");
+            for run in ["NULL", "1"] {
+                let plan = explain(
+                    &mut conn,
+                    format!("claim(now(), 512, 'w', now() + interval '1 minute', {run})"),
+                )
+                .await;
+                assert!(
+                    plan.contains("Index Scan using deliveries_due") && !plan.contains("Sort"),
+                    "{when}, {mode}, run {run}: claim should walk the due index in order:\n{plan}"
+                );
+            }
+            sqlx::raw_sql("RESET enable_sort")
+                .execute(&mut *conn)
+                .await
+                .expect("reset");
+        }
+        sqlx::raw_sql("RESET plan_cache_mode; DEALLOCATE mark; DEALLOCATE claim")
+            .execute(&mut *conn)
+            .await
+            .expect("reset");
+    };
+    create(&store, "alice/weekly", t0(), 2_000).await;
+    check("table never analysed").await;
+    while !send_n(&store, 1_000, t0()).await.is_empty() {}
+    raw_exec(&store, "ANALYZE deliveries".into())
+        .await
+        .expect("analyze");
+    create(&store, "alice/weekly", t0() + secs(60), 2_000).await;
+    check("analysed when nothing was due").await;
+}
+
+/// `EXPLAIN EXECUTE` of a prepared statement, as one text.
+async fn explain(conn: &mut sqlx::PgConnection, execute: String) -> String {
+    let lines: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE {execute}")))
+            .fetch_all(conn)
+            .await
+            .expect("explain");
+    lines.join("\n")
 }

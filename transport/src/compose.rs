@@ -13,7 +13,9 @@
 //!   `[a-z0-9-_]` become `-`, so any file name gives a valid dot-atom.
 //! * `List-Unsubscribe: <URL>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
 //!   (RFC 8058), so mail clients show a one-click unsubscribe button.
-//! * `multipart/alternative` with `text/plain` first and `text/html` last (the preferred).
+//! * `multipart/alternative` with `text/plain` first and `text/html` last (the preferred),
+//!   each part `7bit` (as rendered) when it is ASCII in lines of at most 998 characters,
+//!   else quoted-printable or base64.
 //!
 //! Header injection: a CR or LF in a display name or the subject is rejected with
 //! [`ComposeError::LineBreak`] naming the field, rather than silently folded or encoded —
@@ -23,8 +25,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lettre::Address;
-use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{
+    ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
+};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 
 use crate::dkim::DkimSigner;
 
@@ -230,12 +234,12 @@ fn build(
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_PLAIN)
-                        .body(input.text.to_owned()),
+                        .body(body(input.text)),
                 )
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_HTML)
-                        .body(input.html.to_owned()),
+                        .body(body(input.html)),
                 ),
         )
         .map_err(|e| ComposeError::Build(e.to_string()))?;
@@ -249,6 +253,56 @@ fn build(
         message_id,
         bytes: message.formatted(),
     })
+}
+
+/// The longest line `7bit` allows, without its CRLF (RFC 5322 2.1.1, RFC 2045 2.7).
+const MAX_7BIT_LINE: usize = 998;
+
+/// One part's body: sent as it is (`7bit`) when it is printable ASCII in lines of at most
+/// 998 characters, as most rendered Markdown and HTML is; otherwise lettre's choice of
+/// quoted-printable or base64.
+///
+/// lettre alone would pick `7bit` only for lines under 76 characters, and quoted-printable
+/// for everything else: every `=` of the HTML's attributes then becomes `=3D` and long
+/// lines get soft breaks, so the message grows and encoding it is the largest single cost
+/// of composing (`bench/send.sh`).
+fn body(text: &str) -> Body {
+    match seven_bit(text) {
+        Some(crlf) => Body::dangerous_pre_encoded(crlf, ContentTransferEncoding::SevenBit),
+        None => Body::new(text.to_owned()),
+    }
+}
+
+/// `text` with CRLF line ends, when it is valid as a `7bit` body: printable ASCII, tabs and
+/// line ends (LF or CRLF, no lone CR), no line longer than [`MAX_7BIT_LINE`].
+fn seven_bit(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 2);
+    let mut line = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                line = 0;
+            }
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                line = 0;
+                i += 1;
+            }
+            b @ (b'\t' | b' '..=b'~') => {
+                out.push(b);
+                line += 1;
+                if line > MAX_7BIT_LINE {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        i += 1;
+    }
+    Some(out)
 }
 
 fn reject_control(field: &'static str, value: &str) -> Result<(), ComposeError> {
@@ -357,14 +411,14 @@ mod tests {
         }
     }
 
-    fn text(m: &OutgoingMessage) -> String {
+    fn text_of(m: &OutgoingMessage) -> String {
         String::from_utf8(m.bytes.clone()).unwrap()
     }
 
     #[test]
     fn has_the_list_headers_and_both_parts() {
         let m = compose(&input()).unwrap();
-        let t = text(&m);
+        let t = text_of(&m);
         assert!(
             t.contains("From: \"Skychimp News\" <news@example.com>\r\n"),
             "{t}"
@@ -390,6 +444,79 @@ mod tests {
         assert_eq!(m.envelope_to.to_string(), "ivan@example.org");
     }
 
+    /// The part after `Content-Type: {content_type}`: its headers and its body.
+    fn part(t: &str, content_type: &str) -> (String, String) {
+        let start = t.find(&format!("Content-Type: {content_type}")).unwrap();
+        let rest = &t[start..];
+        let (headers, body) = rest.split_once("\r\n\r\n").unwrap();
+        let end = body.find("\r\n--").unwrap();
+        (headers.to_owned(), body[..end].to_owned())
+    }
+
+    #[test]
+    fn ascii_bodies_go_as_they_are_in_lines_up_to_998() {
+        let long = "word ".repeat(150); // 750 characters: more than quoted-printable's 76
+        let text = format!("Hello Ivan,\n{long}\n\nBye.\n");
+        let html = format!(
+            "<p>Hello <a href=\"https://x.example/?a=1&amp;b=2\">Ivan</a>,\r\n{long}</p>\n"
+        );
+        let m = compose(&ComposeInput {
+            text: &text,
+            html: &html,
+            ..input()
+        })
+        .unwrap();
+        let t = text_of(&m);
+        let (headers, body) = part(&t, "text/plain");
+        assert!(
+            headers.contains("Content-Transfer-Encoding: 7bit"),
+            "{headers}"
+        );
+        assert_eq!(body, text.replace('\n', "\r\n"));
+        let (headers, body) = part(&t, "text/html");
+        assert!(
+            headers.contains("Content-Transfer-Encoding: 7bit"),
+            "{headers}"
+        );
+        assert_eq!(body, html.replace("\r\n", "\n").replace('\n', "\r\n"));
+    }
+
+    #[test]
+    fn other_bodies_are_encoded() {
+        let cases = [
+            ("a line of 999", "x".repeat(999)),
+            ("non-ASCII", "Привет, Иван".to_owned()),
+        ];
+        for (what, text) in cases {
+            let m = compose(&ComposeInput {
+                text: &text,
+                ..input()
+            })
+            .unwrap();
+            let (headers, _) = part(&text_of(&m), "text/plain");
+            assert!(
+                headers.contains("Content-Transfer-Encoding: quoted-printable")
+                    || headers.contains("Content-Transfer-Encoding: base64"),
+                "{what}: {headers}"
+            );
+        }
+        // What lettre makes of these is its own business; they never go out as they are.
+        for odd in ["one\rtwo", "one\0two", "bell\x07", "é"] {
+            assert_eq!(seven_bit(odd), None, "{odd:?}");
+        }
+        assert_eq!(seven_bit("a\r\nb\nc\t").unwrap(), b"a\r\nb\r\nc\t");
+        let m = compose(&ComposeInput {
+            text: &"x".repeat(998),
+            ..input()
+        })
+        .unwrap();
+        let (headers, _) = part(&text_of(&m), "text/plain");
+        assert!(
+            headers.contains("Content-Transfer-Encoding: 7bit"),
+            "998: {headers}"
+        );
+    }
+
     #[test]
     fn notices_have_no_list_headers_and_refuse_injection() {
         let i = input();
@@ -403,7 +530,7 @@ mod tests {
             date: i.date,
             dkim: None,
         };
-        let t = text(&compose_notice(&notice).unwrap());
+        let t = text_of(&compose_notice(&notice).unwrap());
         assert!(t.contains("Subject: Confirm your address\r\n"), "{t}");
         assert!(!t.contains("List-"), "{t}");
         let bad = NoticeInput {
@@ -475,7 +602,7 @@ mod tests {
         let mut i = input();
         i.to_name = "Иван Петров";
         i.subject = "Неделя: «итоги»";
-        let t = text(&compose(&i).unwrap());
+        let t = text_of(&compose(&i).unwrap());
         let headers = &t[..t.find("\r\n\r\n").unwrap()];
         assert!(headers.is_ascii(), "{headers}");
         assert!(headers.contains("=?utf-8?"), "{headers}");

@@ -11,6 +11,7 @@
 pub mod render;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -281,10 +282,12 @@ impl Deliverer {
         stop: watch::Receiver<bool>,
     ) -> Result<Tally, DeliveryError> {
         let mut tasks = tokio::task::JoinSet::new();
+        let busy = Arc::new(AtomicUsize::new(0));
         for i in 0..self.settings.concurrency.max(1) {
             let me = self.clone();
             let stop = stop.clone();
-            tasks.spawn(async move { me.worker(i, scope, stop).await });
+            let busy = busy.clone();
+            tasks.spawn(async move { me.worker(i, scope, stop, busy).await });
         }
         let mut total = Tally::default();
         let mut first_error = None;
@@ -307,11 +310,16 @@ impl Deliverer {
         }
     }
 
+    /// One worker's loop. `busy` counts this run's workers that hold claimed rows: with
+    /// [`Scope::Run`], an idle worker asks the database whether the run is done only when
+    /// no other worker is still busy (each one wakes the idle ones when it finishes), since
+    /// that question costs a scan of the run's rows.
     async fn worker(
         self: Arc<Self>,
         index: usize,
         scope: Scope,
         mut stop: watch::Receiver<bool>,
+        busy: Arc<AtomicUsize>,
     ) -> Result<Tally, DeliveryError> {
         let worker = format!("{}:{index}", self.instance);
         let mut sender = self.transport.connect();
@@ -329,21 +337,33 @@ impl Deliverer {
                 Scope::Run(id) => Some(id),
                 Scope::All => None,
             };
+            // Registered before claiming, so a wake-up between the claim and the wait is
+            // not lost.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            busy.fetch_add(1, Ordering::SeqCst);
             let claimed = match self
                 .store
                 .claim(&worker, self.settings.batch, self.settings.lease, now, only)
                 .await
             {
                 Ok(c) => c,
-                Err(e) => break Err(e.into()),
+                Err(e) => {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    break Err(e.into());
+                }
             };
             if claimed.is_empty() {
+                let others_busy = busy.fetch_sub(1, Ordering::SeqCst) > 1;
                 if std::mem::take(&mut worked)
                     && let Err(e) = self.store.finish_runs(self.clock.now()).await
                 {
                     tracing::error!("finishing runs: {e}");
                 }
-                if let Scope::Run(id) = scope {
+                if let Scope::Run(id) = scope
+                    && !others_busy
+                {
                     match self.store.run_pending(id).await {
                         Ok(0) => break Ok(()),
                         Ok(_) => {}
@@ -351,13 +371,13 @@ impl Deliverer {
                     }
                 }
                 tokio::select! {
-                    _ = self.wake.notified() => {}
+                    _ = woken => {}
                     _ = tokio::time::sleep(self.settings.idle_poll) => {}
                     _ = stop.changed() => {}
                 }
                 continue;
             }
-            if let Err(e) = self
+            let delivered = self
                 .deliver(
                     &worker,
                     &claimed,
@@ -366,8 +386,9 @@ impl Deliverer {
                     &mut tally,
                     &stop,
                 )
-                .await
-            {
+                .await;
+            busy.fetch_sub(1, Ordering::SeqCst);
+            if let Err(e) = delivered {
                 break Err(e);
             }
             worked = true;
@@ -377,6 +398,8 @@ impl Deliverer {
                 renderers.clear();
             }
         };
+        // Idle workers that left the question of the run's end to this one ask it again.
+        self.wake();
         sender.close().await;
         result.map(|()| tally)
     }
