@@ -32,7 +32,7 @@ use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, CertificateStore, TlsParameters,
 };
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -111,6 +111,8 @@ pub struct SmtpSender {
     options: SmtpOptions,
     client_id: ClientId,
     conn: Option<AsyncSmtpConnection>,
+    /// Whether the open connection's server offered PIPELINING (RFC 2920).
+    pipelining: bool,
     connections_opened: u64,
 }
 
@@ -120,6 +122,7 @@ impl fmt::Debug for SmtpSender {
             .field("url", &self.url)
             .field("options", &self.options)
             .field("connected", &self.conn.is_some())
+            .field("pipelining", &self.pipelining)
             .field("connections_opened", &self.connections_opened)
             .finish()
     }
@@ -142,6 +145,7 @@ impl SmtpSender {
             options,
             client_id,
             conn: None,
+            pipelining: false,
             connections_opened: 0,
         }
     }
@@ -150,6 +154,12 @@ impl SmtpSender {
     /// a healthy server; tests and metrics use it to see reconnections.
     pub fn connections_opened(&self) -> u64 {
         self.connections_opened
+    }
+
+    /// Whether the open connection sends MAIL, RCPT and DATA in one write: its server
+    /// offered PIPELINING (RFC 2920).
+    pub fn pipelining(&self) -> bool {
+        self.is_connected() && self.pipelining
     }
 
     /// Whether a connection is open now.
@@ -200,11 +210,13 @@ impl SmtpSender {
     async fn transaction(&mut self, message: &OutgoingMessage) -> Result<SendOutcome, Stage> {
         if !self.is_connected() {
             self.conn = None;
-            let conn = self.connect().await.map_err(Stage::Connect)?;
+            let (conn, pipelining) = self.connect().await.map_err(Stage::Connect)?;
             self.conn = Some(conn);
+            self.pipelining = pipelining;
         }
         let command_timeout = self.options.command_timeout;
         let data_timeout = self.options.data_timeout;
+        let pipelining = self.pipelining;
         let Some(conn) = self.conn.as_mut() else {
             return Err(Stage::Connect(Failure::NoReply("not connected".to_owned())));
         };
@@ -220,24 +232,28 @@ impl SmtpSender {
             params.push(MailParameter::SmtpUtfEight);
         }
 
+        let mail = Mail::new(Some(message.envelope_from.clone()), params);
+        let rcpt = Rcpt::new(message.envelope_to.clone(), Vec::new());
+        let body = DataBody::new(&message.bytes);
         let steps: Result<Response, (Failure, bool)> = async {
-            let mail = Mail::new(Some(message.envelope_from.clone()), params);
-            step(conn.command(mail), command_timeout, "MAIL FROM")
-                .await
-                .map_err(|f| (f, true))?;
-            let rcpt = Rcpt::new(message.envelope_to.clone(), Vec::new());
-            step(conn.command(rcpt), command_timeout, "RCPT TO")
-                .await
-                .map_err(|f| (f, false))?;
-            step(conn.command(Data), command_timeout, "DATA")
-                .await
-                .map_err(|f| (f, false))?;
-            step(
-                conn.message(&message.bytes),
-                data_timeout,
-                "end of DATA (message body)",
-            )
-            .await
+            if pipelining {
+                envelope_pipelined(conn, &mail, &rcpt, command_timeout).await?;
+            } else {
+                step(conn.command(mail), command_timeout, "MAIL FROM")
+                    .await
+                    .map_err(|f| (f, true))?;
+                step(conn.command(rcpt), command_timeout, "RCPT TO")
+                    .await
+                    .map_err(|f| (f, false))?;
+                step(conn.command(Data), command_timeout, "DATA")
+                    .await
+                    .map_err(|f| (f, false))?;
+            }
+            const END_OF_DATA: &str = "end of DATA (message body)";
+            match &body {
+                Some(body) => step(conn.command(body), data_timeout, END_OF_DATA).await,
+                None => step(conn.message(&message.bytes), data_timeout, END_OF_DATA).await,
+            }
             .map_err(|f| (f, false))
         }
         .await;
@@ -270,7 +286,7 @@ impl SmtpSender {
 
     /// Opens a connection: TCP with `TCP_NODELAY`, greeting and EHLO, STARTTLS or
     /// implicit TLS, AUTH — all within the connect timeout.
-    async fn connect(&mut self) -> Result<AsyncSmtpConnection, Failure> {
+    async fn connect(&mut self) -> Result<(AsyncSmtpConnection, bool), Failure> {
         let timeout = self.options.connect_timeout;
         let addr = format!("{}:{}", self.url.host, self.url.port);
         match tokio::time::timeout(timeout, self.connect_inner(&addr)).await {
@@ -285,7 +301,8 @@ impl SmtpSender {
         }
     }
 
-    async fn connect_inner(&self, addr: &str) -> Result<AsyncSmtpConnection, Failure> {
+    /// The connection, and whether its server offered PIPELINING.
+    async fn connect_inner(&self, addr: &str) -> Result<(AsyncSmtpConnection, bool), Failure> {
         let host = self.url.host.as_str();
         let tcp = TcpStream::connect((host, self.url.port))
             .await
@@ -319,6 +336,20 @@ impl SmtpSender {
                 .await
                 .map_err(|e| classify_connect(addr, "STARTTLS", &e))?;
         }
+        // lettre's `ServerInfo` keeps only the extensions lettre uses itself, not
+        // PIPELINING, so ask once more (a repeated EHLO resets nothing but the
+        // transaction, RFC 5321 4.1.4; before AUTH, which it must not follow).
+        let ehlo = step(
+            conn.command(Ehlo::new(self.client_id.clone())),
+            self.options.command_timeout,
+            "EHLO",
+        )
+        .await?;
+        let pipelining = ehlo.message().any(|line| {
+            line.split_ascii_whitespace()
+                .next()
+                .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+        });
         if let Some(user) = &self.url.user {
             let password = self.options.password.clone().unwrap_or_default();
             conn.auth(
@@ -328,7 +359,7 @@ impl SmtpSender {
             .await
             .map_err(|e| classify_connect(addr, "AUTH", &e))?;
         }
-        Ok(conn)
+        Ok((conn, pipelining))
     }
 
     fn tls_parameters(&self) -> Result<TlsParameters, Failure> {
@@ -382,6 +413,68 @@ impl Stage {
                 }
             }
         }
+    }
+}
+
+/// MAIL, RCPT and DATA in one write, then their three replies in order (RFC 2920): one
+/// round trip instead of three. `Err((_, true))` only when MAIL got no reply at all.
+async fn envelope_pipelined(
+    conn: &mut AsyncSmtpConnection,
+    mail: &Mail,
+    rcpt: &Rcpt,
+    timeout: Duration,
+) -> Result<(), (Failure, bool)> {
+    let commands = format!("{mail}{rcpt}{Data}");
+    let mail = step(conn.command(commands), timeout, "MAIL FROM").await;
+    if let Err(f @ Failure::NoReply(_)) = mail {
+        return Err((f, true));
+    }
+    let rcpt = step(conn.read_response(), timeout, "RCPT TO").await;
+    if let Err(f @ Failure::NoReply(_)) = rcpt {
+        return Err((f, false));
+    }
+    let data = step(conn.read_response(), timeout, "DATA").await;
+    if let Err(f @ Failure::NoReply(_)) = data {
+        return Err((f, false));
+    }
+    // The first refusal is the one to report: a refused DATA after a refused MAIL or RCPT
+    // only says that there is no transaction.
+    match (mail.and(rcpt), data) {
+        (Ok(_), Ok(_)) => Ok(()),
+        (Ok(_), Err(refusal)) | (Err(refusal), Err(_)) => Err((refusal, false)),
+        (Err(refusal), Ok(_)) => {
+            // The server accepted DATA after refusing the envelope and now waits for a
+            // message that must not come: only closing the connection ends that safely.
+            conn.abort().await;
+            Err((refusal, false))
+        }
+    }
+}
+
+/// A message as DATA carries it: lines that start with `.` get another one (RFC 5321
+/// 4.5.2) and `.` on a line of its own ends it. Written in one piece with its end, where
+/// lettre's `message` stuffs byte by byte and sends the end as a second packet.
+struct DataBody<'a>(&'a str);
+
+impl<'a> DataBody<'a> {
+    /// `None` when the message is not UTF-8 (lettre's own path sends it then).
+    fn new(message: &'a [u8]) -> Option<Self> {
+        std::str::from_utf8(message).ok().map(DataBody)
+    }
+}
+
+impl fmt::Display for DataBody<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in self.0.split_inclusive("\r\n") {
+            if line.starts_with('.') {
+                f.write_str(".")?;
+            }
+            f.write_str(line)?;
+        }
+        if !self.0.is_empty() && !self.0.ends_with("\r\n") {
+            f.write_str("\r\n")?;
+        }
+        f.write_str(".\r\n")
     }
 }
 
@@ -477,5 +570,27 @@ impl AsyncWrite for ImplicitTls {
 impl AsyncTokioStream for ImplicitTls {
     fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.0.peer_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DataBody;
+
+    #[test]
+    fn data_body_stuffs_leading_dots_and_ends_with_a_dot_line() {
+        let cases = [
+            (".first\r\nmid.dle\r\n.\r\n", "..first\r\nmid.dle\r\n..\r\n.\r\n"),
+            ("no line end", "no line end\r\n.\r\n"),
+            ("a\r\n.b", "a\r\n..b\r\n.\r\n"),
+            // A bare LF is not a line end in SMTP: the dot after it stays single.
+            ("a\n.b\r\n", "a\n.b\r\n.\r\n"),
+            ("", ".\r\n"),
+        ];
+        for (message, on_the_wire) in cases {
+            let body = DataBody::new(message.as_bytes()).expect("UTF-8");
+            assert_eq!(body.to_string(), on_the_wire, "{message:?}");
+        }
+        assert!(DataBody::new(b"\xff").is_none());
     }
 }

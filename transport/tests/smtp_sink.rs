@@ -60,6 +60,41 @@ async fn many_messages_over_one_connection_all_arrive() {
     }
 }
 
+/// With PIPELINING (smtp-sink's default: MAIL, RCPT and DATA go in one write) and without
+/// it (`-p`: one command per round trip), the message arrives as composed: lines that
+/// start with a dot are stuffed on the way and unstuffed by the server, a lone `.` line
+/// does not end the message early, and the connection carries the next message.
+#[tokio::test]
+async fn dot_lines_arrive_intact_with_and_without_pipelining() {
+    for flags in [&[][..], &["-p"][..]] {
+        let Some(sink) = Sink::start(flags) else {
+            return;
+        };
+        let mut sender = sender_for(&sink);
+        let text = "first\n.\n.hidden\n..two\nlast line\n";
+        let composed = skychimp_transport::compose(&skychimp_transport::ComposeInput {
+            text,
+            html: "<p>x</p>\n",
+            ..common::input("Dots")
+        })
+        .expect("compose");
+        for m in [&composed, &message("After dots")] {
+            let report = sender.send(m).await;
+            assert!(report.outcome.is_sent(), "{flags:?}: {report:?}");
+        }
+        assert_eq!(sender.connections_opened(), 1, "{flags:?}");
+        assert_eq!(sender.pipelining(), flags.is_empty(), "{flags:?}");
+        sender.close().await;
+        let dumped = sink.wait_for_messages(2);
+        assert!(
+            dumped[0].contains("first\n.\n.hidden\n..two\nlast line\n"),
+            "{flags:?}: {}",
+            dumped[0]
+        );
+        assert!(dumped[1].contains("Subject: After dots\n"), "{flags:?}");
+    }
+}
+
 #[tokio::test]
 async fn transport_url_opens_an_smtp_sender() {
     let Some(sink) = Sink::start(&[]) else { return };

@@ -252,12 +252,23 @@ pub fn message_to(to: &str, subject: &str) -> OutgoingMessage {
     let text = format!("Body of {subject}.\n");
     let html = format!("<p>Body of {subject}.</p>\n");
     compose(&ComposeInput {
-        from: "Skychimp <news@example.com>",
-        to_name: "Ivan Petrov",
         to_address: to,
-        subject,
         text: &text,
         html: &html,
+        ..input(subject)
+    })
+    .expect("compose")
+}
+
+/// What every test message shares: sender, recipient Ivan, list and unsubscribe link.
+pub fn input(subject: &str) -> ComposeInput<'_> {
+    ComposeInput {
+        from: "Skychimp <news@example.com>",
+        to_name: "Ivan Petrov",
+        to_address: "ivan@example.org",
+        subject,
+        text: "",
+        html: "",
         list: ListId {
             owner: "alice",
             name: "weekly",
@@ -265,6 +276,5 @@ pub fn message_to(to: &str, subject: &str) -> OutgoingMessage {
         unsubscribe_url: "https://news.example.com/unsubscribe/tok",
         date: SystemTime::now(),
         dkim: None,
-    })
-    .expect("compose")
+    }
 }
