@@ -406,14 +406,16 @@ impl Deliverer {
 
     /// Send one claimed batch in chunks; stop between messages when asked.
     ///
-    /// A row is marked `sending` only once its rate-limit slot is held, and is then sent at
-    /// once: the rows of a chunk are marked together only while slots come without waiting
-    /// (always, at an unlimited rate). Marking a whole chunk before waiting for the rate
-    /// would let a disabled mailing or a blocked owner keep sending for as long as the
-    /// chunk takes at that rate, since a disable skips only rows not yet `sending`.
+    /// A chunk is marked `sending` (committed) before any of its SMTP transactions starts,
+    /// and a row is marked only once its rate-limit slot is held: the rows of a chunk are
+    /// taken together only while slots come without waiting (always, at an unlimited
+    /// rate). Marking rows long before their slot would let a disabled mailing or a
+    /// blocked owner keep sending for as long as they take at that rate, since a disable
+    /// skips only rows not yet `sending`.
     ///
-    /// The outcomes of the chunk just sent are written in the same transaction that marks
-    /// the next chunk `sending`: one commit per chunk instead of two.
+    /// While one chunk's messages go out, one transaction records the previous chunk's
+    /// outcomes and marks the next chunk: the database's commit overlaps the SMTP work
+    /// instead of stopping it, and a worker holds at most two chunks `sending`.
     async fn deliver(
         &self,
         worker: &str,
@@ -423,102 +425,155 @@ impl Deliverer {
         tally: &mut Tally,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
-        // A slot reserved but not yet free: it belongs to the next chunk.
-        let mut waiting: Option<
-            std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
-        > = None;
-        let mut pending: Vec<Outcome> = Vec::new();
+        let mut slots = Slots::default();
         let mut rest = claimed;
+        let first = self.next_chunk(&mut rest, &mut slots).await;
+        let mut ready = self.record_and_mark(worker, &[], first, stop).await?;
+        let mut outcomes: Vec<Outcome> = Vec::new();
         // The claim set the lease; a slow server or the rate limit can make a batch outlast
         // it, and another instance would then take over rows this one is still sending
         // (logging them as interrupted by a crash). Renew before a third of it is gone.
         let mut renewed = std::time::Instant::now();
-        while !rest.is_empty() {
+        // `ready` can be empty with rows left: a disable or a block skipped a whole chunk.
+        while !ready.is_empty() || !rest.is_empty() {
             if renewed.elapsed() > self.settings.lease / 3 {
-                let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
+                let ids: Vec<DeliveryId> = ready.iter().copied().chain(rest).map(|d| d.id).collect();
                 self.store
                     .renew_lease(&ids, worker, self.settings.lease, self.clock.now())
                     .await?;
                 renewed = std::time::Instant::now();
             }
-            if *stop.borrow() {
+            let previous = std::mem::take(&mut outcomes);
+            let sending = self.send_chunk(&ready, sender, renderers, tally, stop);
+            let marking = async {
+                let next = self.next_chunk(&mut rest, &mut slots).await;
+                self.record_and_mark(worker, &previous, next, stop).await
+            };
+            let (sent, next) = tokio::join!(sending, marking);
+            let (sent, unsent) = sent?;
+            let next = next?;
+            outcomes = sent;
+            if !unsent.is_empty() || *stop.borrow() {
+                // Stopped: what was not started goes back at once rather than at lease
+                // expiry.
+                self.store.record_outcomes(&outcomes).await?;
+                let ids: Vec<DeliveryId> = unsent
+                    .into_iter()
+                    .chain(next.iter().copied().chain(rest).map(|d| d.id))
+                    .collect();
+                self.store.release(worker, &ids).await?;
+                return Ok(());
+            }
+            ready = next;
+        }
+        self.store.record_outcomes(&outcomes).await?;
+        Ok(())
+    }
+
+    /// The next rows to mark: the first of `rest` once a rate slot is free, then more while
+    /// slots are free at once, up to `chunk`. Empty when `rest` is.
+    async fn next_chunk<'s, 'c>(
+        &'s self,
+        rest: &mut &'c [ClaimedDelivery],
+        slots: &mut Slots<'s>,
+    ) -> &'c [ClaimedDelivery] {
+        if rest.is_empty() {
+            return &[];
+        }
+        match slots.waiting.take() {
+            Some(slot) => slot.await,
+            None => self.rate.acquire().await,
+        }
+        let mut n = 1;
+        while n < rest.len().min(self.settings.chunk.max(1)) {
+            let mut slot = self.rate.acquire();
+            let free = tokio::select! {
+                biased;
+                _ = &mut slot => true,
+                _ = std::future::ready(()) => false,
+            };
+            if !free {
+                slots.waiting = Some(slot);
                 break;
             }
-            match waiting.take() {
-                Some(slot) => slot.await,
-                None => self.rate.acquire().await,
-            }
-            let mut n = 1;
-            while n < rest.len().min(self.settings.chunk.max(1)) {
-                let mut slot = self.rate.acquire();
-                let free = tokio::select! {
-                    biased;
-                    _ = &mut slot => true,
-                    _ = std::future::ready(()) => false,
-                };
-                if !free {
-                    waiting = Some(slot);
-                    break;
-                }
-                n += 1;
-            }
-            let (chunk, tail) = rest.split_at(n);
-            rest = tail;
-            let ids: Vec<DeliveryId> = chunk.iter().map(|d| d.id).collect();
-            let now = self.clock.now();
-            let marked = if pending.is_empty() {
-                self.store.mark_sending(&ids, worker, now).await?
-            } else {
-                self.store
-                    .record_and_mark_sending(&pending, &ids, worker, now)
-                    .await?
-            };
-            pending.clear();
-            let mut unsent = Vec::new();
-            for d in chunk.iter().filter(|d| marked.contains(&d.id)) {
-                if *stop.borrow() {
-                    unsent.push(d.id);
-                    continue;
-                }
-                let ctx = match renderers.get(&d.run_id) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = Arc::new(self.run_context(d.run_id).await?);
-                        renderers.insert(d.run_id, c.clone());
-                        c
-                    }
-                };
-                let outcome = self.attempt(d, &ctx, sender).await;
-                use crate::metrics::Metrics;
-                match outcome.status {
-                    OutcomeStatus::Sent => {
-                        tally.sent += 1;
-                        Metrics::inc(&self.metrics.sent);
-                    }
-                    OutcomeStatus::Failed => {
-                        tally.failed += 1;
-                        Metrics::inc(&self.metrics.failed);
-                    }
-                    OutcomeStatus::Deferred { .. } => {
-                        tally.deferred += 1;
-                        Metrics::inc(&self.metrics.deferred);
-                    }
-                }
-                pending.push(outcome);
-            }
-            if !unsent.is_empty() {
-                self.store.record_outcomes(&pending).await?;
-                pending.clear();
-                self.store.release(worker, &unsent).await?;
-            }
+            n += 1;
         }
-        self.store.record_outcomes(&pending).await?;
-        if !rest.is_empty() {
-            // Stopped: what was not started goes back at once rather than at lease expiry.
-            let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
+        let (chunk, tail) = rest.split_at(n);
+        *rest = tail;
+        chunk
+    }
+
+    /// Record `outcomes` and mark `chunk` `sending` in one transaction. The rows marked:
+    /// those still due and leased to `worker`. When stopping, only record, and give the
+    /// chunk back.
+    async fn record_and_mark<'c>(
+        &self,
+        worker: &str,
+        outcomes: &[Outcome],
+        chunk: &'c [ClaimedDelivery],
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Vec<&'c ClaimedDelivery>, DeliveryError> {
+        let ids: Vec<DeliveryId> = chunk.iter().map(|d| d.id).collect();
+        if ids.is_empty() || *stop.borrow() {
+            self.store.record_outcomes(outcomes).await?;
             self.store.release(worker, &ids).await?;
+            return Ok(Vec::new());
         }
-        Ok(())
+        let now = self.clock.now();
+        let marked = if outcomes.is_empty() {
+            self.store.mark_sending(&ids, worker, now).await?
+        } else {
+            self.store
+                .record_and_mark_sending(outcomes, &ids, worker, now)
+                .await?
+        };
+        Ok(chunk.iter().filter(|d| marked.contains(&d.id)).collect())
+    }
+
+    /// One SMTP transaction per row of a marked chunk, in order; stops between messages
+    /// when asked. The outcomes, and the ids it did not start.
+    async fn send_chunk(
+        &self,
+        chunk: &[&ClaimedDelivery],
+        sender: &mut skychimp_transport::Sender,
+        renderers: &mut HashMap<RunId, Arc<RunContext>>,
+        tally: &mut Tally,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(Vec<Outcome>, Vec<DeliveryId>), DeliveryError> {
+        use crate::metrics::Metrics;
+        let mut outcomes = Vec::with_capacity(chunk.len());
+        let mut unsent = Vec::new();
+        for d in chunk {
+            if *stop.borrow() {
+                unsent.push(d.id);
+                continue;
+            }
+            let ctx = match renderers.get(&d.run_id) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(self.run_context(d.run_id).await?);
+                    renderers.insert(d.run_id, c.clone());
+                    c
+                }
+            };
+            let outcome = self.attempt(d, &ctx, sender).await;
+            match outcome.status {
+                OutcomeStatus::Sent => {
+                    tally.sent += 1;
+                    Metrics::inc(&self.metrics.sent);
+                }
+                OutcomeStatus::Failed => {
+                    tally.failed += 1;
+                    Metrics::inc(&self.metrics.failed);
+                }
+                OutcomeStatus::Deferred { .. } => {
+                    tally.deferred += 1;
+                    Metrics::inc(&self.metrics.deferred);
+                }
+            }
+            outcomes.push(outcome);
+        }
+        Ok((outcomes, unsent))
     }
 
     async fn run_context(&self, id: RunId) -> Result<RunContext, DeliveryError> {
@@ -657,4 +712,10 @@ struct RunContext {
     name: String,
     created_at: DateTime<Utc>,
     renderer: Result<Renderer, String>,
+}
+
+/// A rate-limit slot reserved but not yet free: it belongs to the next chunk.
+#[derive(Default)]
+struct Slots<'a> {
+    waiting: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>>,
 }
