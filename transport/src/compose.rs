@@ -25,6 +25,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lettre::Address;
+use lettre::address::Envelope;
 use lettre::message::header::{
     ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
 };
@@ -216,7 +217,11 @@ fn build(
     let domain = from.email.domain().to_owned();
     let message_id = new_message_id(&domain);
 
+    // Given, the envelope is not parsed back out of the From and To headers.
+    let envelope = Envelope::new(Some(from.email.clone()), vec![to_address.clone()])
+        .map_err(|e| ComposeError::Build(e.to_string()))?;
     let mut builder = lettre::Message::builder()
+        .envelope(envelope)
         .from(from.clone())
         .to(to)
         .subject(input.subject)

@@ -454,27 +454,30 @@ async fn envelope_pipelined(
 /// A message as DATA carries it: lines that start with `.` get another one (RFC 5321
 /// 4.5.2) and `.` on a line of its own ends it. Written in one piece with its end, where
 /// lettre's `message` stuffs byte by byte and sends the end as a second packet.
-struct DataBody<'a>(&'a str);
+struct DataBody(String);
 
-impl<'a> DataBody<'a> {
+impl DataBody {
     /// `None` when the message is not UTF-8 (lettre's own path sends it then).
-    fn new(message: &'a [u8]) -> Option<Self> {
-        std::str::from_utf8(message).ok().map(DataBody)
+    fn new(message: &[u8]) -> Option<Self> {
+        let message = std::str::from_utf8(message).ok()?;
+        let mut out = String::with_capacity(message.len() + message.len() / 64 + 5);
+        for line in message.split_inclusive("\r\n") {
+            if line.starts_with('.') {
+                out.push('.');
+            }
+            out.push_str(line);
+        }
+        if !message.is_empty() && !message.ends_with("\r\n") {
+            out.push_str("\r\n");
+        }
+        out.push_str(".\r\n");
+        Some(DataBody(out))
     }
 }
 
-impl fmt::Display for DataBody<'_> {
+impl fmt::Display for DataBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for line in self.0.split_inclusive("\r\n") {
-            if line.starts_with('.') {
-                f.write_str(".")?;
-            }
-            f.write_str(line)?;
-        }
-        if !self.0.is_empty() && !self.0.ends_with("\r\n") {
-            f.write_str("\r\n")?;
-        }
-        f.write_str(".\r\n")
+        f.write_str(&self.0)
     }
 }
 
@@ -580,7 +583,10 @@ mod tests {
     #[test]
     fn data_body_stuffs_leading_dots_and_ends_with_a_dot_line() {
         let cases = [
-            (".first\r\nmid.dle\r\n.\r\n", "..first\r\nmid.dle\r\n..\r\n.\r\n"),
+            (
+                ".first\r\nmid.dle\r\n.\r\n",
+                "..first\r\nmid.dle\r\n..\r\n.\r\n",
+            ),
             ("no line end", "no line end\r\n.\r\n"),
             ("a\r\n.b", "a\r\n..b\r\n.\r\n"),
             // A bare LF is not a line end in SMTP: the dot after it stays single.

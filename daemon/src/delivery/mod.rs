@@ -437,7 +437,8 @@ impl Deliverer {
         // `ready` can be empty with rows left: a disable or a block skipped a whole chunk.
         while !ready.is_empty() || !rest.is_empty() {
             if renewed.elapsed() > self.settings.lease / 3 {
-                let ids: Vec<DeliveryId> = ready.iter().copied().chain(rest).map(|d| d.id).collect();
+                let ids: Vec<DeliveryId> =
+                    ready.iter().copied().chain(rest).map(|d| d.id).collect();
                 self.store
                     .renew_lease(&ids, worker, self.settings.lease, self.clock.now())
                     .await?;

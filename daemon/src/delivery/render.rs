@@ -1,10 +1,14 @@
 //! Rendering one run's message for each recipient: subject, text and HTML.
 //!
 //! The templates are compiled once per run. The body is rendered twice: as written for the
-//! text part, and with every variable HTML-escaped for the HTML part, so a client named
-//! `<script>` is shown as text and never becomes markup; the latter is then turned from
-//! Markdown into HTML.
+//! text part, and for the HTML part with every variable made safe before the Markdown is
+//! turned into HTML. There, a client's values (which come from a list, not from the owner)
+//! are Markdown text with every ASCII punctuation character backslash-escaped, so a name
+//! like `[win](https://evil.example)` or `<b>` shows as written and never becomes a link
+//! or markup; the owner's and the mailing's values and the unsubscribe link are
+//! HTML-escaped.
 
+use serde::Serialize;
 use tera::{Context, Tera};
 
 use crate::message::{ClientVars, MailingVars, OwnerVars};
@@ -12,7 +16,10 @@ use crate::message::{ClientVars, MailingVars, OwnerVars};
 /// A run's compiled templates and the variables every recipient shares.
 pub struct Renderer {
     tera: Tera,
-    base: Context,
+    /// `owner` and `mailing` as written, for the subject and the text part.
+    text_base: Context,
+    /// `owner` and `mailing` HTML-escaped, for the HTML part.
+    html_base: Context,
 }
 
 /// One recipient's message, ready to compose.
@@ -43,6 +50,27 @@ fn escape_html(input: &str) -> String {
     out
 }
 
+/// `value` as literal Markdown text: each ASCII punctuation character backslash-escaped
+/// (CommonMark 2.4), which also makes `<` and `&` come out HTML-escaped.
+fn markdown_text(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + value.len() / 4);
+    for c in value.chars() {
+        if c.is_ascii_punctuation() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `client.*` for the HTML part.
+#[derive(Serialize)]
+struct HtmlClient {
+    email: String,
+    name: String,
+    comment: String,
+}
+
 impl Renderer {
     /// Compile a run's subject and body.
     pub fn new(
@@ -51,18 +79,35 @@ impl Renderer {
         mailing: MailingVars<'_>,
         owner: OwnerVars<'_>,
     ) -> Result<Self, tera::Error> {
+        // No template name ends in `.html`: Tera escapes nothing; the HTML part's values
+        // are escaped before they go in (see the module documentation).
         let mut tera = Tera::default();
-        tera.autoescape_on(vec![".html"]);
-        tera.set_escape_fn(escape_html);
-        tera.add_raw_templates(vec![
-            ("subject.txt", subject),
-            ("body.txt", body),
-            ("body.html", body),
-        ])?;
-        let mut base = Context::new();
-        base.insert("mailing", &mailing);
-        base.insert("owner", &owner);
-        Ok(Self { tera, base })
+        tera.add_raw_templates(vec![("subject", subject), ("body", body)])?;
+        let mut text_base = Context::new();
+        text_base.insert("mailing", &mailing);
+        text_base.insert("owner", &owner);
+        let (id, title) = (escape_html(mailing.id), escape_html(mailing.title));
+        let (name, email) = (escape_html(owner.name), escape_html(owner.email));
+        let mut html_base = Context::new();
+        html_base.insert(
+            "mailing",
+            &MailingVars {
+                id: &id,
+                title: &title,
+            },
+        );
+        html_base.insert(
+            "owner",
+            &OwnerVars {
+                name: &name,
+                email: &email,
+            },
+        );
+        Ok(Self {
+            tera,
+            text_base,
+            html_base,
+        })
     }
 
     /// The message for one recipient.
@@ -71,12 +116,22 @@ impl Renderer {
         client: ClientVars<'_>,
         unsubscribe_url: &str,
     ) -> Result<Rendered, tera::Error> {
-        let mut context = self.base.clone();
+        let mut context = self.text_base.clone();
         context.insert("client", &client);
         context.insert("unsubscribe_url", unsubscribe_url);
-        let subject = self.tera.render("subject.txt", &context)?;
-        let text = self.tera.render("body.txt", &context)?;
-        let markdown = self.tera.render("body.html", &context)?;
+        let subject = self.tera.render("subject", &context)?;
+        let text = self.tera.render("body", &context)?;
+        let mut context = self.html_base.clone();
+        context.insert(
+            "client",
+            &HtmlClient {
+                email: markdown_text(client.email),
+                name: markdown_text(client.name),
+                comment: markdown_text(client.comment),
+            },
+        );
+        context.insert("unsubscribe_url", &escape_html(unsubscribe_url));
+        let markdown = self.tera.render("body", &context)?;
         Ok(Rendered {
             subject: subject.trim().to_string(),
             text,
@@ -145,6 +200,65 @@ mod tests {
             "{}",
             m.html
         );
+    }
+
+    #[test]
+    fn client_values_are_text_in_the_html_part() {
+        let r = renderer(
+            "{{ client.name }}",
+            "Dear {{ client.name }}, [write]({{ unsubscribe_url }}) \\
+             [me](mailto:{{ client.email }}) {{ client.comment }}",
+        );
+        let name = "[win](https://evil.example) *Bob* _x_ `c` # O'Brien & <b>";
+        let m = r
+            .render(
+                ClientVars {
+                    email: "o.brien+news@example.com",
+                    name,
+                    comment: "1. two\n\n# three",
+                },
+                "http://u.example/unsubscribe/t?a=1&b=2",
+            )
+            .unwrap();
+        for markup in [
+            "href=\"https://evil",
+            "<em>",
+            "<code>",
+            "<b>",
+            "<h1>",
+            "<ol>",
+        ] {
+            assert!(!m.html.contains(markup), "{markup} in {}", m.html);
+        }
+        assert!(
+            m.html.contains(
+                "Dear [win](https://evil.example) *Bob* _x_ `c` # O'Brien &amp; &lt;b&gt;,"
+            ),
+            "{}",
+            m.html
+        );
+        assert!(
+            m.html
+                .contains("<a href=\"http://u.example/unsubscribe/t?a=1&amp;b=2\">write</a>"),
+            "{}",
+            m.html
+        );
+        assert!(
+            m.html
+                .contains("<a href=\"mailto:o.brien+news@example.com\">me</a>"),
+            "{}",
+            m.html
+        );
+        assert!(m.html.contains("1. two"), "{}", m.html);
+        // The text part shows the values as written.
+        assert!(
+            m.text.starts_with(&format!(
+                "Dear {name}, [write](http://u.example/unsubscribe/t?a=1&b=2)"
+            )),
+            "{}",
+            m.text
+        );
+        assert_eq!(m.subject, name);
     }
 
     #[test]
