@@ -155,8 +155,8 @@ pub struct DeliveryConfig {
     pub lease: HumanDuration,
     /// Deliveries claimed per database round trip.
     pub batch: u32,
-    /// Deliveries marked `sending` per database write (and so per commit): the most a
-    /// crash can leave `unknown` per worker.
+    /// Deliveries marked `sending` per commit; a worker holds at most two chunks
+    /// `sending`, so a crash leaves at most twice this many `unknown` per worker.
     pub chunk: u32,
 }
 

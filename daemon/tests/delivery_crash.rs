@@ -27,6 +27,9 @@ on_both_backends!(
 );
 
 const CLIENTS: usize = 2_000;
+/// `smtp.concurrency` and `delivery.chunk` of the killed `send`.
+const CONCURRENCY: usize = 4;
+const CHUNK: usize = 8;
 
 /// The envelope recipients of every message a sink received, with how many times each.
 fn received(sink: &Sink) -> BTreeMap<String, usize> {
@@ -68,6 +71,8 @@ async fn send_and_kill(db: &Db, repo: &Repo, redeliver: bool) -> Option<Killed> 
         .env("SKYCHIMP_TOKEN_SECRET", SECRET)
         .env("SKYCHIMP_MANAGER_PUBLIC_URL", PUBLIC_URL)
         .env("SKYCHIMP_DELIVERY_REDELIVER_UNKNOWN", redeliver.to_string())
+        .env("SKYCHIMP_SMTP_CONCURRENCY", CONCURRENCY.to_string())
+        .env("SKYCHIMP_DELIVERY_CHUNK", CHUNK.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn skychimpd send");
@@ -113,6 +118,15 @@ async fn send_and_kill(db: &Db, repo: &Repo, redeliver: bool) -> Option<Killed> 
     assert!(
         pending > 0,
         "the kill came after the run had finished: nothing to resume (raise CLIENTS)"
+    );
+    // Each worker holds at most two chunks `sending`: the one going out and the next.
+    let sending = at_kill
+        .values()
+        .filter(|s| **s == DeliveryStatus::Sending)
+        .count();
+    assert!(
+        sending <= 2 * CHUNK * CONCURRENCY,
+        "{sending} deliveries sending at the kill, more than 2 × {CHUNK} × {CONCURRENCY}"
     );
     assert!(
         at_kill.values().any(|s| *s == DeliveryStatus::Sent),

@@ -3,10 +3,11 @@
 //!
 //! Each of `smtp.concurrency` workers keeps one sender (one long-lived SMTP connection) and
 //! loops: claim a batch of due deliveries (a lease in the database, so several daemons
-//! share the work), then for each small chunk mark it `sending`, render, send, and record
-//! the outcomes and the attempt log in one transaction. `sending` is written before the
-//! SMTP transaction starts, so a crash leaves `sending` rows that the next start turns into
-//! `unknown` (never resent unless `delivery.redeliver_unknown`).
+//! share the work), then send it in small chunks. While one chunk is rendered and sent, a
+//! single transaction records the previous chunk's outcomes and attempt log and marks the
+//! next chunk `sending`. `sending` is committed before a row's SMTP transaction starts, so a
+//! crash leaves `sending` rows (at most two chunks per worker) that the next start turns
+//! into `unknown` (never resent unless `delivery.redeliver_unknown`).
 
 pub mod render;
 
@@ -58,8 +59,9 @@ pub struct Settings {
     pub lease: Duration,
     /// Deliveries claimed at once.
     pub batch: usize,
-    /// Deliveries marked `sending` in one database write: the most a crash can leave
-    /// `unknown` per worker, and the number of messages per commit.
+    /// Deliveries marked `sending` per commit. A worker holds at most two chunks
+    /// `sending` (the one going out and the next), so a crash leaves at most twice this
+    /// many `unknown` per worker.
     pub chunk: usize,
     /// Parallel workers (SMTP sessions).
     pub concurrency: usize,
