@@ -19,6 +19,8 @@
 #   BACKEND=postgres      or sqlite: where skychimpd logs (to tell the database's share)
 #   PG=postgres://postgres@127.0.0.1:5432   server for fresh skychimp_bench_* databases
 #   BATCH=                SKYCHIMP_DELIVERY_BATCH (empty: the configured default)
+#   PGURLOPTS=            appended to the PostgreSQL URL of the skychimpd step, e.g.
+#                         '?options=-c%20synchronous_commit%3Doff' to see what commits cost
 #   STEP_TIMEOUT=900      seconds before one step is killed
 #   PERF=0                1: record `perf record -g` of the skychimpd step into target/bench/
 #   PGSAMPLE=0            1: sample pg_stat_activity every 0.1 s during each PostgreSQL run
@@ -168,7 +170,7 @@ skychimpd_run() { # skychimpd_run N LABEL
         q postgres "DROP DATABASE IF EXISTS $db" >/dev/null
         q postgres "CREATE DATABASE $db" >/dev/null
         dbs+=("$db")
-        url="$PG/$db"
+        url="$PG/$db${PGURLOPTS:-}"
     else
         url="sqlite://$dir/var/bench.db"
     fi
