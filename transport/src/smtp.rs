@@ -7,6 +7,11 @@
 //! `AsyncSmtpConnection::connect_with_transport`, and keep that one connection for as many
 //! messages as the server allows, reconnecting after any error.
 //!
+//! When the server offers PIPELINING (RFC 2920, asked with one more EHLO per connection,
+//! since lettre's `ServerInfo` drops that keyword), MAIL, RCPT and DATA go in one write and
+//! their three replies are read in order; the message goes dot-stuffed in one write with its
+//! final `.`: two round trips per message instead of four.
+//!
 //! Each SMTP command has its own timeout ([`SmtpOptions::command_timeout`]), the reply to
 //! the end of DATA has a longer one ([`SmtpOptions::data_timeout`]), and the whole
 //! connection set-up (TCP, greeting, EHLO, TLS, AUTH) has [`SmtpOptions::connect_timeout`].

@@ -453,8 +453,19 @@ impl Deliverer {
                 self.record_and_mark(worker, &previous, next, stop).await
             };
             let (sent, next) = tokio::join!(sending, marking);
-            let (sent, unsent) = sent?;
             let next = next?;
+            let (sent, unsent) = match sent {
+                Ok(sent) => sent,
+                Err(e) => {
+                    // Marked but never started: give them back rather than leave them to
+                    // become `unknown`.
+                    let ids: Vec<DeliveryId> = next.iter().map(|d| d.id).collect();
+                    if let Err(release) = self.store.release(worker, &ids).await {
+                        tracing::warn!("giving back {} deliveries: {release}", ids.len());
+                    }
+                    return Err(e);
+                }
+            };
             outcomes = sent;
             if !unsent.is_empty() || *stop.borrow() {
                 // Stopped: what was not started goes back at once rather than at lease
