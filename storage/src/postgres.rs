@@ -263,18 +263,17 @@ impl Storage for PgStore {
             let emails: Vec<&str> = chunk.iter().map(|r| r.email.as_str()).collect();
             let names: Vec<&str> = chunk.iter().map(|r| r.name.as_str()).collect();
             let comments: Vec<Option<&str>> = chunk.iter().map(|r| r.comment.as_deref()).collect();
-            // ORDER BY ord keeps the catalog's order, so the first spelling of a duplicate
-            // address is the one kept by ON CONFLICT DO NOTHING.
+            // The owner's unsubscribed addresses are not recipients at all. ORDER BY ord
+            // keeps the catalog's order, so the first spelling of a duplicate address is the
+            // one kept by ON CONFLICT DO NOTHING.
             recipients += sqlx::query(
                 "INSERT INTO deliveries (run_id, address, email, name, comment, status, \
-                                         last_reply, attempts, next_attempt_at, updated_at) \
-                 SELECT $1, v.address, v.email, v.name, v.comment, \
-                        CASE WHEN u.address IS NULL THEN 'queued' ELSE 'skipped' END, \
-                        CASE WHEN u.address IS NULL THEN NULL ELSE 'unsubscribed' END, \
-                        0, $3, $3 \
+                                         attempts, next_attempt_at, updated_at) \
+                 SELECT $1, v.address, v.email, v.name, v.comment, 'queued', 0, $3, $3 \
                  FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[]) \
                       WITH ORDINALITY AS v(address, email, name, comment, ord) \
-                 LEFT JOIN unsubscribes u ON u.owner = $2 AND u.address = v.address \
+                 WHERE NOT EXISTS (SELECT 1 FROM unsubscribes u \
+                                   WHERE u.owner = $2 AND u.address = v.address) \
                  ORDER BY v.ord \
                  ON CONFLICT (run_id, address) DO NOTHING",
             )

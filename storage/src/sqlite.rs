@@ -319,23 +319,20 @@ impl Storage for SqliteStore {
             return Ok(None);
         };
 
-        // The LEFT JOIN marks unsubscribed addresses; ON CONFLICT lets the unique key drop
-        // duplicates (VALUES is scanned in order, so the first spelling wins). `WHERE true`
-        // is SQLite's required disambiguation between a join's ON and the upsert's.
+        // The owner's unsubscribed addresses are not recipients at all; ON CONFLICT lets the
+        // unique key drop duplicates (VALUES is scanned in order, so the first spelling
+        // wins). The WHERE is also SQLite's required disambiguation before an upsert.
         let mut recipients = 0u64;
         let mut sql_cache: Option<(usize, String)> = None;
         for chunk in run.recipients.chunks(RECIPIENT_CHUNK) {
             if sql_cache.as_ref().is_none_or(|(n, _)| *n != chunk.len()) {
                 let sql = format!(
                     "INSERT INTO deliveries (run_id, address, email, name, comment, status, \
-                                             last_reply, attempts, next_attempt_at, updated_at) \
-                     SELECT ?, v.column1, v.column2, v.column3, v.column4, \
-                            CASE WHEN u.address IS NULL THEN 'queued' ELSE 'skipped' END, \
-                            CASE WHEN u.address IS NULL THEN NULL ELSE 'unsubscribed' END, \
-                            0, ?, ? \
+                                             attempts, next_attempt_at, updated_at) \
+                     SELECT ?, v.column1, v.column2, v.column3, v.column4, 'queued', 0, ?, ? \
                      FROM (VALUES {}) AS v \
-                     LEFT JOIN unsubscribes u ON u.owner = ? AND u.address = v.column1 \
-                     WHERE true \
+                     WHERE NOT EXISTS (SELECT 1 FROM unsubscribes u \
+                                       WHERE u.owner = ? AND u.address = v.column1) \
                      ON CONFLICT (run_id, address) DO NOTHING",
                     value_rows(chunk.len(), 4)
                 );
