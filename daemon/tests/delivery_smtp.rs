@@ -22,6 +22,7 @@ on_both_backends!(
     a_4xx_at_data_defers_and_the_retry_after_the_backoff_sends,
     a_5xx_fails_at_once_and_is_never_retried,
     no_server_listening_defers_and_nothing_is_lost,
+    a_halt_skips_marked_deliveries_before_their_smtp_transaction,
 );
 
 /// 120 clients in list `a`, 120 in `b`, 40 of them shared (half of those spelled in
@@ -348,4 +349,56 @@ async fn no_server_listening_defers_and_nothing_is_lost(db: Db) {
         assert_eq!(delivery.status, DeliveryStatus::Sent);
         assert_eq!(delivery.attempts, 2);
     }
+}
+
+/// A mailing disabled or an owner blocked through this process stops its workers before
+/// their next message, even for deliveries already marked `sending`. Here the decision is
+/// known only in memory (the database still says queued, as it does for rows marked in the
+/// moment between the decision and the skip), so every row is marked and then skipped at
+/// its turn: nothing reaches the server and no attempt is logged. Allowed again, the next
+/// run goes out.
+async fn a_halt_skips_marked_deliveries_before_their_smtp_transaction(db: Db) {
+    let Some(sink) = Sink::start(&[]) else {
+        return;
+    };
+    let repo = few();
+    let catalog = repo.catalog();
+    let clock = Arc::new(FixedClock::new(start_time()));
+    let d = deliverer(&db.store, sink.port, &catalog, clock.clone(), 2);
+    let halted = [
+        ("mailing", "mailing disabled by a manager: complaints"),
+        ("owner", "owner blocked by a manager"),
+    ];
+    for (what, why) in halted {
+        match what {
+            "mailing" => d.halts().mailing("alice/news", Some(why.to_string())),
+            _ => d.halts().owner("alice", Some(why.to_string())),
+        }
+        let run = create_run(&db.store, &catalog, &clock).await;
+        let tally = deliver_run(&d, run).await;
+        assert_eq!(
+            (tally.sent, tally.failed, tally.deferred),
+            (0, 0, 0),
+            "{what}"
+        );
+        for delivery in deliveries(&db.store, run).await {
+            assert_eq!(
+                (delivery.status, delivery.last_reply.as_deref()),
+                (DeliveryStatus::Skipped, Some(why)),
+                "{what}: {delivery:?}"
+            );
+        }
+        assert!(
+            sink.messages().is_empty(),
+            "{what}: mail reached the server"
+        );
+        assert!(attempts_by_delivery(&db.store).await.is_empty(), "{what}");
+        d.halts().mailing("alice/news", None);
+        d.halts().owner("alice", None);
+        clock.advance(chrono::Duration::minutes(1));
+    }
+    let run = create_run(&db.store, &catalog, &clock).await;
+    let tally = deliver_run(&d, run).await;
+    assert_eq!(tally.sent, 4);
+    assert_eq!(sink.wait_for_messages(4).len(), 4);
 }

@@ -246,6 +246,17 @@ storage_interface! {
         redeliver_unknown: bool,
     ) -> u64;
 
+    /// Turns `worker`'s deliveries `ids`, marked `sending` but whose SMTP transaction never
+    /// started, into `skipped` with `reason` (the worker learnt in time that their mailing
+    /// was disabled or their owner blocked). Returns how many.
+    fn skip_marked(
+        &self,
+        worker: &str,
+        ids: &[DeliveryId],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> u64;
+
     /// Turns the mailing's queued and deferred deliveries into `skipped` with `reason`
     /// (a manager disabled it). Returns how many.
     fn skip_queued_for_mailing(&self, mailing_id: &str, reason: &str, now: DateTime<Utc>) -> u64;

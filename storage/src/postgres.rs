@@ -563,6 +563,31 @@ impl Storage for PgStore {
         .rows_affected())
     }
 
+    async fn skip_marked(
+        &self,
+        worker: &str,
+        ids: &[DeliveryId],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        Ok(sqlx::query(
+            "UPDATE deliveries SET status = 'skipped', last_reply = $3, \
+                    lease_owner = NULL, lease_until = NULL, updated_at = $4 \
+             WHERE id = ANY($1) AND lease_owner = $2 AND status = 'sending'",
+        )
+        .bind(ids)
+        .bind(worker)
+        .bind(reason)
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     async fn skip_queued_for_mailing(
         &self,
         mailing_id: &str,

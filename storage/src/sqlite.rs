@@ -698,6 +698,38 @@ impl Storage for SqliteStore {
         Ok(logged)
     }
 
+    async fn skip_marked(
+        &self,
+        worker: &str,
+        ids: &[DeliveryId],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write_tx().await?;
+        let mut skipped = 0;
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE deliveries SET status = 'skipped', last_reply = ?, \
+                        lease_owner = NULL, lease_until = NULL, updated_at = ? \
+                 WHERE lease_owner = ? AND status = 'sending' AND id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(reason)
+                .bind(ms(now))
+                .bind(worker);
+            for id in chunk {
+                q = q.bind(id.0);
+            }
+            skipped += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(skipped)
+    }
+
     async fn skip_queued_for_mailing(
         &self,
         mailing_id: &str,

@@ -68,6 +68,7 @@ contract!(
     mailing_state_and_audit,
     claim_can_be_limited_to_one_run,
     release_gives_back_unstarted_rows,
+    marked_rows_of_a_halted_mailing_are_skipped,
     dead_workers_are_taken_over,
     generation_grows_with_runs_and_attempts,
     record_and_mark_in_one_transaction,
@@ -1585,6 +1586,49 @@ async fn release_gives_back_unstarted_rows(store: Store) {
         .await
         .expect("claim");
     assert_eq!(again.len(), 3);
+}
+
+async fn marked_rows_of_a_halted_mailing_are_skipped(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 4).await;
+    let claimed = store
+        .claim("w1", 4, Duration::from_secs(300), t0(), None)
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store
+        .mark_sending(&ids[..3], "w1", t0())
+        .await
+        .expect("mark");
+    let reason = "mailing disabled by a manager";
+    // Only the worker's own `sending` rows: not another worker's, not a merely leased one.
+    assert_eq!(
+        store
+            .skip_marked("w2", &ids, reason, t0())
+            .await
+            .expect("skip"),
+        0
+    );
+    assert_eq!(
+        store
+            .skip_marked("w1", &ids[1..], reason, t0() + secs(1))
+            .await
+            .expect("skip"),
+        2
+    );
+    let rows = store.deliveries_of(run).await.expect("rows");
+    let by_id = |id: DeliveryId| rows.iter().find(|d| d.id == id).expect("row").clone();
+    assert_eq!(by_id(ids[0]).status, DeliveryStatus::Sending);
+    for &id in &ids[1..3] {
+        let d = by_id(id);
+        assert_eq!(
+            (d.status, d.last_reply.as_deref(), d.lease_owner.as_deref()),
+            (DeliveryStatus::Skipped, Some(reason), None)
+        );
+    }
+    assert_eq!(by_id(ids[3]).status, DeliveryStatus::Queued);
+    // A skip is not an attempt: no log row.
+    let logged = store.logs("alice/weekly", 10, None).await.expect("logs");
+    assert!(logged.is_empty(), "{logged:?}");
 }
 
 async fn dead_workers_are_taken_over(store: Store) {

@@ -176,6 +176,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             require_verification: config.users.require_verification,
             catch_up: config.daemon.catch_up.0,
             metrics: deliverer.metrics(),
+            halts: deliverer.halts(),
         }),
     )?;
 

@@ -197,6 +197,57 @@ impl std::ops::AddAssign for Tally {
     }
 }
 
+/// Mailings a manager disabled and owners a manager blocked through this process, with the
+/// text to log. Workers look here before each SMTP transaction, so such a decision stops
+/// this process's sending before its next message leaves, even for deliveries already
+/// marked `sending` (they become `skipped`). Other processes learn the decision from the
+/// database when they mark their next chunk.
+#[derive(Debug, Default)]
+pub struct Halts {
+    sets: RwLock<HaltSets>,
+}
+
+#[derive(Debug, Default)]
+struct HaltSets {
+    /// Mailing id → why.
+    mailings: HashMap<String, String>,
+    /// Owner → why.
+    owners: HashMap<String, String>,
+}
+
+impl Halts {
+    /// Stop (`Some(why)`) or allow again (`None`) a mailing's sending.
+    pub fn mailing(&self, mailing_id: &str, why: Option<String>) {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) => sets.mailings.insert(mailing_id.to_string(), why),
+            None => sets.mailings.remove(mailing_id),
+        };
+    }
+
+    /// Stop (`Some(why)`) or allow again (`None`) all of an owner's sending.
+    pub fn owner(&self, owner: &str, why: Option<String>) {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) => sets.owners.insert(owner.to_string(), why),
+            None => sets.owners.remove(owner),
+        };
+    }
+
+    /// Why a delivery of `mailing_id` must not go out now, if it must not.
+    fn why(&self, mailing_id: &str) -> Option<String> {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        if sets.mailings.is_empty() && sets.owners.is_empty() {
+            return None;
+        }
+        let owner = mailing_id.split_once('/').map_or(mailing_id, |(o, _)| o);
+        sets.mailings
+            .get(mailing_id)
+            .or_else(|| sets.owners.get(owner))
+            .cloned()
+    }
+}
+
 /// The delivery engine shared by the workers.
 pub struct Deliverer {
     store: Store,
@@ -210,6 +261,8 @@ pub struct Deliverer {
     instance: String,
     /// Woken when new work may be there (a run created, a retry due).
     wake: Notify,
+    /// Decisions that stop sending at once.
+    halts: Arc<Halts>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -252,6 +305,7 @@ impl Deliverer {
             dkim,
             instance: instance_name(),
             wake: Notify::new(),
+            halts: Arc::default(),
             metrics: Arc::default(),
         }
     }
@@ -264,6 +318,11 @@ impl Deliverer {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Where the manager API tells the workers to stop a mailing or an owner at once.
+    pub fn halts(&self) -> Arc<Halts> {
+        self.halts.clone()
     }
 
     /// This engine's counters (for `/metrics`).
@@ -447,7 +506,7 @@ impl Deliverer {
                 renewed = std::time::Instant::now();
             }
             let previous = std::mem::take(&mut outcomes);
-            let sending = self.send_chunk(&ready, sender, renderers, tally, stop);
+            let sending = self.send_chunk(worker, &ready, sender, renderers, tally, stop);
             let marking = async {
                 let next = self.next_chunk(&mut rest, &mut slots).await;
                 self.record_and_mark(worker, &previous, next, stop).await
@@ -545,9 +604,11 @@ impl Deliverer {
     }
 
     /// One SMTP transaction per row of a marked chunk, in order; stops between messages
-    /// when asked. The outcomes, and the ids it did not start.
+    /// when asked, and skips a row whose mailing or owner was halted meanwhile. The
+    /// outcomes, and the ids it did not start.
     async fn send_chunk(
         &self,
+        worker: &str,
         chunk: &[&ClaimedDelivery],
         sender: &mut skychimp_transport::Sender,
         renderers: &mut HashMap<RunId, Arc<RunContext>>,
@@ -560,6 +621,12 @@ impl Deliverer {
         for d in chunk {
             if *stop.borrow() {
                 unsent.push(d.id);
+                continue;
+            }
+            if let Some(why) = self.halts.why(&d.mailing_id) {
+                self.store
+                    .skip_marked(worker, &[d.id], &why, self.clock.now())
+                    .await?;
                 continue;
             }
             let ctx = match renderers.get(&d.run_id) {

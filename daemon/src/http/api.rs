@@ -551,8 +551,9 @@ fn set_user(state: &HttpState, req: &ApiRequest, key_id: &str, user: &str, block
     decide(state, req, key_id, user, Decision::User(block))
 }
 
-/// Record a manager decision, skip the queued deliveries it stops (before the next message
-/// leaves: workers re-check each delivery's status), audit it and wake the scheduler.
+/// Record a manager decision, stop this process's workers before their next message of
+/// that mailing or owner, skip the queued deliveries it stops (other processes mark only
+/// deliveries still queued), audit it and wake the scheduler.
 fn decide(
     state: &HttpState,
     req: &ApiRequest,
@@ -570,20 +571,22 @@ fn decide(
                 store
                     .set_mailing_disabled(target, disable, why.as_deref(), now)
                     .await?;
+                let text = format!("mailing disabled by a manager{because}");
+                state.halts.mailing(target, disable.then(|| text.clone()));
                 if !disable {
                     return Ok(0);
                 }
-                let text = format!("mailing disabled by a manager{because}");
                 store.skip_queued_for_mailing(target, &text, now).await
             }
             Decision::User(block) => {
                 store
                     .set_blocked(target, block, why.as_deref(), now)
                     .await?;
+                let text = format!("owner blocked by a manager{because}");
+                state.halts.owner(target, block.then(|| text.clone()));
                 if !block {
                     return Ok(0);
                 }
-                let text = format!("owner blocked by a manager{because}");
                 store.skip_queued_for_owner(target, &text, now).await
             }
         }

@@ -52,6 +52,8 @@ pub struct HttpState {
     pub catch_up: std::time::Duration,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This process's delivery workers' stop list (disable, block).
+    pub halts: Arc<crate::delivery::Halts>,
 }
 
 /// A running listener; [`HttpServer::stop`] ends it.
