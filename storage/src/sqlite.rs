@@ -28,6 +28,9 @@ const RECIPIENT_CHUNK: usize = 4000;
 const OUTCOME_CHUNK: usize = 2000;
 /// Ids per statement in `IN (…)` lists.
 const ID_CHUNK: usize = 10_000;
+
+/// A query on this back end, before it runs.
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 /// How long a writer waits for the lock before giving up: long enough to ride out a
 /// large run being created by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,6 +117,37 @@ impl SqliteStore {
 
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StorageError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// `UPDATE deliveries SET {set} WHERE lease_owner = ? AND {only} AND id IN (…)` over
+    /// `ids`, in chunks within one write transaction: `worker`'s own rows among them.
+    /// `bind_set` binds the parameters of `set`. Returns how many rows changed.
+    async fn update_own(
+        &self,
+        worker: &str,
+        ids: &[DeliveryId],
+        set: &str,
+        only: &str,
+        bind_set: impl for<'q> Fn(SqliteQuery<'q>) -> SqliteQuery<'q>,
+    ) -> Result<u64, StorageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write_tx().await?;
+        let mut changed = 0;
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "UPDATE deliveries SET {set} WHERE lease_owner = ? AND {only} AND id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = bind_set(sqlx::query(AssertSqlSafe(sql))).bind(worker);
+            for id in chunk {
+                q = q.bind(id.0);
+            }
+            changed += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 }
 
@@ -510,27 +544,15 @@ impl Storage for SqliteStore {
     }
 
     async fn release(&self, worker: &str, ids: &[DeliveryId]) -> Result<u64, StorageError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.write_tx().await?;
-        let mut released = 0;
-        for chunk in ids.chunks(ID_CHUNK) {
-            let sql = format!(
-                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, \
-                        status = CASE WHEN status = 'sending' THEN 'queued' ELSE status END \
-                 WHERE lease_owner = ? AND status IN ('queued', 'deferred', 'sending') \
-                   AND id IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(worker);
-            for id in chunk {
-                q = q.bind(id.0);
-            }
-            released += q.execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(released)
+        self.update_own(
+            worker,
+            ids,
+            "lease_owner = NULL, lease_until = NULL, \
+             status = CASE WHEN status = 'sending' THEN 'queued' ELSE status END",
+            "status IN ('queued', 'deferred', 'sending')",
+            |q| q,
+        )
+        .await
     }
 
     async fn run_pending(&self, run_id: RunId) -> Result<i64, StorageError> {
@@ -705,29 +727,15 @@ impl Storage for SqliteStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, StorageError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.write_tx().await?;
-        let mut skipped = 0;
-        for chunk in ids.chunks(ID_CHUNK) {
-            let sql = format!(
-                "UPDATE deliveries SET status = 'skipped', last_reply = ?, \
-                        lease_owner = NULL, lease_until = NULL, updated_at = ? \
-                 WHERE lease_owner = ? AND status = 'sending' AND id IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(reason)
-                .bind(ms(now))
-                .bind(worker);
-            for id in chunk {
-                q = q.bind(id.0);
-            }
-            skipped += q.execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(skipped)
+        self.update_own(
+            worker,
+            ids,
+            "status = 'skipped', last_reply = ?, lease_owner = NULL, lease_until = NULL, \
+             updated_at = ?",
+            "status = 'sending'",
+            |q| q.bind(reason.to_owned()).bind(ms(now)),
+        )
+        .await
     }
 
     async fn skip_queued_for_mailing(
