@@ -592,14 +592,10 @@ impl Deliverer {
             self.store.release(worker, &ids).await?;
             return Ok(Vec::new());
         }
-        let now = self.clock.now();
-        let marked = if outcomes.is_empty() {
-            self.store.mark_sending(&ids, worker, now).await?
-        } else {
-            self.store
-                .record_and_mark_sending(outcomes, &ids, worker, now)
-                .await?
-        };
+        let marked = self
+            .store
+            .record_and_mark_sending(outcomes, &ids, worker, self.clock.now())
+            .await?;
         Ok(chunk.iter().filter(|d| marked.contains(&d.id)).collect())
     }
 
