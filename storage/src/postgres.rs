@@ -398,10 +398,7 @@ impl Storage for PgStore {
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<DeliveryId>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let marked = mark_in(&mut tx, ids, worker, now).await?;
-        tx.commit().await?;
-        Ok(marked)
+        Ok(record_and_mark(&self.pool, &[], ids, worker, now).await?.1)
     }
 
     async fn release(&self, worker: &str, ids: &[DeliveryId]) -> Result<u64, StorageError> {
@@ -446,13 +443,16 @@ impl Storage for PgStore {
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<DeliveryId>, StorageError> {
+        if outcomes.len() <= OUTCOME_CHUNK && !outcomes.iter().any(|o| ids.contains(&o.delivery_id))
+        {
+            // The worker's call once per chunk: one statement, one round trip.
+            return Ok(record_and_mark(&self.pool, outcomes, ids, worker, now)
+                .await?
+                .1);
+        }
         let mut tx = self.pool.begin().await?;
         record_in(&mut tx, outcomes).await?;
-        let marked = if ids.is_empty() {
-            Vec::new()
-        } else {
-            mark_in(&mut tx, ids, worker, now).await?
-        };
+        let (_, marked) = record_and_mark(&mut *tx, &[], ids, worker, now).await?;
         tx.commit().await?;
         Ok(marked)
     }
@@ -520,6 +520,13 @@ impl Storage for PgStore {
     async fn record_outcomes(&self, outcomes: &[Outcome]) -> Result<u64, StorageError> {
         if outcomes.is_empty() {
             return Ok(0);
+        }
+        if outcomes.len() <= OUTCOME_CHUNK {
+            return Ok(
+                record_and_mark(&self.pool, outcomes, &[], "", DateTime::UNIX_EPOCH)
+                    .await?
+                    .0,
+            );
         }
         let mut tx = self.pool.begin().await?;
         let written = record_in(&mut tx, outcomes).await?;
@@ -979,63 +986,42 @@ async fn record_in(
     }
     let mut written = 0;
     for chunk in outcomes.chunks(OUTCOME_CHUNK) {
-        let mut ids = Vec::with_capacity(chunk.len());
-        let mut statuses = Vec::with_capacity(chunk.len());
-        let mut nexts = Vec::with_capacity(chunk.len());
-        let mut codes = Vec::with_capacity(chunk.len());
-        let mut replies = Vec::with_capacity(chunk.len());
-        let mut ats = Vec::with_capacity(chunk.len());
-        let mut durations = Vec::with_capacity(chunk.len());
-        for o in chunk {
-            let (status, next) = match o.status {
-                OutcomeStatus::Sent => ("sent", None),
-                OutcomeStatus::Failed => ("failed", None),
-                OutcomeStatus::Deferred { next_attempt_at } => {
-                    ("deferred", Some(to_millis(next_attempt_at)))
-                }
-            };
-            ids.push(o.delivery_id.0);
-            statuses.push(status);
-            nexts.push(next);
-            codes.push(o.smtp_code.map(i32::from));
-            replies.push(o.reply.as_str());
-            ats.push(to_millis(o.at));
-            durations.push(duration_ms(o.duration));
-        }
-        // One statement: the data-modifying CTE updates the deliveries and feeds the
-        // attempt rows from what it updated (run and address come from the row).
-        written += sqlx::query(
-            "WITH o AS ( \
-                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], \
-                                          $4::int[], $5::text[], $6::timestamptz[], \
-                                          $7::bigint[]) \
-                         AS o(id, status, next_at, code, reply, at, duration_ms)), \
-                 u AS ( \
-                     UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1, \
-                            next_attempt_at = coalesce(o.next_at, d.next_attempt_at), \
-                            last_code = o.code, last_reply = o.reply, \
-                            lease_owner = NULL, lease_until = NULL, updated_at = o.at \
-                     FROM o WHERE d.id = o.id \
-                     RETURNING d.id, d.run_id, d.address) \
-                 INSERT INTO attempts (delivery_id, run_id, mailing_id, address, at, outcome, \
-                                       smtp_code, reply, duration_ms) \
-                 SELECT o.id, u.run_id, r.mailing_id, u.address, o.at, o.status, o.code, \
-                        o.reply, o.duration_ms \
-                 FROM o JOIN u ON u.id = o.id JOIN runs r ON r.id = u.run_id",
-        )
-        .bind(ids)
-        .bind(statuses)
-        .bind(nexts)
-        .bind(codes)
-        .bind(replies)
-        .bind(ats)
-        .bind(durations)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+        written += record_and_mark(&mut **tx, chunk, &[], "", DateTime::UNIX_EPOCH)
+            .await?
+            .0;
     }
-
     Ok(written)
+}
+
+/// Outcomes as the seven arrays [`statements::RECORD_AND_MARK`] unnests.
+#[derive(Default)]
+struct OutcomeColumns<'o> {
+    ids: Vec<i64>,
+    statuses: Vec<&'static str>,
+    nexts: Vec<Option<DateTime<Utc>>>,
+    codes: Vec<Option<i32>>,
+    replies: Vec<&'o str>,
+    ats: Vec<DateTime<Utc>>,
+    durations: Vec<i64>,
+}
+
+impl<'o> OutcomeColumns<'o> {
+    fn push(&mut self, o: &'o Outcome) {
+        let (status, next) = match o.status {
+            OutcomeStatus::Sent => ("sent", None),
+            OutcomeStatus::Failed => ("failed", None),
+            OutcomeStatus::Deferred { next_attempt_at } => {
+                ("deferred", Some(to_millis(next_attempt_at)))
+            }
+        };
+        self.ids.push(o.delivery_id.0);
+        self.statuses.push(status);
+        self.nexts.push(next);
+        self.codes.push(o.smtp_code.map(i32::from));
+        self.replies.push(o.reply.as_str());
+        self.ats.push(to_millis(o.at));
+        self.durations.push(duration_ms(o.duration));
+    }
 }
 
 /// Statement texts whose plans matter enough to be checked by a test (`EXPLAIN` in
@@ -1068,10 +1054,18 @@ pub mod statements {
          RETURNING d.id, d.run_id, r.mailing_id, d.address, d.email, d.name, d.comment, \
                    d.attempts, d.status";
 
-    /// Marks leased, due rows `sending`: `$1` ids, `$2` worker, `$3` now.
+    /// Records one chunk's outcomes and marks the next chunk `sending`, in one statement
+    /// (one round trip, its own transaction unless run in one): `$1`–`$7` the outcomes as
+    /// arrays (delivery id, status, next attempt, SMTP code, reply, time, duration in ms);
+    /// `$8` the ids to mark, which must be leased to worker `$9` and not be among the
+    /// outcomes; `$10` now. Either set may be empty. Returns the number of attempt rows
+    /// written and the ids marked.
     ///
-    /// The status test names the statuses a row must *not* have rather than the two it may
-    /// have. Written as `status IN ('queued', 'deferred')`, it implies the predicate of the
+    /// Each outcome updates its delivery and adds an attempt row fed from what the update
+    /// changed (run and address come from the row).
+    ///
+    /// The mark's status test names the statuses a row must *not* have rather than the two
+    /// it may have. Written as `status IN ('queued', 'deferred')`, it implies the predicate of the
     /// partial index `deliveries_due`, and whenever the statistics make that index look
     /// small (a table never analysed, or analysed between runs when nothing was due) the
     /// planner ANDs a scan of the whole index with the primary-key lookup. During a large
@@ -1079,32 +1073,61 @@ pub mod statements {
     /// sent, so each chunk of 16 walked ~100,000 entries: 60 % of the database's time in
     /// `bench/send.sh` at 100,000 recipients. The CHECK constraint on `status` makes both
     /// spellings select the same rows.
-    pub const MARK_SENDING: &str = "UPDATE deliveries SET status = 'sending', updated_at = $3 \
-         WHERE id = ANY($1) AND lease_owner = $2 \
-           AND status NOT IN ('sending', 'sent', 'failed', 'skipped', 'unknown') \
-         RETURNING id";
+    pub const RECORD_AND_MARK: &str = "WITH o AS ( \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], $4::int[], \
+                                  $5::text[], $6::timestamptz[], $7::bigint[]) \
+                 AS o(id, status, next_at, code, reply, at, duration_ms)), \
+         u AS ( \
+             UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1, \
+                    next_attempt_at = coalesce(o.next_at, d.next_attempt_at), \
+                    last_code = o.code, last_reply = o.reply, \
+                    lease_owner = NULL, lease_until = NULL, updated_at = o.at \
+             FROM o WHERE d.id = o.id \
+             RETURNING d.id, d.run_id, d.address), \
+         a AS ( \
+             INSERT INTO attempts (delivery_id, run_id, mailing_id, address, at, outcome, \
+                                   smtp_code, reply, duration_ms) \
+             SELECT o.id, u.run_id, r.mailing_id, u.address, o.at, o.status, o.code, \
+                    o.reply, o.duration_ms \
+             FROM o JOIN u ON u.id = o.id JOIN runs r ON r.id = u.run_id \
+             RETURNING 1), \
+         m AS ( \
+             UPDATE deliveries SET status = 'sending', updated_at = $10 \
+             WHERE id = ANY($8) AND lease_owner = $9 \
+               AND status NOT IN ('sending', 'sent', 'failed', 'skipped', 'unknown') \
+             RETURNING id) \
+         SELECT (SELECT count(*) FROM a), ARRAY(SELECT id FROM m)";
 }
 
-/// `mark_sending` inside a transaction the caller commits.
-async fn mark_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+/// Runs [`statements::RECORD_AND_MARK`]: how many attempt rows it wrote, and the ids it
+/// marked `sending` (sorted). At most `OUTCOME_CHUNK` outcomes; `now` matters only to the
+/// marking. The two sets of rows must be disjoint.
+async fn record_and_mark<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    outcomes: &[Outcome],
     ids: &[DeliveryId],
     worker: &str,
     now: DateTime<Utc>,
-) -> Result<Vec<DeliveryId>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+) -> Result<(u64, Vec<DeliveryId>), StorageError> {
+    let mut columns = OutcomeColumns::default();
+    for o in outcomes {
+        columns.push(o);
     }
     let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-    let mut marked: Vec<DeliveryId> = sqlx::query_scalar::<_, i64>(statements::MARK_SENDING)
+    let (written, marked): (i64, Vec<i64>) = sqlx::query_as(statements::RECORD_AND_MARK)
+        .bind(columns.ids)
+        .bind(columns.statuses)
+        .bind(columns.nexts)
+        .bind(columns.codes)
+        .bind(columns.replies)
+        .bind(columns.ats)
+        .bind(columns.durations)
         .bind(ids)
         .bind(worker)
         .bind(to_millis(now))
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(DeliveryId)
-        .collect();
+        .fetch_one(executor)
+        .await?;
+    let mut marked: Vec<DeliveryId> = marked.into_iter().map(DeliveryId).collect();
     marked.sort();
-    Ok(marked)
+    Ok((u64::try_from(written).unwrap_or(0), marked))
 }

@@ -1781,13 +1781,17 @@ async fn senders_statements_have_bounded_plans(store: Store) {
             .await
             .expect("claim");
         let ids: Vec<String> = claimed.iter().map(|c| c.id.0.to_string()).collect();
+        // The first half as outcomes, the second half to mark.
+        let (done, next) = ids.split_at(ids.len() / 2);
+        let n = done.len();
         let mut conn = pg.pool().acquire().await.expect("connection");
         let (mark, claim) = (
-            postgres_statements::MARK_SENDING,
+            postgres_statements::RECORD_AND_MARK,
             postgres_statements::CLAIM,
         );
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "PREPARE mark(bigint[], text, timestamptz) AS {mark}; \
+            "PREPARE mark(bigint[], text[], timestamptz[], int[], text[], timestamptz[], \
+                          bigint[], bigint[], text, timestamptz) AS {mark}; \
              PREPARE claim(timestamptz, bigint, text, timestamptz, bigint) AS {claim}"
         )))
         .execute(&mut *conn)
@@ -1798,14 +1802,25 @@ async fn senders_statements_have_bounded_plans(store: Store) {
                 .execute(&mut *conn)
                 .await
                 .expect("plan_cache_mode");
+            let column = |value: &str| format!("'{{{}}}'", vec![value; n].join(","));
             let plan = explain(
                 &mut conn,
-                format!("mark('{{{}}}', 'w', now())", ids.join(",")),
+                format!(
+                    "mark('{{{}}}', {}, {}, {}, {}, {}, {}, '{{{}}}', 'w', now())",
+                    done.join(","),
+                    column("sent"),
+                    column("NULL"),
+                    column("250"),
+                    column("ok"),
+                    column("2030-01-01 00:00:00+00"),
+                    column("1"),
+                    next.join(","),
+                ),
             )
             .await;
             assert!(
                 plan.contains("deliveries_pkey") && !plan.contains("deliveries_due"),
-                "{when}, {mode}: mark_sending should look its rows up by primary key only:\n{plan}"
+                "{when}, {mode}: recording and marking should look rows up by primary key only:\n{plan}"
             );
             // As the claim's transaction does (SET LOCAL there).
             sqlx::raw_sql("SET enable_sort = off")
