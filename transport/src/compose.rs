@@ -282,32 +282,36 @@ fn body(text: &str) -> Body {
 /// line ends (LF or CRLF, no lone CR), no line longer than [`MAX_7BIT_LINE`].
 fn seven_bit(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 2);
-    let mut line = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                line = 0;
-            }
-            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                line = 0;
-                i += 1;
-            }
-            b @ (b'\t' | b' '..=b'~') => {
-                out.push(b);
-                line += 1;
-                if line > MAX_7BIT_LINE {
-                    return None;
-                }
-            }
-            _ => return None,
-        }
-        i += 1;
+    // Whole blocks without early exit, so the test compiles to vector instructions; this
+    // runs on every part of every message.
+    let allowed = |b: u8| matches!(b, b'\t' | b'\n' | b'\r' | b' '..=b'~');
+    if !bytes
+        .chunks(64)
+        .all(|block| block.iter().fold(true, |ok, &b| ok & allowed(b)))
+    {
+        return None;
     }
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 2);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        let line = bytes[start..end]
+            .strip_suffix(b"\r")
+            .unwrap_or(&bytes[start..end]);
+        push_7bit_line(&mut out, line)?;
+        out.extend_from_slice(b"\r\n");
+        start = end + 1;
+    }
+    push_7bit_line(&mut out, &bytes[start..])?;
     Some(out)
+}
+
+/// Appends one line (without its end) when it has no CR and fits in [`MAX_7BIT_LINE`].
+fn push_7bit_line(out: &mut Vec<u8>, line: &[u8]) -> Option<()> {
+    if line.len() > MAX_7BIT_LINE || memchr::memchr(b'\r', line).is_some() {
+        return None;
+    }
+    out.extend_from_slice(line);
+    Some(())
 }
 
 fn reject_control(field: &'static str, value: &str) -> Result<(), ComposeError> {
@@ -635,5 +639,44 @@ mod tests {
             compose(&i).unwrap_err(),
             ComposeError::BadListId { .. }
         ));
+    }
+
+    /// The byte-by-byte definition `seven_bit` is a faster spelling of.
+    fn seven_bit_by_bytes(text: &str) -> Option<Vec<u8>> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let (mut line, mut i) = (0, 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    line = 0;
+                }
+                b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    line = 0;
+                    i += 1;
+                }
+                b @ (b'\t' | b' '..=b'~') => {
+                    out.push(b);
+                    line += 1;
+                    if line > MAX_7BIT_LINE {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+            i += 1;
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn seven_bit_agrees_with_its_definition(
+            text in "([ -~\t]{0,20}|\r\n|\n|\r|é|\u{0}|x{990,1000}){0,12}"
+        ) {
+            proptest::prop_assert_eq!(seven_bit(&text), seven_bit_by_bytes(&text));
+        }
     }
 }

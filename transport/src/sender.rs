@@ -59,6 +59,19 @@ impl Sender {
         }
     }
 
+    /// Sends `message`, telling an SMTP sender that `next` is the message that follows, so
+    /// its envelope can go with this body (see [`SmtpSender::send_then`]).
+    pub async fn send_then(
+        &mut self,
+        message: &OutgoingMessage,
+        next: Option<&OutgoingMessage>,
+    ) -> SendReport {
+        match self {
+            Sender::Smtp(s) => s.send_then(message, next).await,
+            Sender::Outbox(o) => o.send(message).await,
+        }
+    }
+
     /// Ends the session cleanly (QUIT for SMTP); call on shutdown.
     pub async fn close(&mut self) {
         if let Sender::Smtp(s) = self {

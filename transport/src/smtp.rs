@@ -10,7 +10,12 @@
 //! When the server offers PIPELINING (RFC 2920, asked with one more EHLO per connection,
 //! since lettre's `ServerInfo` drops that keyword), MAIL, RCPT and DATA go in one write and
 //! their three replies are read in order; the message goes dot-stuffed in one write with its
-//! final `.`: two round trips per message instead of four.
+//! final `.`: two round trips per message instead of four. When the caller already knows the
+//! next message ([`SmtpSender::send_then`]), its MAIL, RCPT and DATA go in the same write as
+//! this message's body (RFC 2920 lets message content start a group) and their replies are
+//! read when that message is sent: one round trip per message. If the next message sent is
+//! not the one announced (a halt or a stop came between), the connection is closed rather
+//! than given content, since the server may be waiting for a message that must not come.
 //!
 //! Each SMTP command has its own timeout ([`SmtpOptions::command_timeout`]), the reply to
 //! the end of DATA has a longer one ([`SmtpOptions::data_timeout`]), and the whole
@@ -118,6 +123,8 @@ pub struct SmtpSender {
     conn: Option<AsyncSmtpConnection>,
     /// Whether the open connection's server offered PIPELINING (RFC 2920).
     pipelining: bool,
+    /// MAIL, RCPT and DATA written after the last message's body, their replies unread.
+    ahead: Option<String>,
     connections_opened: u64,
 }
 
@@ -128,6 +135,7 @@ impl fmt::Debug for SmtpSender {
             .field("options", &self.options)
             .field("connected", &self.conn.is_some())
             .field("pipelining", &self.pipelining)
+            .field("ahead", &self.ahead.is_some())
             .field("connections_opened", &self.connections_opened)
             .finish()
     }
@@ -151,6 +159,7 @@ impl SmtpSender {
             client_id,
             conn: None,
             pipelining: false,
+            ahead: None,
             connections_opened: 0,
         }
     }
@@ -178,29 +187,49 @@ impl SmtpSender {
     /// anything of this message (the server closed it while idle), it reconnects once and
     /// tries again at once; every other failure is returned to the caller to retry later.
     pub async fn send(&mut self, message: &OutgoingMessage) -> SendReport {
+        self.send_then(message, None).await
+    }
+
+    /// Sends `message` like [`SmtpSender::send`]; with PIPELINING, `next`'s envelope goes
+    /// in the same write as `message`'s body, and `next` should be the next message sent.
+    /// If it is not, the next send closes the connection and opens another (see the module
+    /// documentation).
+    pub async fn send_then(
+        &mut self,
+        message: &OutgoingMessage,
+        next: Option<&OutgoingMessage>,
+    ) -> SendReport {
         let started = Instant::now();
-        let outcome = self.send_inner(message).await;
+        let outcome = self.send_inner(message, next).await;
         SendReport {
             outcome,
             duration: started.elapsed(),
         }
     }
 
-    /// Ends the session politely with QUIT (bounded by the command timeout).
+    /// Ends the session politely with QUIT (bounded by the command timeout); just closes
+    /// it when an envelope was written ahead, since its DATA may be open.
     pub async fn close(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take()
+            && self.ahead.take().is_none()
+        {
             let _ = tokio::time::timeout(self.options.command_timeout, conn.quit()).await;
         }
     }
 
-    async fn send_inner(&mut self, message: &OutgoingMessage) -> SendOutcome {
+    async fn send_inner(
+        &mut self,
+        message: &OutgoingMessage,
+        next: Option<&OutgoingMessage>,
+    ) -> SendOutcome {
         let reused = self.is_connected();
-        match self.transaction(message).await {
+        match self.transaction(message, next).await {
             Ok(outcome) => outcome,
             Err(Stage::BeforeMail(_)) if reused => {
-                // The idle connection had died; nothing of this message reached the server.
+                // The idle connection had died, or carried another message's envelope;
+                // nothing of this message reached the server.
                 self.conn = None;
-                match self.transaction(message).await {
+                match self.transaction(message, next).await {
                     Ok(outcome) => outcome,
                     Err(stage) => stage.into_outcome(),
                 }
@@ -210,11 +239,17 @@ impl SmtpSender {
     }
 
     /// Runs MAIL, RCPT, DATA and the message on the current connection (opening one if
-    /// needed). `Err(Stage::BeforeMail)` only when MAIL got no reply at all on a connection
-    /// that was already open, the one case that is safe to retry at once.
-    async fn transaction(&mut self, message: &OutgoingMessage) -> Result<SendOutcome, Stage> {
+    /// needed). `Err(Stage::BeforeMail)` only when nothing of the message reached the server
+    /// on a connection that was already open (MAIL got no reply at all, or the envelope
+    /// written ahead was another message's), the one case that is safe to retry at once.
+    async fn transaction(
+        &mut self,
+        message: &OutgoingMessage,
+        next: Option<&OutgoingMessage>,
+    ) -> Result<SendOutcome, Stage> {
         if !self.is_connected() {
             self.conn = None;
+            self.ahead = None;
             let (conn, pipelining) = self.connect().await.map_err(Stage::Connect)?;
             self.conn = Some(conn);
             self.pipelining = pipelining;
@@ -226,65 +261,106 @@ impl SmtpSender {
             return Err(Stage::Connect(Failure::NoReply("not connected".to_owned())));
         };
 
-        let mut params = Vec::new();
-        let info = conn.server_info();
-        if !message.bytes.is_ascii() && info.supports_feature(Extension::EightBitMime) {
-            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-        }
-        let utf8_envelope = !message.envelope_from.to_string().is_ascii()
-            || !message.envelope_to.to_string().is_ascii();
-        if utf8_envelope && info.supports_feature(Extension::SmtpUtfEight) {
-            params.push(MailParameter::SmtpUtfEight);
-        }
+        let (mail, rcpt) = envelope(conn, message);
+        let commands = format!("{mail}{rcpt}{Data}");
+        let written = match self.ahead.take() {
+            None => false,
+            Some(ahead) if ahead == commands => true,
+            Some(_) => {
+                // Written ahead for a message that is not going now: the server may already
+                // wait for its content, and only closing the connection ends that.
+                self.conn = None;
+                return Err(Stage::BeforeMail(Failure::NoReply(
+                    "the envelope written ahead was another message's".to_owned(),
+                )));
+            }
+        };
+        let mut body = DataBody::new(&message.bytes);
+        // The next message's envelope rides with this body (RFC 2920).
+        let ahead = match (next, &mut body) {
+            (Some(next), Some(body)) if pipelining => {
+                let (mail, rcpt) = envelope(conn, next);
+                let ahead = format!("{mail}{rcpt}{Data}");
+                body.0.push_str(&ahead);
+                Some(ahead)
+            }
+            _ => None,
+        };
 
-        let mail = Mail::new(Some(message.envelope_from.clone()), params);
-        let rcpt = Rcpt::new(message.envelope_to.clone(), Vec::new());
-        let body = DataBody::new(&message.bytes);
-        let steps: Result<Response, (Failure, bool)> = async {
+        let steps: Result<(), (Failure, Then)> = async {
             if pipelining {
-                envelope_pipelined(conn, &mail, &rcpt, command_timeout).await?;
+                envelope_pipelined(conn, &commands, written, command_timeout).await
             } else {
+                let refused = |f: Failure| match f {
+                    f @ Failure::Reply { .. } => (f, Then::Reset),
+                    f @ Failure::NoReply(_) => (f, Then::Close),
+                };
                 step(conn.command(mail), command_timeout, "MAIL FROM")
                     .await
-                    .map_err(|f| (f, true))?;
+                    .map_err(|f| match f {
+                        f @ Failure::NoReply(_) => (f, Then::RetryNow),
+                        f => refused(f),
+                    })?;
                 step(conn.command(rcpt), command_timeout, "RCPT TO")
                     .await
-                    .map_err(|f| (f, false))?;
+                    .map_err(refused)?;
                 step(conn.command(Data), command_timeout, "DATA")
                     .await
-                    .map_err(|f| (f, false))?;
+                    .map_err(refused)?;
+                Ok(())
             }
-            const END_OF_DATA: &str = "end of DATA (message body)";
-            match &body {
-                Some(body) => step(conn.command(body), data_timeout, END_OF_DATA).await,
-                None => step(conn.message(&message.bytes), data_timeout, END_OF_DATA).await,
-            }
-            .map_err(|f| (f, false))
         }
         .await;
+        if let Err((failure, then)) = steps {
+            return Err(self.after(failure, then).await);
+        }
 
-        match steps {
-            Ok(response) => Ok(SendOutcome::Sent {
-                code: u16::from(response.code()),
-                reply: reply_text(&response),
-            }),
-            Err((Failure::NoReply(text), at_mail)) => {
+        const END_OF_DATA: &str = "end of DATA (message body)";
+        let reply = match &body {
+            Some(body) => step(conn.command(body), data_timeout, END_OF_DATA).await,
+            None => step(conn.message(&message.bytes), data_timeout, END_OF_DATA).await,
+        };
+        match reply {
+            Ok(response) => {
+                self.ahead = ahead;
+                Ok(SendOutcome::Sent {
+                    code: u16::from(response.code()),
+                    reply: reply_text(&response),
+                })
+            }
+            // The reply to the end of DATA ends the transaction either way (RFC 5321
+            // 4.1.1.4): no RSET, and the envelope written ahead waits for its replies.
+            Err(failure @ Failure::Reply { .. }) => {
+                self.ahead = ahead;
+                Err(Stage::Transaction(failure))
+            }
+            Err(failure @ Failure::NoReply(_)) => Err(self.after(failure, Then::Close).await),
+        }
+    }
+
+    /// What a failed step leaves of the connection, and the stage to report.
+    async fn after(&mut self, failure: Failure, then: Then) -> Stage {
+        match then {
+            Then::RetryNow => {
+                self.conn = None;
+                Stage::BeforeMail(failure)
+            }
+            Then::Close => {
                 // The connection is in an unknown state: never reuse it.
                 self.conn = None;
-                if at_mail {
-                    Err(Stage::BeforeMail(Failure::NoReply(text)))
-                } else {
-                    Err(Stage::Transaction(Failure::NoReply(text)))
-                }
+                Stage::Transaction(failure)
             }
-            Err((failure @ Failure::Reply { .. }, _)) => {
+            Then::Reset => {
                 // The server answered; reset the transaction so the connection can carry
                 // the next message. If even RSET fails, start afresh next time.
-                let reset = step(conn.command(Rset), command_timeout, "RSET").await;
-                if reset.is_err() {
-                    self.conn = None;
+                if let Some(conn) = self.conn.as_mut() {
+                    let reset =
+                        step(conn.command(Rset), self.options.command_timeout, "RSET").await;
+                    if reset.is_err() {
+                        self.conn = None;
+                    }
                 }
-                Err(Stage::Transaction(failure))
+                Stage::Transaction(failure)
             }
         }
     }
@@ -382,6 +458,36 @@ impl SmtpSender {
     }
 }
 
+/// What a refused or unanswered envelope step leaves of the connection.
+enum Then {
+    /// MAIL got no reply: nothing of the message reached the server; a new connection may
+    /// try it again at once.
+    RetryNow,
+    /// No reply, or a server that waits for content that must not come: close it.
+    Close,
+    /// A refusal: RSET, and the connection carries the next message.
+    Reset,
+}
+
+/// MAIL and RCPT for `message` on this connection (BODY=8BITMIME and SMTPUTF8 when the
+/// message needs them and the server offers them).
+fn envelope(conn: &AsyncSmtpConnection, message: &OutgoingMessage) -> (Mail, Rcpt) {
+    let mut params = Vec::new();
+    let info = conn.server_info();
+    if !message.bytes.is_ascii() && info.supports_feature(Extension::EightBitMime) {
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let utf8_envelope = !message.envelope_from.to_string().is_ascii()
+        || !message.envelope_to.to_string().is_ascii();
+    if utf8_envelope && info.supports_feature(Extension::SmtpUtfEight) {
+        params.push(MailParameter::SmtpUtfEight);
+    }
+    (
+        Mail::new(Some(message.envelope_from.clone()), params),
+        Rcpt::new(message.envelope_to.clone(), Vec::new()),
+    )
+}
+
 /// Where a transaction stopped.
 enum Stage {
     /// Opening the connection failed.
@@ -421,38 +527,38 @@ impl Stage {
     }
 }
 
-/// MAIL, RCPT and DATA in one write, then their three replies in order (RFC 2920): one
-/// round trip instead of three. `Err((_, true))` only when MAIL got no reply at all.
+/// MAIL, RCPT and DATA in one write (unless `written` ahead already), then their three
+/// replies in order (RFC 2920): one round trip instead of three, or none of its own.
 async fn envelope_pipelined(
     conn: &mut AsyncSmtpConnection,
-    mail: &Mail,
-    rcpt: &Rcpt,
+    commands: &str,
+    written: bool,
     timeout: Duration,
-) -> Result<(), (Failure, bool)> {
-    let commands = format!("{mail}{rcpt}{Data}");
-    let mail = step(conn.command(commands), timeout, "MAIL FROM").await;
+) -> Result<(), (Failure, Then)> {
+    let mail = if written {
+        step(conn.read_response(), timeout, "MAIL FROM").await
+    } else {
+        step(conn.command(commands), timeout, "MAIL FROM").await
+    };
     if let Err(f @ Failure::NoReply(_)) = mail {
-        return Err((f, true));
+        return Err((f, Then::RetryNow));
     }
     let rcpt = step(conn.read_response(), timeout, "RCPT TO").await;
     if let Err(f @ Failure::NoReply(_)) = rcpt {
-        return Err((f, false));
+        return Err((f, Then::Close));
     }
     let data = step(conn.read_response(), timeout, "DATA").await;
     if let Err(f @ Failure::NoReply(_)) = data {
-        return Err((f, false));
+        return Err((f, Then::Close));
     }
     // The first refusal is the one to report: a refused DATA after a refused MAIL or RCPT
     // only says that there is no transaction.
     match (mail.and(rcpt), data) {
         (Ok(_), Ok(_)) => Ok(()),
-        (Ok(_), Err(refusal)) | (Err(refusal), Err(_)) => Err((refusal, false)),
-        (Err(refusal), Ok(_)) => {
-            // The server accepted DATA after refusing the envelope and now waits for a
-            // message that must not come: only closing the connection ends that safely.
-            conn.abort().await;
-            Err((refusal, false))
-        }
+        (Ok(_), Err(refusal)) | (Err(refusal), Err(_)) => Err((refusal, Then::Reset)),
+        // The server accepted DATA after refusing the envelope and now waits for a message
+        // that must not come: only closing the connection ends that safely.
+        (Err(refusal), Ok(_)) => Err((refusal, Then::Close)),
     }
 }
 
@@ -466,12 +572,17 @@ impl DataBody {
     fn new(message: &[u8]) -> Option<Self> {
         let message = std::str::from_utf8(message).ok()?;
         let mut out = String::with_capacity(message.len() + message.len() / 64 + 5);
-        for line in message.split_inclusive("\r\n") {
-            if line.starts_with('.') {
-                out.push('.');
-            }
-            out.push_str(line);
+        if message.starts_with('.') {
+            out.push('.');
         }
+        let mut start = 0;
+        // Every "\r\n." gets its dot doubled: the pieces between are copied whole.
+        for at in memchr::memmem::find_iter(message.as_bytes(), b"\r\n.") {
+            out.push_str(&message[start..at + 2]);
+            out.push('.');
+            start = at + 2;
+        }
+        out.push_str(&message[start..]);
         if !message.is_empty() && !message.ends_with("\r\n") {
             out.push_str("\r\n");
         }
@@ -603,5 +714,28 @@ mod tests {
             assert_eq!(body.to_string(), on_the_wire, "{message:?}");
         }
         assert!(DataBody::new(b"\xff").is_none());
+    }
+
+    proptest::proptest! {
+        /// Every line that starts with a dot gets one more, nothing else changes, and the
+        /// end is `CRLF . CRLF`.
+        #[test]
+        fn data_body_is_the_message_stuffed_line_by_line(
+            message in "([a-z.]{0,4}|\r\n|\n|\r){0,16}"
+        ) {
+            let mut expected = String::new();
+            for line in message.split_inclusive("\r\n") {
+                if line.starts_with('.') {
+                    expected.push('.');
+                }
+                expected.push_str(line);
+            }
+            if !message.is_empty() && !message.ends_with("\r\n") {
+                expected.push_str("\r\n");
+            }
+            expected.push_str(".\r\n");
+            let body = DataBody::new(message.as_bytes()).expect("UTF-8");
+            proptest::prop_assert_eq!(body.0, expected);
+        }
     }
 }

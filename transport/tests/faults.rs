@@ -1,5 +1,6 @@
 //! Faults smtp-sink cannot produce, from a tiny in-process fake server: a server that goes
-//! silent after the message body, one that never greets, one without STARTTLS, and AUTH.
+//! silent after the message body, one that never greets, one without STARTTLS, AUTH, and one
+//! that answers a message only once the next envelope has arrived.
 
 mod common;
 
@@ -22,9 +23,16 @@ enum Fake {
     NoStartTls,
     /// Offers AUTH PLAIN; answers `reply` to AUTH, then accepts mail.
     Auth(&'static str),
+    /// Offers PIPELINING and holds its reply to the end of DATA until the next command
+    /// arrives: only a client that writes the next envelope with the body is answered.
+    HoldsEndOfData,
 }
 
-/// Starts the fake on a free port; every line it receives is sent on the channel.
+/// What the fake sends on its channel when a connection ends.
+const CLOSED: &str = "<connection closed>";
+
+/// Starts the fake on a free port; every line it receives is sent on the channel, and
+/// [`CLOSED`] when the connection ends.
 async fn fake(kind: Fake) -> (u16, mpsc::UnboundedReceiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -41,23 +49,33 @@ async fn fake(kind: Fake) -> (u16, mpsc::UnboundedReceiver<String>) {
                 }
                 let _ = write.write_all(b"220 fake ESMTP\r\n").await;
                 let mut in_data = false;
+                let mut held = false;
                 while let Ok(Some(line)) = lines.next_line().await {
                     let _ = tx.send(line.clone());
                     if in_data {
                         if line == "." {
                             in_data = false;
-                            if matches!(kind, Fake::SilentAfterData) {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
-                                return;
+                            match kind {
+                                Fake::SilentAfterData => {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                    return;
+                                }
+                                Fake::HoldsEndOfData => held = true,
+                                _ => {
+                                    let _ = write.write_all(b"250 2.0.0 queued as FAKE\r\n").await;
+                                }
                             }
-                            let _ = write.write_all(b"250 2.0.0 queued as FAKE\r\n").await;
                         }
                         continue;
+                    }
+                    if std::mem::take(&mut held) {
+                        let _ = write.write_all(b"250 2.0.0 queued as FAKE\r\n").await;
                     }
                     let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
                     let reply: &[u8] = match (verb.as_str(), kind) {
                         ("EHLO", Fake::Auth(_)) => b"250-fake\r\n250 AUTH PLAIN LOGIN\r\n",
                         ("EHLO", Fake::NoStartTls) => b"250-fake\r\n250 8BITMIME\r\n",
+                        ("EHLO", Fake::HoldsEndOfData) => b"250-fake\r\n250 PIPELINING\r\n",
                         ("EHLO", _) => b"250-fake\r\n250 STARTTLS\r\n",
                         ("AUTH", Fake::Auth(r)) => {
                             let _ = write.write_all(format!("{r}\r\n").as_bytes()).await;
@@ -75,6 +93,7 @@ async fn fake(kind: Fake) -> (u16, mpsc::UnboundedReceiver<String>) {
                     };
                     let _ = write.write_all(reply).await;
                 }
+                let _ = tx.send(CLOSED.to_owned());
             });
         }
     });
@@ -191,4 +210,49 @@ async fn rejected_credentials_are_transient_with_the_reply() {
         } => assert!(reply.contains("bad credentials"), "{reply}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The next message's MAIL, RCPT and DATA go in the same write as the body: against a server
+/// that answers a body only once more commands arrive, every message with a next one is
+/// answered (a client waiting for that reply before writing MAIL would time out), and
+/// `close` does not write QUIT into the DATA the last envelope opened.
+#[tokio::test]
+async fn the_next_envelope_goes_with_the_body() {
+    let (port, mut lines) = fake(Fake::HoldsEndOfData).await;
+    let mut s = sender(&format!("smtp://127.0.0.1:{port}?tls=none"), short(2_000));
+    let messages: Vec<_> = (0..4)
+        .map(|i| common::message_to(&format!("r{i}@example.org"), &format!("Issue {i}")))
+        .collect();
+    for i in 0..3 {
+        let report = s.send_then(&messages[i], Some(&messages[i + 1])).await;
+        assert!(report.outcome.is_sent(), "message {i}: {report:?}");
+    }
+    assert!(s.pipelining());
+    assert_eq!(s.connections_opened(), 1);
+    s.close().await;
+
+    let mut seen = Vec::new();
+    while let Some(line) = lines.recv().await {
+        if line == CLOSED {
+            break;
+        }
+        seen.push(line);
+    }
+    let rcpts: Vec<&str> = seen
+        .iter()
+        .filter(|l| l.starts_with("RCPT TO"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            "RCPT TO:<r0@example.org>",
+            "RCPT TO:<r1@example.org>",
+            "RCPT TO:<r2@example.org>",
+            "RCPT TO:<r3@example.org>"
+        ]
+    );
+    assert_eq!(seen.iter().filter(|l| *l == ".").count(), 3);
+    // Nothing after the last envelope: no QUIT, which would have been message content.
+    assert_eq!(seen.last().map(String::as_str), Some("DATA"), "{seen:?}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sink, fast_options, message};
+use common::{Sink, fast_options, message, message_to};
 use skychimp_transport::{SendOutcome, SmtpSender, Transport, TransportUrl};
 
 fn sender_for(sink: &Sink) -> SmtpSender {
@@ -300,4 +300,64 @@ async fn refusals_while_connecting_are_transient_even_with_5xx() {
         }
         assert!(!sender.is_connected());
     }
+}
+
+/// The next envelope goes with each body (`send_then`); when a 5xx refuses each message at
+/// the end of DATA, that refusal ends its transaction and the envelope written ahead is
+/// answered in turn: every message is refused with the server's reply, on one connection,
+/// with no RSET in between.
+#[tokio::test]
+async fn envelopes_written_ahead_survive_refused_messages() {
+    let Some(sink) = Sink::start(&["-f", "."]) else {
+        return;
+    };
+    let mut sender = sender_for(&sink);
+    let messages: Vec<_> = (0..4).map(|i| message(&format!("Issue {i}"))).collect();
+    for (i, m) in messages.iter().enumerate() {
+        match sender.send_then(m, messages.get(i + 1)).await.outcome {
+            SendOutcome::Permanent { code, reply } => {
+                assert!((500..600).contains(&code), "{i}: {code} {reply}");
+            }
+            other => panic!("{i}: {other:?}"),
+        }
+    }
+    assert_eq!(sender.connections_opened(), 1);
+}
+
+/// A message announced ahead that does not go next (a halt came between) is never sent:
+/// the sender closes that connection instead of giving the open DATA any content, and the
+/// message that does go arrives on a new one.
+#[tokio::test]
+async fn an_envelope_written_ahead_for_a_message_that_does_not_go_is_dropped() {
+    let Some(sink) = Sink::start(&[]) else { return };
+    let mut sender = sender_for(&sink);
+    let first = message_to("first@example.org", "First");
+    let skipped = message_to("skipped@example.org", "Skipped");
+    let other = message_to("other@example.org", "Other");
+    assert!(
+        sender
+            .send_then(&first, Some(&skipped))
+            .await
+            .outcome
+            .is_sent()
+    );
+    let report = sender.send_then(&other, None).await;
+    assert!(report.outcome.is_sent(), "{report:?}");
+    assert_eq!(sender.connections_opened(), 2);
+    sender.close().await;
+    let (sess, _, mesg) = sink.counters_until(|(s, q, m)| s >= 2 && q >= 1 && m >= 2);
+    assert_eq!((sess, mesg), (2, 2), "smtp-sink counters");
+    let dumped = sink.wait_for_messages(2);
+    assert_eq!(dumped.len(), 2, "{dumped:?}");
+    assert!(
+        dumped[0].contains("X-Rcpt-Args: <first@example.org>"),
+        "{}",
+        dumped[0]
+    );
+    assert!(
+        dumped[1].contains("X-Rcpt-Args: <other@example.org>"),
+        "{}",
+        dumped[1]
+    );
+    assert!(dumped.iter().all(|m| !m.contains("skipped@example.org")));
 }

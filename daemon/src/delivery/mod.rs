@@ -22,8 +22,8 @@ use skychimp_storage::{
     Storage, Store,
 };
 use skychimp_transport::{
-    ComposeInput, DkimSigner, ListId, RateLimit, RetryPolicy, SendOutcome, SmtpOptions, Transport,
-    TransportUrl, compose,
+    ComposeInput, DkimSigner, ListId, OutgoingMessage, RateLimit, RetryPolicy, SendOutcome,
+    SendReport, SmtpOptions, Transport, TransportUrl, compose,
 };
 use tokio::sync::{Notify, watch};
 
@@ -614,7 +614,10 @@ impl Deliverer {
         use crate::metrics::Metrics;
         let mut outcomes = Vec::with_capacity(chunk.len());
         let mut unsent = Vec::new();
-        for d in chunk {
+        // The message after the one going out, made while it is known that it will go, so
+        // its envelope can travel with the current body (`send_then`).
+        let mut ahead: Option<Prepared> = None;
+        for (i, d) in chunk.iter().enumerate() {
             if *stop.borrow() {
                 unsent.push(d.id);
                 continue;
@@ -625,15 +628,27 @@ impl Deliverer {
                     .await?;
                 continue;
             }
-            let ctx = match renderers.get(&d.run_id) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = Arc::new(self.run_context(d.run_id).await?);
-                    renderers.insert(d.run_id, c.clone());
-                    c
-                }
+            let ctx = self.context(d.run_id, renderers).await?;
+            let current = match ahead.take() {
+                Some(p) if p.id == d.id => p,
+                _ => self.prepare(d, &ctx),
             };
-            let outcome = self.attempt(d, &ctx, sender).await;
+            let next = match chunk.get(i + 1) {
+                Some(n) if !*stop.borrow() && self.halts.why(&n.mailing_id).is_none() => {
+                    let next_ctx = self.context(n.run_id, renderers).await?;
+                    Some(self.prepare(n, &next_ctx))
+                }
+                _ => None,
+            };
+            let outcome = match current.message {
+                Ok(message) => {
+                    let then = next.as_ref().and_then(|n| n.message.as_ref().ok());
+                    let report = sender.send_then(&message, then).await;
+                    self.outcome(d, &ctx, report)
+                }
+                Err(failed) => failed,
+            };
+            ahead = next;
             match outcome.status {
                 OutcomeStatus::Sent => {
                     tally.sent += 1;
@@ -651,6 +666,20 @@ impl Deliverer {
             outcomes.push(outcome);
         }
         Ok((outcomes, unsent))
+    }
+
+    /// The run's context, loaded once per worker.
+    async fn context(
+        &self,
+        id: RunId,
+        renderers: &mut HashMap<RunId, Arc<RunContext>>,
+    ) -> Result<Arc<RunContext>, DeliveryError> {
+        if let Some(c) = renderers.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.run_context(id).await?);
+        renderers.insert(id, c.clone());
+        Ok(c)
     }
 
     async fn run_context(&self, id: RunId) -> Result<RunContext, DeliveryError> {
@@ -694,13 +723,20 @@ impl Deliverer {
         })
     }
 
-    /// One SMTP transaction (or outbox write) and what to record of it.
-    async fn attempt(
+    /// One recipient's message, rendered and composed, or the failure to record when it
+    /// cannot be.
+    fn prepare(&self, d: &ClaimedDelivery, ctx: &RunContext) -> Prepared {
+        Prepared {
+            id: d.id,
+            message: self.message_for(d, ctx),
+        }
+    }
+
+    fn message_for(
         &self,
         d: &ClaimedDelivery,
         ctx: &RunContext,
-        sender: &mut skychimp_transport::Sender,
-    ) -> Outcome {
+    ) -> Result<OutgoingMessage, Outcome> {
         let started = std::time::Instant::now();
         let fail = |reply: String| Outcome {
             delivery_id: d.id,
@@ -712,7 +748,7 @@ impl Deliverer {
         };
         let renderer = match &ctx.renderer {
             Ok(r) => r,
-            Err(e) => return fail(format!("template: {e}")),
+            Err(e) => return Err(fail(format!("template: {e}"))),
         };
         let token = self.secret.unsubscribe_token(&ctx.mailing_id, &d.address);
         let unsubscribe = tokens::unsubscribe_url(&self.settings.public_url, &token);
@@ -726,7 +762,7 @@ impl Deliverer {
             &unsubscribe,
         ) {
             Ok(r) => r,
-            Err(e) => return fail(format!("template: {}", crate::message::describe(&e))),
+            Err(e) => return Err(fail(format!("template: {}", crate::message::describe(&e)))),
         };
         let message = compose(&ComposeInput {
             from: &self.settings.from,
@@ -743,11 +779,11 @@ impl Deliverer {
             date: SystemTime::from(self.clock.now()),
             dkim: self.dkim.as_ref(),
         });
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => return fail(format!("compose: {e}")),
-        };
-        let report = sender.send(&message).await;
+        message.map_err(|e| fail(format!("compose: {e}")))
+    }
+
+    /// What to record of one SMTP transaction (or outbox write).
+    fn outcome(&self, d: &ClaimedDelivery, ctx: &RunContext, report: SendReport) -> Outcome {
         let now = self.clock.now();
         let (status, code) = match &report.outcome {
             SendOutcome::Sent { code, .. } => (OutcomeStatus::Sent, Some(*code)),
@@ -780,6 +816,12 @@ impl Deliverer {
             duration: report.duration,
         }
     }
+}
+
+/// A message ready to go, or why it cannot.
+struct Prepared {
+    id: DeliveryId,
+    message: Result<OutgoingMessage, Outcome>,
 }
 
 /// What every delivery of one run shares.
