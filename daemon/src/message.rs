@@ -20,7 +20,7 @@ pub struct TemplateContext<'a> {
 }
 
 /// `client.*`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct ClientVars<'a> {
     /// `client.email`
     pub email: &'a str,

@@ -7,7 +7,25 @@
 //! like `[win](https://evil.example)` or `<b>` shows as written and never becomes a link
 //! or markup; the owner's and the mailing's values and the unsubscribe link are
 //! HTML-escaped.
+//!
+//! Turning Markdown into HTML is the dearest step, and most of a run's messages differ only
+//! in a few words, so the HTML part is made once per run ([`Splice`]): the body rendered
+//! with a random alphanumeric marker for each per-recipient value (the client's fields and
+//! the unsubscribe token), turned into HTML, and cut at the markers. A recipient's HTML is
+//! that document with the values put in, but only when that is provably what rendering the
+//! recipient's own Markdown gives: the recipient's Markdown must equal the marked one with
+//! the values put in (so a template that branches on a value falls back), and every value
+//! must be inert where its markers stand: in text, letters and digits with single spaces
+//! between words; in an `href` or `src`, ASCII letters, digits, `-`, `_` and `.`. Such a
+//! value needs no escaping and cannot open, close or change any Markdown construct in those
+//! places; the marked document must also have no link reference definitions, and no marker
+//! may follow `&` or `#` (an entity) or, in text, `<`, `@` or `/` (HTML, autolinks). Anything
+//! else is rendered from the recipient's own Markdown as before. A property test compares
+//! both ways over generated templates and values.
 
+use std::sync::OnceLock;
+
+use pulldown_cmark::Options;
 use serde::Serialize;
 use tera::{Context, Tera};
 
@@ -20,6 +38,9 @@ pub struct Renderer {
     text_base: Context,
     /// `owner` and `mailing` HTML-escaped, for the HTML part.
     html_base: Context,
+    /// The HTML part made once, for the unsubscribe URL prefix it was made with (the first
+    /// recipient's); `None` when this body cannot be spliced.
+    splice: OnceLock<(String, Option<Splice>)>,
 }
 
 /// One recipient's message, ready to compose.
@@ -107,6 +128,7 @@ impl Renderer {
             tera,
             text_base,
             html_base,
+            splice: OnceLock::new(),
         })
     }
 
@@ -132,27 +154,261 @@ impl Renderer {
         );
         context.insert("unsubscribe_url", &escape_html(unsubscribe_url));
         let markdown = self.tera.render("body", &context)?;
+        let html = self
+            .spliced(&markdown, client, unsubscribe_url)
+            .unwrap_or_else(|| markdown_to_html(&markdown));
         Ok(Rendered {
             subject: subject.trim().to_string(),
             text,
-            html: markdown_to_html(&markdown),
+            html,
         })
+    }
+
+    /// The HTML part from this run's [`Splice`], when it provably equals
+    /// `markdown_to_html(markdown)` (see the module documentation).
+    fn spliced(
+        &self,
+        markdown: &str,
+        client: ClientVars<'_>,
+        unsubscribe_url: &str,
+    ) -> Option<String> {
+        let (prefix, token) = unsubscribe_url.split_at(unsubscribe_url.rfind('/')? + 1);
+        let (made_for, splice) = self
+            .splice
+            .get_or_init(|| (prefix.to_owned(), Splice::new(self, prefix)));
+        let splice = splice.as_ref().filter(|_| made_for == prefix)?;
+        let values = [
+            markdown_text(client.email),
+            markdown_text(client.name),
+            markdown_text(client.comment),
+            escape_html(token),
+        ];
+        splice.fill(markdown, &values)
     }
 }
 
+/// The Markdown extensions of message bodies.
+const MARKDOWN: Options = Options::ENABLE_TABLES.union(Options::ENABLE_STRIKETHROUGH);
+
 /// Markdown to a small, self-contained HTML document.
 pub fn markdown_to_html(markdown: &str) -> String {
-    use pulldown_cmark::{Options, Parser, html};
-    let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH;
+    use pulldown_cmark::{Parser, html};
     let mut body = String::with_capacity(markdown.len() * 3 / 2);
-    html::push_html(&mut body, Parser::new_ext(markdown, options));
+    html::push_html(&mut body, Parser::new_ext(markdown, MARKDOWN));
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head>\n<body style=\"font-family: sans-serif; line-height: 1.5; max-width: 40em\">\n{body}</body></html>\n"
     )
 }
 
+/// The per-recipient values of the HTML part, in [`Splice`]'s order: the client's email,
+/// name and comment (Markdown-escaped) and the unsubscribe token (HTML-escaped).
+const SLOTS: usize = 4;
+
+/// A run's HTML part made once, with the places of the per-recipient values.
+struct Splice {
+    /// The body's Markdown for the HTML part, cut at the values.
+    markdown: Vec<Piece>,
+    /// Its HTML document, cut at the values.
+    html: Vec<Piece>,
+    /// Where each value stands in the HTML: in text, in an `href` or `src`.
+    in_text: [bool; SLOTS],
+    in_link: [bool; SLOTS],
+}
+
+enum Piece {
+    Literal(String),
+    Value(usize),
+}
+
+impl Splice {
+    /// `None` when the marked body has a construct the splice cannot vouch for.
+    fn new(renderer: &Renderer, unsubscribe_prefix: &str) -> Option<Splice> {
+        let seed = fastrand::u64(..);
+        let markers: [String; SLOTS] = std::array::from_fn(|i| format!("Zq{seed:016x}v{i}qZ"));
+        let mut context = renderer.html_base.clone();
+        context.insert(
+            "client",
+            &HtmlClient {
+                email: markers[0].clone(),
+                name: markers[1].clone(),
+                comment: markers[2].clone(),
+            },
+        );
+        context.insert(
+            "unsubscribe_url",
+            &format!("{}{}", escape_html(unsubscribe_prefix), markers[3]),
+        );
+        let markdown = renderer.tera.render("body", &context).ok()?;
+        let parser = pulldown_cmark::Parser::new_ext(&markdown, MARKDOWN);
+        if parser.reference_definitions().iter().next().is_some() {
+            return None;
+        }
+        let html = markdown_to_html(&markdown);
+
+        let mut in_text = [false; SLOTS];
+        let mut in_link = [false; SLOTS];
+        // In the Markdown: what stands before the word each marker is part of.
+        let mut after_text_markup = [false; SLOTS];
+        for (at, slot) in occurrences(&markdown, &markers) {
+            let before = markdown[..at]
+                .trim_end_matches(char::is_alphanumeric)
+                .chars()
+                .next_back();
+            match before {
+                Some('&' | '#') => return None,
+                Some('<' | '@' | '/') => after_text_markup[slot] = true,
+                _ => {}
+            }
+        }
+        // In the HTML: text, an `href`/`src` value, or anything else (refused).
+        for (at, slot) in occurrences(&html, &markers) {
+            match html_context(&html[..at]) {
+                HtmlContext::Text => in_text[slot] = true,
+                HtmlContext::Link => in_link[slot] = true,
+                HtmlContext::Other => return None,
+            }
+        }
+        if (0..SLOTS).any(|slot| in_text[slot] && after_text_markup[slot]) {
+            return None;
+        }
+        Some(Splice {
+            markdown: pieces(&markdown, &markers),
+            html: pieces(&html, &markers),
+            in_text,
+            in_link,
+        })
+    }
+
+    /// The HTML for `values`, if the recipient's Markdown is the marked one with them in it
+    /// and every value is inert where it stands.
+    fn fill(&self, markdown: &str, values: &[String; SLOTS]) -> Option<String> {
+        for (slot, value) in values.iter().enumerate() {
+            if (self.in_text[slot] && !inert_text(value))
+                || (self.in_link[slot] && !inert_link(value))
+            {
+                return None;
+            }
+        }
+        let mut rest = markdown;
+        for piece in &self.markdown {
+            let expected = match piece {
+                Piece::Literal(text) => text.as_str(),
+                Piece::Value(slot) => values[*slot].as_str(),
+            };
+            rest = rest.strip_prefix(expected)?;
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let mut html = String::with_capacity(
+            self.html
+                .iter()
+                .map(|p| match p {
+                    Piece::Literal(text) => text.len(),
+                    Piece::Value(slot) => values[*slot].len(),
+                })
+                .sum(),
+        );
+        for piece in &self.html {
+            match piece {
+                Piece::Literal(text) => html.push_str(text),
+                Piece::Value(slot) => html.push_str(&values[*slot]),
+            }
+        }
+        Some(html)
+    }
+}
+
+/// Letters and digits, words separated by single spaces, with at least one letter (so never
+/// a list number): the same to Markdown as the marker it replaces, and nothing to escape.
+fn inert_text(value: &str) -> bool {
+    value
+        .split(' ')
+        .all(|word| !word.is_empty() && word.chars().all(char::is_alphanumeric))
+        && value.chars().any(char::is_alphabetic)
+}
+
+/// What a URL keeps as it is, with no Markdown or HTML meaning inside a link destination
+/// or a quoted attribute.
+fn inert_link(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Every place a marker starts in `text`, with its slot, in order.
+fn occurrences<'t>(
+    text: &'t str,
+    markers: &'t [String; SLOTS],
+) -> impl Iterator<Item = (usize, usize)> + 't {
+    // All markers share their first 18 characters ("Zq" and the seed).
+    let common = &markers[0][..18];
+    memchr::memmem::find_iter(text.as_bytes(), common.as_bytes()).filter_map(move |at| {
+        markers
+            .iter()
+            .position(|m| text[at..].starts_with(m.as_str()))
+            .map(|slot| (at, slot))
+    })
+}
+
+/// `text` cut at the markers.
+fn pieces(text: &str, markers: &[String; SLOTS]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (at, slot) in occurrences(text, markers) {
+        if at < start {
+            continue;
+        }
+        out.push(Piece::Literal(text[start..at].to_owned()));
+        out.push(Piece::Value(slot));
+        start = at + markers[slot].len();
+    }
+    out.push(Piece::Literal(text[start..].to_owned()));
+    out
+}
+
+enum HtmlContext {
+    Text,
+    /// Inside the quoted value of an `href` or `src` attribute.
+    Link,
+    Other,
+}
+
+/// Where the end of `html` (a prefix of a document pulldown-cmark wrote, which may include
+/// raw HTML from the body) stands.
+fn html_context(html: &str) -> HtmlContext {
+    let Some(open) = html.rfind('<') else {
+        return HtmlContext::Text;
+    };
+    let tag = &html[open..];
+    if tag.contains('>') && !in_quotes(tag) {
+        return HtmlContext::Text;
+    }
+    // Inside a tag: only `href="…` / `src="…` up to the end qualifies.
+    let Some(quote) = tag.rfind('"') else {
+        return HtmlContext::Other;
+    };
+    if !in_quotes(tag) || tag[quote + 1..].contains(['\'', '<', '>']) {
+        return HtmlContext::Other;
+    }
+    let name = tag[..quote].strip_suffix('=').unwrap_or("");
+    if name.ends_with(" href") || name.ends_with(" src") {
+        HtmlContext::Link
+    } else {
+        HtmlContext::Other
+    }
+}
+
+/// Whether `tag` (from its `<`) ends inside a double-quoted attribute value.
+fn in_quotes(tag: &str) -> bool {
+    !tag.contains('\'') && tag.matches('"').count() % 2 == 1
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn renderer(subject: &str, body: &str) -> Renderer {
@@ -280,5 +536,157 @@ mod tests {
             m.subject, "<script>alert(1)</script>",
             "the subject is text, not HTML"
         );
+    }
+
+    /// Pieces of bodies: text, Markdown and HTML syntax, and every variable in the places
+    /// that matter (text, link destinations, code, raw HTML, entities, autolinks).
+    const FRAGMENTS: &[&str] = &[
+        "{{ client.name }}",
+        "{{ client.email }}",
+        "{{ client.comment }}",
+        "{{ unsubscribe_url }}",
+        "[Unsubscribe]({{ unsubscribe_url }})",
+        "[{{ client.name }}](https://e.example/{{ client.name }})",
+        "![{{ client.name }}](https://e.example/{{ client.name }}.png)",
+        "<https://e.example/{{ client.name }}>",
+        "<a href=\"{{ unsubscribe_url }}\">x</a>",
+        "<a href={{ client.name }}>",
+        "<{{ client.name }}>",
+        "</{{ client.name }}>",
+        "<!-- {{ client.name }} -->",
+        "&{{ client.name }};",
+        "&#{{ client.name }};",
+        "{{ client.name }}@e.example",
+        "<me@{{ client.name }}>",
+        "<me@{{ client.name }}.example>",
+        "[{{ client.name }}]",
+        "\n\n[x]: /u\n\n",
+        "```{{ client.name }}\ncode\n```\n",
+        "`{{ client.name }}`",
+        "{% if client.name == \"Bob\" %}B{% endif %}",
+        "{{ client.name | upper }}",
+        "{{ owner.name }}",
+        "*",
+        "_",
+        "**",
+        "~~",
+        "`",
+        "|",
+        "\\",
+        "&",
+        "#",
+        "<",
+        ">",
+        "/",
+        ":",
+        "@",
+        "[",
+        "]",
+        "(",
+        ")",
+        ".",
+        "1",
+        "Word",
+        "é",
+        " ",
+        "  ",
+        "    ",
+        "\n",
+        "\n\n",
+        "# ",
+        "- ",
+        "1. ",
+        "> ",
+        "---\n",
+        "| a | b |\n|---|---|\n| ",
+    ];
+
+    fn template() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..24)
+            .prop_map(|parts| parts.concat())
+    }
+
+    /// Values that fit (words, tokens) and values that must not be spliced.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[A-Za-zА-я][A-Za-z0-9А-я]{0,6}( [A-Za-z0-9]{1,5}){0,2}",
+            "[A-Za-z0-9_.-]{0,12}",
+            "[0-9]{1,3}",
+            "[ a-z0-9*_`&#<>/:@\\[\\]().\\\\!-]{0,10}",
+            Just(String::new()),
+            Just("amp".to_owned()),
+            Just("Bob".to_owned()),
+            Just("script".to_owned()),
+            Just("x".to_owned()),
+            "[a-z]{60,70}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// Splicing gives exactly what rendering each recipient's Markdown gives.
+        #[test]
+        fn splicing_equals_rendering(
+            body in template(),
+            names in proptest::collection::vec((value(), value(), value(), value()), 1..4),
+        ) {
+            let Ok(r) = Renderer::new(
+                "s",
+                &body,
+                MailingVars { id: "alice/weekly", title: "Weekly" },
+                OwnerVars { name: "Alice", email: "alice@example.com" },
+            ) else {
+                return Ok(());
+            };
+            for (email, name, comment, token) in &names {
+                let url = format!("https://news.example.org/unsubscribe/{token}");
+                let client = ClientVars { email, name, comment };
+                let Ok(m) = r.render(client, &url) else { continue };
+                let mut context = r.html_base.clone();
+                context.insert(
+                    "client",
+                    &HtmlClient {
+                        email: markdown_text(email),
+                        name: markdown_text(name),
+                        comment: markdown_text(comment),
+                    },
+                );
+                context.insert("unsubscribe_url", &escape_html(&url));
+                let markdown = r.tera.render("body", &context).unwrap();
+                prop_assert_eq!(&m.html, &markdown_to_html(&markdown), "body {:?}", body);
+            }
+        }
+    }
+
+    /// The splice is used: a body like the benchmark's, with a name and an unsubscribe
+    /// link, is filled in, not rendered (a broken splice would make the property above
+    /// pass vacuously).
+    #[test]
+    fn an_ordinary_body_is_spliced() {
+        let r = renderer(
+            "Hi",
+            "# News\n\nHello {{ client.name }}, **bold** and [a link](https://e.example/).\n\n\
+             - one\n- two\n\n[Unsubscribe]({{ unsubscribe_url }})\n",
+        );
+        let client = ClientVars {
+            email: "ivan@example.org",
+            name: "Ivan Petrov",
+            comment: "",
+        };
+        let url = "https://news.example.org/unsubscribe/abc_DEF-1.xyz";
+        let m = r.render(client, url).unwrap();
+        let markdown = "# News\n\nHello Ivan Petrov, **bold** and [a link](https://e.example/).\n\n\
+             - one\n- two\n\n[Unsubscribe](https://news.example.org/unsubscribe/abc_DEF-1.xyz)\n";
+        assert_eq!(m.html, markdown_to_html(markdown));
+        assert_eq!(
+            r.spliced(markdown, client, url).as_deref(),
+            Some(m.html.as_str())
+        );
+        // A name with Markdown in it is rendered from its own Markdown instead.
+        let odd = ClientVars {
+            name: "*Ivan*",
+            ..client
+        };
+        assert_eq!(r.spliced(markdown, odd, url), None);
     }
 }
