@@ -23,9 +23,12 @@
 #                         '?options=-c%20synchronous_commit%3Doff' to see what commits cost
 #   STEP_TIMEOUT=900      seconds before one step is killed
 #   PERF=0                1: record `perf record -g` of the skychimpd step into target/bench/
+#   PERFOPTS=-g           perf record's options, e.g. '--call-graph dwarf -F 999' for call
+#                         chains through code built without frame pointers
 #   PGSAMPLE=0            1: sample pg_stat_activity every 0.1 s during each PostgreSQL run
 #                         and print what the busy backends were doing (the database's side)
 #   KEEP=0                1: keep the generated repository and database for inspection
+#   BIN=target/release/skychimpd   the binary to time (to compare two builds)
 #
 # Requires: psql (trust auth on $PG), python3 (Django is pip-installed into
 # target/bench-venv on first use), /usr/bin/time, apt-get (scripts/smtp-sink.sh fetches
@@ -50,7 +53,7 @@ KEEP="${KEEP:-0}"
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(skychimpd source django django-orm memory)
 
-bin="$repo/target/release/skychimpd"
+bin="${BIN:-$repo/target/release/skychimpd}"
 venv="$repo/target/bench-venv"
 die() { echo "send.sh: $*" >&2; exit 2; }
 [[ -x "$bin" ]] || die "$bin missing: cargo build --release -p skychimpd"
@@ -159,6 +162,7 @@ wall_s() { awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0
     for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$1"; }
 rss_kib() { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1"; }
 cpu_s() { awk -F': ' '/User time|System time/ { s += $2 } END { print s }' "$1"; }
+sys_s() { awk -F': ' '/System time/ { print $2 }' "$1"; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
 
 # Run `skychimpd send bench/blast` for N recipients; print one line; check completeness.
@@ -188,7 +192,7 @@ skychimpd_run() { # skychimpd_run N LABEL
     local -a cmd=("$bin" --root "$dir" send bench/blast)
     if [[ "$PERF" == 1 ]]; then
         mkdir -p target/bench
-        cmd=(perf record -g -o "$repo/target/bench/perf-$label-$n.data" -- "${cmd[@]}")
+        cmd=(perf record ${PERFOPTS:--g} -o "$repo/target/bench/perf-$label-$n.data" -- "${cmd[@]}")
     fi
     local status=0 sampler=""
     if [[ "$PGSAMPLE" == 1 && "$BACKEND" == postgres ]]; then
@@ -218,9 +222,10 @@ skychimpd_run() { # skychimpd_run N LABEL
         tail -n 20 "$work/err-$label-$n" "$work/out-$label-$n" >&2
         return 1
     fi
-    local wall rss cpu sent attempts span
+    local wall rss cpu sys sent attempts span
     wall="$(wall_s "$work/time-$label-$n")"
     cpu="$(cpu_s "$work/time-$label-$n")"
+    sys="$(sys_s "$work/time-$label-$n")"
     rss="$(rss_kib "$work/time-$label-$n")"
     if [[ "$BACKEND" == postgres ]]; then
         sent="$(q "$db" "SELECT count(*) FROM deliveries WHERE status = 'sent'")"
@@ -232,9 +237,9 @@ skychimpd_run() { # skychimpd_run N LABEL
         attempts="$(sqlite3 "$f" "SELECT count(*) FROM attempts")"
         span="$(sqlite3 "$f" "SELECT (max(at) - min(at)) / 1000.0 FROM attempts")" # unix ms
     fi
-    printf 'skychimpd send %-8s N=%-7s C=%s: %6.2f s wall = %6s messages/s (first→last attempt %6.2f s = %6s/s), peak RSS %6.1f MiB, CPU %6.2f s; %s sent, %s attempt rows\n' \
+    printf 'skychimpd send %-8s N=%-7s C=%s: %6.2f s wall = %6s messages/s (first→last attempt %6.2f s = %6s/s), peak RSS %6.1f MiB, CPU %6.2f s (%.2f s system); %s sent, %s attempt rows\n' \
         "$BACKEND" "$n" "$C" "$wall" "$(rate "$n" "$wall")" "$span" "$(rate "$n" "$span")" \
-        "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$cpu" "$sent" "$attempts"
+        "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$cpu" "$sys" "$sent" "$attempts"
     if [[ "$sent" != "$n" || "$attempts" != "$n" ]]; then
         echo "INCOMPLETE: expected $n sent deliveries and $n attempt rows" >&2
         return 1
