@@ -5,7 +5,9 @@
 //! loops: claim a batch of due deliveries (a lease in the database, so several daemons
 //! share the work), then send it in small chunks. While one chunk is rendered and sent, a
 //! single transaction records the previous chunk's outcomes and attempt log and marks the
-//! next chunk `sending`. `sending` is committed before a row's SMTP transaction starts, so a
+//! next chunk `sending` (one statement on PostgreSQL), and within a chunk each message's
+//! envelope is written together with the previous message's body (one SMTP round trip per
+//! message). `sending` is committed before a row's SMTP transaction starts, so a
 //! crash leaves `sending` rows (at most two chunks per worker) that the next start turns
 //! into `unknown` (never resent unless `delivery.redeliver_unknown`).
 
@@ -600,8 +602,9 @@ impl Deliverer {
     }
 
     /// One SMTP transaction per row of a marked chunk, in order; stops between messages
-    /// when asked, and skips a row whose mailing or owner was halted meanwhile. The
-    /// outcomes, and the ids it did not start.
+    /// when asked, and skips a row whose mailing or owner was halted meanwhile. Each row's
+    /// message is made before the previous one goes, so that its envelope can travel with
+    /// the previous body (`Sender::send_then`). The outcomes, and the ids it did not start.
     async fn send_chunk(
         &self,
         worker: &str,
@@ -635,8 +638,11 @@ impl Deliverer {
             };
             let next = match chunk.get(i + 1) {
                 Some(n) if !*stop.borrow() && self.halts.why(&n.mailing_id).is_none() => {
-                    let next_ctx = self.context(n.run_id, renderers).await?;
-                    Some(self.prepare(n, &next_ctx))
+                    // A failure to load its run surfaces at that delivery's own turn.
+                    match self.context(n.run_id, renderers).await {
+                        Ok(next_ctx) => Some(self.prepare(n, &next_ctx)),
+                        Err(_) => None,
+                    }
                 }
                 _ => None,
             };
