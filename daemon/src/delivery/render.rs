@@ -368,6 +368,7 @@ fn pieces(text: &str, markers: &[String; SLOTS]) -> Vec<Piece> {
     out
 }
 
+#[derive(Debug, PartialEq)]
 enum HtmlContext {
     Text,
     /// Inside the quoted value of an `href` or `src` attribute.
@@ -376,33 +377,32 @@ enum HtmlContext {
 }
 
 /// Where the end of `html` (a prefix of a document pulldown-cmark wrote, which may include
-/// raw HTML from the body) stands.
+/// raw HTML from the body) stands: after the last tag, inside the double-quoted value of its
+/// `href` or `src`, or anywhere else inside it (a `>` in a quoted value does not end a tag).
 fn html_context(html: &str) -> HtmlContext {
     let Some(open) = html.rfind('<') else {
         return HtmlContext::Text;
     };
     let tag = &html[open..];
-    if tag.contains('>') && !in_quotes(tag) {
-        return HtmlContext::Text;
+    let mut quote = None;
+    let mut value = 0;
+    for (i, c) in tag.char_indices() {
+        match (quote, c) {
+            (None, '>') => return HtmlContext::Text,
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                value = i;
+            }
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
     }
-    // Inside a tag: only `href="…` / `src="…` up to the end qualifies.
-    let Some(quote) = tag.rfind('"') else {
-        return HtmlContext::Other;
-    };
-    if !in_quotes(tag) || tag[quote + 1..].contains(['\'', '<', '>']) {
-        return HtmlContext::Other;
-    }
-    let name = tag[..quote].strip_suffix('=').unwrap_or("");
-    if name.ends_with(" href") || name.ends_with(" src") {
+    let name = tag[..value].strip_suffix('=').unwrap_or("");
+    if quote == Some('"') && (name.ends_with(" href") || name.ends_with(" src")) {
         HtmlContext::Link
     } else {
         HtmlContext::Other
     }
-}
-
-/// Whether `tag` (from its `<`) ends inside a double-quoted attribute value.
-fn in_quotes(tag: &str) -> bool {
-    !tag.contains('\'') && tag.matches('"').count() % 2 == 1
 }
 
 #[cfg(test)]
@@ -551,6 +551,7 @@ mod tests {
         "<https://e.example/{{ client.name }}>",
         "<a href=\"{{ unsubscribe_url }}\">x</a>",
         "<a href={{ client.name }}>",
+        "<a title='x>y' {{ client.name }}>",
         "<{{ client.name }}>",
         "</{{ client.name }}>",
         "<!-- {{ client.name }} -->",
@@ -688,5 +689,28 @@ mod tests {
             ..client
         };
         assert_eq!(r.spliced(markdown, odd, url), None);
+    }
+
+    #[test]
+    fn html_context_tells_text_from_link_values_and_other_tag_parts() {
+        use HtmlContext::*;
+        let cases = [
+            ("", Text),
+            ("<p>Hello ", Text),
+            ("<p><a href=\"https://e.example/x\">", Text),
+            ("<p><a href=\"https://e.example/", Link),
+            ("<img src=\"i/", Link),
+            ("<a title=\"", Other),
+            ("<a href='", Other),
+            ("<a href=", Other),
+            ("<", Other),
+            ("<p>a < b ", Other),
+            ("<a title=\"x>y\" ", Other),
+            ("<a title='x>y' data=", Other),
+            ("<!-- ", Other),
+        ];
+        for (html, expected) in cases {
+            assert_eq!(html_context(html), expected, "{html:?}");
+        }
     }
 }
