@@ -15,13 +15,17 @@
 //! that document with the values put in, but only when that is provably what rendering the
 //! recipient's own Markdown gives: the recipient's Markdown must equal the marked one with
 //! the values put in (so a template that branches on a value falls back), and every value
-//! must be inert where its markers stand: in text, letters and digits with single spaces
-//! between words; in an `href` or `src`, ASCII letters, digits, `-`, `_` and `.`. Such a
-//! value needs no escaping and cannot open, close or change any Markdown construct in those
-//! places; the marked document must also have no link reference definitions, and no marker
-//! may follow `&` or `#` (an entity) or, in text, `<`, `@` or `/` (HTML, autolinks). Anything
-//! else is rendered from the recipient's own Markdown as before. A property test compares
-//! both ways over generated templates and values.
+//! must be inert where its markers stand: in text (pulldown-cmark's text and code events),
+//! letters and digits with single spaces between words; in a link's or image's destination,
+//! ASCII letters, digits, `-`, `_` and `.`. Such a value needs no escaping and cannot open,
+//! close or change any Markdown construct there. The run gets no splice if any marker is
+//! elsewhere (raw HTML, a title, a code block's info string, an autolink, whose validity
+//! depends on its length: each marker must be seen exactly once in those events and come out
+//! exactly once in the HTML), inside `<…` in the source, right after `&` or `#` (an entity),
+//! or if the document has link reference definitions. Anything else is rendered
+//! from the recipient's own Markdown as before. A property test compares both ways over
+//! generated templates and values, and a test over every character the text rule accepts
+//! checks that Markdown treats it as a letter.
 
 use std::sync::OnceLock;
 
@@ -239,36 +243,54 @@ impl Splice {
             &format!("{}{}", escape_html(unsubscribe_prefix), markers[3]),
         );
         let markdown = renderer.tera.render("body", &context).ok()?;
+
+        // In the source: nothing written between `<` and `>` (tags, autolinks), no entity.
+        for (at, _) in occurrences(&markdown, &markers) {
+            let before = &markdown[..at];
+            let word = before.trim_end_matches(char::is_alphanumeric);
+            if word.ends_with(['&', '#'])
+                || before
+                    .trim_end_matches(|c: char| !c.is_whitespace() && c != '<' && c != '>')
+                    .ends_with('<')
+            {
+                return None;
+            }
+        }
+
+        // In the parsed document: each marker once, in text, in code or in a link's or an
+        // image's destination. One anywhere else (raw HTML, a title, a code block's info
+        // string) is missing from these counts, and one in an autolink is counted twice (its
+        // text and its destination), so either means no splice.
+        use pulldown_cmark::{Event, Tag};
         let parser = pulldown_cmark::Parser::new_ext(&markdown, MARKDOWN);
         if parser.reference_definitions().iter().next().is_some() {
             return None;
         }
-        let html = markdown_to_html(&markdown);
-
         let mut in_text = [false; SLOTS];
         let mut in_link = [false; SLOTS];
-        // In the Markdown: what stands before the word each marker is part of.
-        let mut after_text_markup = [false; SLOTS];
-        for (at, slot) in occurrences(&markdown, &markers) {
-            let before = markdown[..at]
-                .trim_end_matches(char::is_alphanumeric)
-                .chars()
-                .next_back();
-            match before {
-                Some('&' | '#') => return None,
-                Some('<' | '@' | '/') => after_text_markup[slot] = true,
-                _ => {}
+        let mut seen = [0usize; SLOTS];
+        for event in parser {
+            let (text, places) = match &event {
+                Event::Text(text) | Event::Code(text) => (text, &mut in_text),
+                Event::Start(Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. }) => {
+                    (dest_url, &mut in_link)
+                }
+                _ => continue,
+            };
+            for (_, slot) in occurrences(text, &markers) {
+                places[slot] = true;
+                seen[slot] += 1;
             }
         }
-        // In the HTML: text, an `href`/`src` value, or anything else (refused).
-        for (at, slot) in occurrences(&html, &markers) {
-            match html_context(&html[..at]) {
-                HtmlContext::Text => in_text[slot] = true,
-                HtmlContext::Link => in_link[slot] = true,
-                HtmlContext::Other => return None,
+        let html = markdown_to_html(&markdown);
+        let count = |text: &str| {
+            let mut n = [0usize; SLOTS];
+            for (_, slot) in occurrences(text, &markers) {
+                n[slot] += 1;
             }
-        }
-        if (0..SLOTS).any(|slot| in_text[slot] && after_text_markup[slot]) {
+            n
+        };
+        if count(&markdown) != seen || count(&html) != seen {
             return None;
         }
         Some(Splice {
@@ -324,8 +346,19 @@ impl Splice {
 fn inert_text(value: &str) -> bool {
     value
         .split(' ')
-        .all(|word| !word.is_empty() && word.chars().all(char::is_alphanumeric))
+        .all(|word| !word.is_empty() && word.chars().all(letter_or_digit))
         && value.chars().any(char::is_alphabetic)
+}
+
+/// A character Markdown's emphasis rules treat like `a`: neither whitespace nor punctuation
+/// (CommonMark counts Unicode symbols as punctuation, and a few symbols are "alphabetic" in
+/// Unicode, such as the circled and squared letters, so those blocks are left out).
+/// `every_character_the_text_rule_accepts_is_a_letter_to_markdown` checks all of them.
+fn letter_or_digit(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || (!c.is_ascii()
+            && c.is_alphanumeric()
+            && !matches!(c, '\u{2460}'..='\u{24FF}' | '\u{1F100}'..='\u{1F1FF}'))
 }
 
 /// What a URL keeps as it is, with no Markdown or HTML meaning inside a link destination
@@ -366,43 +399,6 @@ fn pieces(text: &str, markers: &[String; SLOTS]) -> Vec<Piece> {
     }
     out.push(Piece::Literal(text[start..].to_owned()));
     out
-}
-
-#[derive(Debug, PartialEq)]
-enum HtmlContext {
-    Text,
-    /// Inside the quoted value of an `href` or `src` attribute.
-    Link,
-    Other,
-}
-
-/// Where the end of `html` (a prefix of a document pulldown-cmark wrote, which may include
-/// raw HTML from the body) stands: after the last tag, inside the double-quoted value of its
-/// `href` or `src`, or anywhere else inside it (a `>` in a quoted value does not end a tag).
-fn html_context(html: &str) -> HtmlContext {
-    let Some(open) = html.rfind('<') else {
-        return HtmlContext::Text;
-    };
-    let tag = &html[open..];
-    let mut quote = None;
-    let mut value = 0;
-    for (i, c) in tag.char_indices() {
-        match (quote, c) {
-            (None, '>') => return HtmlContext::Text,
-            (None, '"' | '\'') => {
-                quote = Some(c);
-                value = i;
-            }
-            (Some(q), c) if c == q => quote = None,
-            _ => {}
-        }
-    }
-    let name = tag[..value].strip_suffix('=').unwrap_or("");
-    if quote == Some('"') && (name.ends_with(" href") || name.ends_with(" src")) {
-        HtmlContext::Link
-    } else {
-        HtmlContext::Other
-    }
 }
 
 #[cfg(test)]
@@ -552,6 +548,13 @@ mod tests {
         "<a href=\"{{ unsubscribe_url }}\">x</a>",
         "<a href={{ client.name }}>",
         "<a title='x>y' {{ client.name }}>",
+        "<span title=\"<>\" {{ client.name }}>x</span>",
+        "```rust {{ client.name }}\ncode\n```\n",
+        "<me@e.{{ client.name }}>",
+        "<x-{{ client.name }}:go>",
+        "<aaaaaaaaaaaa{{ client.name }}:go>",
+        "a*{{ client.name }}*b",
+        "[t](https://e.example/ \"{{ client.name }}\")",
         "<{{ client.name }}>",
         "</{{ client.name }}>",
         "<!-- {{ client.name }} -->",
@@ -619,7 +622,11 @@ mod tests {
             Just("Bob".to_owned()),
             Just("script".to_owned()),
             Just("x".to_owned()),
+            "[a-z]{30,34}",
             "[a-z]{60,70}",
+            "[A-Za-z0-9_.-]{100,300}",
+            "[\u{24B6}\u{1F130}\u{00B2}a`]{1,3}",
+            Just("x\n```".to_owned()),
         ]
     }
 
@@ -691,26 +698,80 @@ mod tests {
         assert_eq!(r.spliced(markdown, odd, url), None);
     }
 
+    /// What `render` gives for `name` after an ordinary recipient made the splice, and what
+    /// rendering that recipient's own Markdown gives.
+    fn both_ways(body: &str, name: &str) -> (String, String) {
+        let r = renderer("s", body);
+        let url = "https://news.example.org/unsubscribe/t";
+        let first = ClientVars {
+            email: "e",
+            name: "Bob",
+            comment: "c",
+        };
+        r.render(first, url).unwrap();
+        let client = ClientVars { name, ..first };
+        let mut context = r.html_base.clone();
+        context.insert(
+            "client",
+            &HtmlClient {
+                email: markdown_text(client.email),
+                name: markdown_text(name),
+                comment: markdown_text(client.comment),
+            },
+        );
+        context.insert("unsubscribe_url", &escape_html(url));
+        let markdown = r.tera.render("body", &context).unwrap();
+        (
+            r.render(client, url).unwrap().html,
+            markdown_to_html(&markdown),
+        )
+    }
+
+    /// Cases a review found where an earlier version spliced wrongly: a marker that
+    /// vanished from the HTML (a fence's info string), an attribute name after a quoted
+    /// `<>`, autolinks whose validity depends on the value's length (either way), a symbol
+    /// that Unicode calls alphabetic and Markdown calls punctuation.
     #[test]
-    fn html_context_tells_text_from_link_values_and_other_tag_parts() {
-        use HtmlContext::*;
+    fn splicing_equals_rendering_in_the_cases_a_review_found() {
+        let long = |n| "a".repeat(n);
         let cases = [
-            ("", Text),
-            ("<p>Hello ", Text),
-            ("<p><a href=\"https://e.example/x\">", Text),
-            ("<p><a href=\"https://e.example/", Link),
-            ("<img src=\"i/", Link),
-            ("<a title=\"", Other),
-            ("<a href='", Other),
-            ("<a href=", Other),
-            ("<", Other),
-            ("<p>a < b ", Other),
-            ("<a title=\"x>y\" ", Other),
-            ("<a title='x>y' data=", Other),
-            ("<!-- ", Other),
+            ("```rust {{ client.name }}\ncode\n```\n", "`".to_owned()),
+            (
+                "```rust {{ client.name }}\ncode\n```\n",
+                "x\n```".to_owned(),
+            ),
+            ("a*{{ client.name }}*b\n", "\u{24B6}".to_owned()),
+            (
+                "<span title=\"<>\" {{ client.name }}>x</span>\n",
+                "Zo\u{eb}".to_owned(),
+            ),
+            ("<me@e.{{ client.name }}>\n", long(64)),
+            ("<x-{{ client.name }}:go>\n", long(32)),
+            // Too long a scheme with the marker, an autolink with a short name.
+            ("<x-aaaaaaaaaa{{ client.name }}:go>\n", "b".to_owned()),
         ];
-        for (html, expected) in cases {
-            assert_eq!(html_context(html), expected, "{html:?}");
+        for (body, name) in cases {
+            let (spliced, rendered) = both_ways(body, &name);
+            assert_eq!(spliced, rendered, "{body:?} with {name:?}");
         }
+    }
+
+    /// Every character `letter_or_digit` accepts is, to Markdown's emphasis rules, like a
+    /// letter: `a*c*b` is emphasis (with punctuation or whitespace for `c` it is not).
+    #[test]
+    fn every_character_the_text_rule_accepts_is_a_letter_to_markdown() {
+        use pulldown_cmark::{Event, Parser, Tag};
+        let emphasised = |c: char| {
+            let text = format!("a*{c}*b");
+            Parser::new_ext(&text, MARKDOWN).any(|e| matches!(e, Event::Start(Tag::Emphasis)))
+        };
+        assert!(!emphasised('!') && !emphasised(' ') && !emphasised('\u{24B6}'));
+        let accepted: Vec<char> = (0..=u32::from(char::MAX))
+            .filter_map(char::from_u32)
+            .filter(|&c| letter_or_digit(c))
+            .collect();
+        assert!(accepted.len() > 100_000, "{}", accepted.len());
+        let odd: Vec<char> = accepted.into_iter().filter(|&c| !emphasised(c)).collect();
+        assert!(odd.is_empty(), "treated as punctuation: {odd:?}");
     }
 }
