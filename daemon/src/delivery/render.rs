@@ -244,14 +244,15 @@ impl Splice {
         );
         let markdown = renderer.tera.render("body", &context).ok()?;
 
-        // In the source: nothing written between `<` and `>` (tags, autolinks), no entity.
+        // In the source: no marker after a `<` that no `>` has closed within its block
+        // (a tag or an autolink, valid or not: a space in a value can make one valid), and
+        // none right after `&` or `#` (an entity).
         for (at, _) in occurrences(&markdown, &markers) {
             let before = &markdown[..at];
-            let word = before.trim_end_matches(char::is_alphanumeric);
-            if word.ends_with(['&', '#'])
-                || before
-                    .trim_end_matches(|c: char| !c.is_whitespace() && c != '<' && c != '>')
-                    .ends_with('<')
+            if before
+                .trim_end_matches(char::is_alphanumeric)
+                .ends_with(['&', '#'])
+                || after_open_angle(before)
             {
                 return None;
             }
@@ -339,6 +340,23 @@ impl Splice {
         }
         Some(html)
     }
+}
+
+/// Whether the end of `text` follows a `<` with no `>` after it, looking back no further
+/// than the last blank line (no tag or autolink spans one).
+fn after_open_angle(text: &str) -> bool {
+    let mut newline = false;
+    for c in text.chars().rev() {
+        match c {
+            '<' => return true,
+            '>' => return false,
+            '\n' if newline => return false,
+            '\n' => newline = true,
+            ' ' | '\t' | '\r' => {}
+            _ => newline = false,
+        }
+    }
+    false
 }
 
 /// Letters and digits, words separated by single spaces, with at least one letter (so never
@@ -553,6 +571,7 @@ mod tests {
         "<me@e.{{ client.name }}>",
         "<x-{{ client.name }}:go>",
         "<aaaaaaaaaaaa{{ client.name }}:go>",
+        "<a b={{ client.name }}=y>",
         "a*{{ client.name }}*b",
         "[t](https://e.example/ \"{{ client.name }}\")",
         "<{{ client.name }}>",
@@ -749,6 +768,9 @@ mod tests {
             ("<x-{{ client.name }}:go>\n", long(32)),
             // Too long a scheme with the marker, an autolink with a short name.
             ("<x-aaaaaaaaaa{{ client.name }}:go>\n", "b".to_owned()),
+            // Not a tag with the marker ('=' in an unquoted value), a tag with a space.
+            ("x <a b={{ client.name }}=y> z\n", "p q".to_owned()),
+            ("<a b={{ client.name }}=y>\n**bold**\n", "p q".to_owned()),
         ];
         for (body, name) in cases {
             let (spliced, rendered) = both_ways(body, &name);
