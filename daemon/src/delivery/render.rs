@@ -96,6 +96,17 @@ struct HtmlClient {
     comment: String,
 }
 
+impl HtmlClient {
+    /// The client's values as Markdown text.
+    fn new(client: ClientVars<'_>) -> Self {
+        HtmlClient {
+            email: markdown_text(client.email),
+            name: markdown_text(client.name),
+            comment: markdown_text(client.comment),
+        }
+    }
+}
+
 impl Renderer {
     /// Compile a run's subject and body.
     pub fn new(
@@ -147,19 +158,14 @@ impl Renderer {
         context.insert("unsubscribe_url", unsubscribe_url);
         let subject = self.tera.render("subject", &context)?;
         let text = self.tera.render("body", &context)?;
+        let html_client = HtmlClient::new(client);
+        let html_url = escape_html(unsubscribe_url);
         let mut context = self.html_base.clone();
-        context.insert(
-            "client",
-            &HtmlClient {
-                email: markdown_text(client.email),
-                name: markdown_text(client.name),
-                comment: markdown_text(client.comment),
-            },
-        );
-        context.insert("unsubscribe_url", &escape_html(unsubscribe_url));
+        context.insert("client", &html_client);
+        context.insert("unsubscribe_url", &html_url);
         let markdown = self.tera.render("body", &context)?;
         let html = self
-            .spliced(&markdown, client, unsubscribe_url)
+            .spliced(&markdown, &html_client, &html_url)
             .unwrap_or_else(|| markdown_to_html(&markdown));
         Ok(Rendered {
             subject: subject.trim().to_string(),
@@ -169,11 +175,13 @@ impl Renderer {
     }
 
     /// The HTML part from this run's [`Splice`], when it provably equals
-    /// `markdown_to_html(markdown)` (see the module documentation).
+    /// `markdown_to_html(markdown)` (see the module documentation). `client` and
+    /// `unsubscribe_url` as the HTML part's Markdown got them (escaped); escaping leaves the
+    /// URL's last `/` where it was, so the token is what follows it.
     fn spliced(
         &self,
         markdown: &str,
-        client: ClientVars<'_>,
+        client: &HtmlClient,
         unsubscribe_url: &str,
     ) -> Option<String> {
         let (prefix, token) = unsubscribe_url.split_at(unsubscribe_url.rfind('/')? + 1);
@@ -181,13 +189,10 @@ impl Renderer {
             .splice
             .get_or_init(|| (prefix.to_owned(), Splice::new(self, prefix)));
         let splice = splice.as_ref().filter(|_| made_for == prefix)?;
-        let values = [
-            markdown_text(client.email),
-            markdown_text(client.name),
-            markdown_text(client.comment),
-            escape_html(token),
-        ];
-        splice.fill(markdown, &values)
+        splice.fill(
+            markdown,
+            [&client.email, &client.name, &client.comment, token],
+        )
     }
 }
 
@@ -226,6 +231,7 @@ enum Piece {
 
 impl Splice {
     /// `None` when the marked body has a construct the splice cannot vouch for.
+    /// `unsubscribe_prefix`: the unsubscribe URL up to its token, HTML-escaped.
     fn new(renderer: &Renderer, unsubscribe_prefix: &str) -> Option<Splice> {
         let seed = fastrand::u64(..);
         let markers: [String; SLOTS] = std::array::from_fn(|i| format!("Zq{seed:016x}v{i}qZ"));
@@ -240,7 +246,7 @@ impl Splice {
         );
         context.insert(
             "unsubscribe_url",
-            &format!("{}{}", escape_html(unsubscribe_prefix), markers[3]),
+            &format!("{unsubscribe_prefix}{}", markers[3]),
         );
         let markdown = renderer.tera.render("body", &context).ok()?;
 
@@ -304,7 +310,7 @@ impl Splice {
 
     /// The HTML for `values`, if the recipient's Markdown is the marked one with them in it
     /// and every value is inert where it stands.
-    fn fill(&self, markdown: &str, values: &[String; SLOTS]) -> Option<String> {
+    fn fill(&self, markdown: &str, values: [&str; SLOTS]) -> Option<String> {
         for (slot, value) in values.iter().enumerate() {
             if (self.in_text[slot] && !inert_text(value))
                 || (self.in_link[slot] && !inert_link(value))
@@ -316,7 +322,7 @@ impl Splice {
         for piece in &self.markdown {
             let expected = match piece {
                 Piece::Literal(text) => text.as_str(),
-                Piece::Value(slot) => values[*slot].as_str(),
+                Piece::Value(slot) => values[*slot],
             };
             rest = rest.strip_prefix(expected)?;
         }
@@ -335,7 +341,7 @@ impl Splice {
         for piece in &self.html {
             match piece {
                 Piece::Literal(text) => html.push_str(text),
-                Piece::Value(slot) => html.push_str(&values[*slot]),
+                Piece::Value(slot) => html.push_str(values[*slot]),
             }
         }
         Some(html)
@@ -705,16 +711,14 @@ mod tests {
         let markdown = "# News\n\nHello Ivan Petrov, **bold** and [a link](https://e.example/).\n\n\
              - one\n- two\n\n[Unsubscribe](https://news.example.org/unsubscribe/abc_DEF-1.xyz)\n";
         assert_eq!(m.html, markdown_to_html(markdown));
-        assert_eq!(
-            r.spliced(markdown, client, url).as_deref(),
-            Some(m.html.as_str())
-        );
+        let spliced = |client| r.spliced(markdown, &HtmlClient::new(client), &escape_html(url));
+        assert_eq!(spliced(client).as_deref(), Some(m.html.as_str()));
         // A name with Markdown in it is rendered from its own Markdown instead.
         let odd = ClientVars {
             name: "*Ivan*",
             ..client
         };
-        assert_eq!(r.spliced(markdown, odd, url), None);
+        assert_eq!(spliced(odd), None);
     }
 
     /// What `render` gives for `name` after an ordinary recipient made the splice, and what
