@@ -678,11 +678,7 @@ mod tests {
                 let mut context = r.html_base.clone();
                 context.insert(
                     "client",
-                    &HtmlClient {
-                        email: markdown_text(email),
-                        name: markdown_text(name),
-                        comment: markdown_text(comment),
-                    },
+                    &HtmlClient::new(client),
                 );
                 context.insert("unsubscribe_url", &escape_html(&url));
                 let markdown = r.tera.render("body", &context).unwrap();
@@ -734,14 +730,7 @@ mod tests {
         r.render(first, url).unwrap();
         let client = ClientVars { name, ..first };
         let mut context = r.html_base.clone();
-        context.insert(
-            "client",
-            &HtmlClient {
-                email: markdown_text(client.email),
-                name: markdown_text(name),
-                comment: markdown_text(client.comment),
-            },
-        );
+        context.insert("client", &HtmlClient::new(client));
         context.insert("unsubscribe_url", &escape_html(url));
         let markdown = r.tera.render("body", &context).unwrap();
         (
