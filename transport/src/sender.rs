@@ -53,10 +53,7 @@ pub enum Sender {
 impl Sender {
     /// Sends (or writes) one message; see [`SmtpSender::send`] and [`OutboxSender::send`].
     pub async fn send(&mut self, message: &OutgoingMessage) -> SendReport {
-        match self {
-            Sender::Smtp(s) => s.send(message).await,
-            Sender::Outbox(o) => o.send(message).await,
-        }
+        self.send_then(message, None).await
     }
 
     /// Sends `message`, telling an SMTP sender that `next` is the message that follows, so

@@ -262,7 +262,7 @@ impl SmtpSender {
         };
 
         let (mail, rcpt) = envelope(conn, message);
-        let commands = format!("{mail}{rcpt}{Data}");
+        let commands = pipelined(&mail, &rcpt);
         let written = match self.ahead.take() {
             None => false,
             Some(ahead) if ahead == commands => true,
@@ -280,7 +280,7 @@ impl SmtpSender {
         let ahead = match (next, &mut body) {
             (Some(next), Some(body)) if pipelining => {
                 let (mail, rcpt) = envelope(conn, next);
-                let ahead = format!("{mail}{rcpt}{Data}");
+                let ahead = pipelined(&mail, &rcpt);
                 body.0.push_str(&ahead);
                 Some(ahead)
             }
@@ -486,6 +486,12 @@ fn envelope(conn: &AsyncSmtpConnection, message: &OutgoingMessage) -> (Mail, Rcp
         Mail::new(Some(message.envelope_from.clone()), params),
         Rcpt::new(message.envelope_to.clone(), Vec::new()),
     )
+}
+
+/// MAIL, RCPT and DATA as one pipelined write. An envelope written ahead is recognised
+/// by comparing these texts, so both sides must come from here.
+fn pipelined(mail: &Mail, rcpt: &Rcpt) -> String {
+    format!("{mail}{rcpt}{Data}")
 }
 
 /// Where a transaction stopped.
