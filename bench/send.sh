@@ -19,6 +19,7 @@
 #   BACKEND=postgres      or sqlite: where skychimpd logs (to tell the database's share)
 #   PG=postgres://postgres@127.0.0.1:5432   server for fresh skychimp_bench_* databases
 #   BATCH=                SKYCHIMP_DELIVERY_BATCH (empty: the configured default)
+#   CHUNK=                SKYCHIMP_DELIVERY_CHUNK (empty: the configured default)
 #   PGURLOPTS=            appended to the PostgreSQL URL of the skychimpd step, e.g.
 #                         '?options=-c%20synchronous_commit%3Doff' to see what commits cost
 #   STEP_TIMEOUT=900      seconds before one step is killed
@@ -46,6 +47,7 @@ SIZES="${SIZES:-10000 50000 100000}"
 BACKEND="${BACKEND:-postgres}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432}"
 BATCH="${BATCH:-}"
+CHUNK="${CHUNK:-}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-900}"
 PERF="${PERF:-0}"
 PGSAMPLE="${PGSAMPLE:-0}"
@@ -122,7 +124,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load:$(uptime | sed 's/.*load average://')"
-echo "# smtp-sink pid $sink_pid on 127.0.0.1:$port; N=$N C=$C M=$M backend=$BACKEND batch=${BATCH:-default}"
+echo "# smtp-sink pid $sink_pid on 127.0.0.1:$port; N=$N C=$C M=$M backend=$BACKEND batch=${BATCH:-default} chunk=${CHUNK:-default}"
 
 # --- a content repository with one owner, one list of $1 recipients, one mailing -----
 gen_repo() { # gen_repo N DIR
@@ -187,6 +189,7 @@ skychimpd_run() { # skychimpd_run N LABEL
         SKYCHIMP_TOKEN_SECRET=bench-secret-bench-secret-bench-secret
     )
     [[ -n "$BATCH" ]] && env+=(SKYCHIMP_DELIVERY_BATCH="$BATCH")
+    [[ -n "$CHUNK" ]] && env+=(SKYCHIMP_DELIVERY_CHUNK="$CHUNK")
     # Migrations first, so the timed command is the send alone.
     env "${env[@]}" "$bin" --root "$dir" migrate >/dev/null
     local -a cmd=("$bin" --root "$dir" send bench/blast)

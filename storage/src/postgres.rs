@@ -79,13 +79,22 @@ impl PgStore {
 
 fn migrator() -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "initial".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/postgres/0001_initial.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "initial".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0001_initial.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "lighter deliveries".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0002_lighter_deliveries.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 fn smtp_code(row: &PgRow, column: &'static str) -> Result<Option<u16>, StorageError> {
