@@ -6,6 +6,7 @@
 //! so concurrent daemons take disjoint rows without waiting for each other.
 //! Timestamps are TIMESTAMPTZ, cut to milliseconds on the way in (see [`crate::to_millis`]).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -266,15 +267,29 @@ impl Storage for PgStore {
             return Ok(None);
         };
 
+        // The first spelling of an address is its recipient. Duplicates are left out here
+        // rather than by ON CONFLICT DO NOTHING, whose speculative insertion made creating
+        // a run a third slower; UNIQUE (run_id, address) still guarantees one delivery per
+        // address (a duplicate reaching the table would fail the whole creation).
+        let mut seen = HashSet::with_capacity(run.recipients.len());
+        let unique: Vec<(String, &Recipient)> = run
+            .recipients
+            .iter()
+            .filter_map(|r| {
+                let key = address_key(&r.email);
+                seen.insert(key.clone()).then_some((key, r))
+            })
+            .collect();
+        drop(seen);
         let mut recipients = 0u64;
-        for chunk in run.recipients.chunks(RECIPIENT_CHUNK) {
-            let addresses: Vec<String> = chunk.iter().map(|r| address_key(&r.email)).collect();
-            let emails: Vec<&str> = chunk.iter().map(|r| r.email.as_str()).collect();
-            let names: Vec<&str> = chunk.iter().map(|r| r.name.as_str()).collect();
-            let comments: Vec<Option<&str>> = chunk.iter().map(|r| r.comment.as_deref()).collect();
+        for chunk in unique.chunks(RECIPIENT_CHUNK) {
+            let addresses: Vec<&str> = chunk.iter().map(|(a, _)| a.as_str()).collect();
+            let emails: Vec<&str> = chunk.iter().map(|(_, r)| r.email.as_str()).collect();
+            let names: Vec<&str> = chunk.iter().map(|(_, r)| r.name.as_str()).collect();
+            let comments: Vec<Option<&str>> =
+                chunk.iter().map(|(_, r)| r.comment.as_deref()).collect();
             // The owner's unsubscribed addresses are not recipients at all. ORDER BY ord
-            // keeps the catalog's order, so the first spelling of a duplicate address is the
-            // one kept by ON CONFLICT DO NOTHING.
+            // keeps the catalog's order (ids, and so the order of sending, follow it).
             recipients += sqlx::query(
                 "INSERT INTO deliveries (run_id, address, email, name, comment, status, \
                                          attempts, next_attempt_at, updated_at) \
@@ -283,8 +298,7 @@ impl Storage for PgStore {
                       WITH ORDINALITY AS v(address, email, name, comment, ord) \
                  WHERE NOT EXISTS (SELECT 1 FROM unsubscribes u \
                                    WHERE u.owner = $2 AND u.address = v.address) \
-                 ORDER BY v.ord \
-                 ON CONFLICT (run_id, address) DO NOTHING",
+                 ORDER BY v.ord",
             )
             .bind(run_id)
             .bind(owner_of(&run.mailing_id))
