@@ -1,6 +1,9 @@
 //! Rendering one run's message for each recipient: subject, text and HTML.
 //!
-//! The templates are compiled once per run. The body is rendered twice: as written for the
+//! The templates are compiled once per run. Most are only text and plain variables
+//! (`{{ client.name }}`); such a template is kept as its pieces ([`Plain`]) and rendered by
+//! putting them together, without Tera, which gives the same text (a property test compares
+//! both over generated templates). The body is rendered twice: as written for the
 //! text part, and for the HTML part with every variable made safe before the Markdown is
 //! turned into HTML. There, a client's values (which come from a list, not from the owner)
 //! are Markdown text with every ASCII punctuation character backslash-escaped, so a name
@@ -42,6 +45,13 @@ pub struct Renderer {
     text_base: Context,
     /// `owner` and `mailing` HTML-escaped, for the HTML part.
     html_base: Context,
+    /// The subject and the body as [`Plain`] pieces, when both are only text and plain
+    /// variables (as most are): then no recipient needs Tera.
+    plain: Option<(Plain, Plain)>,
+    /// `mailing.id`, `mailing.title`, `owner.name`, `owner.email`: as written, and escaped
+    /// for the HTML part.
+    shared: [String; 4],
+    shared_html: [String; 4],
     /// The HTML part made once, for the unsubscribe URL prefix it was made with (the first
     /// recipient's); `None` when this body cannot be spliced.
     splice: OnceLock<(String, Option<Splice>)>,
@@ -139,10 +149,14 @@ impl Renderer {
                 email: &email,
             },
         );
+        let plain = Plain::of(&tera, "subject").zip(Plain::of(&tera, "body"));
         Ok(Self {
             tera,
             text_base,
             html_base,
+            plain,
+            shared: [mailing.id, mailing.title, owner.name, owner.email].map(str::to_owned),
+            shared_html: [id, title, name, email],
             splice: OnceLock::new(),
         })
     }
@@ -153,17 +167,28 @@ impl Renderer {
         client: ClientVars<'_>,
         unsubscribe_url: &str,
     ) -> Result<Rendered, tera::Error> {
-        let mut context = self.text_base.clone();
-        context.insert("client", &client);
-        context.insert("unsubscribe_url", unsubscribe_url);
-        let subject = self.tera.render("subject", &context)?;
-        let text = self.tera.render("body", &context)?;
         let html_client = HtmlClient::new(client);
         let html_url = escape_html(unsubscribe_url);
-        let mut context = self.html_base.clone();
-        context.insert("client", &html_client);
-        context.insert("unsubscribe_url", &html_url);
-        let markdown = self.tera.render("body", &context)?;
+        let (subject, text, markdown) = match &self.plain {
+            Some((subject, body)) => {
+                let values = Values {
+                    client: [client.email, client.name, client.comment],
+                    unsubscribe_url,
+                    shared: &self.shared,
+                };
+                let html_values = Values {
+                    client: [&html_client.email, &html_client.name, &html_client.comment],
+                    unsubscribe_url: &html_url,
+                    shared: &self.shared_html,
+                };
+                (
+                    subject.render(&values),
+                    body.render(&values),
+                    body.render(&html_values),
+                )
+            }
+            None => self.render_with_tera(client, unsubscribe_url, &html_client, &html_url)?,
+        };
         let html = self
             .spliced(&markdown, &html_client, &html_url)
             .unwrap_or_else(|| markdown_to_html(&markdown));
@@ -172,6 +197,26 @@ impl Renderer {
             text,
             html,
         })
+    }
+
+    /// The subject, the text and the HTML part's Markdown, rendered by Tera.
+    fn render_with_tera(
+        &self,
+        client: ClientVars<'_>,
+        unsubscribe_url: &str,
+        html_client: &HtmlClient,
+        html_url: &str,
+    ) -> Result<(String, String, String), tera::Error> {
+        let mut context = self.text_base.clone();
+        context.insert("client", &client);
+        context.insert("unsubscribe_url", unsubscribe_url);
+        let subject = self.tera.render("subject", &context)?;
+        let text = self.tera.render("body", &context)?;
+        let mut context = self.html_base.clone();
+        context.insert("client", html_client);
+        context.insert("unsubscribe_url", html_url);
+        let markdown = self.tera.render("body", &context)?;
+        Ok((subject, text, markdown))
     }
 
     /// The HTML part from this run's [`Splice`], when it provably equals
@@ -193,6 +238,91 @@ impl Renderer {
             markdown,
             [&client.email, &client.name, &client.comment, token],
         )
+    }
+}
+
+/// A template that is only text and variables written plainly (`{{ client.name }}`: a
+/// known string variable, no filter, test or operator), with comments: Tera's output for
+/// it is its pieces put together, so a run renders it without Tera. Whitespace control
+/// (`{{-`, `-}}`) is already applied to the text of Tera's syntax tree. A test compares
+/// both ways over generated templates.
+struct Plain(Vec<PlainPiece>);
+
+enum PlainPiece {
+    Text(String),
+    /// Which of [`Values`]' strings: 0–2 `client.email`, `client.name`, `client.comment`;
+    /// 3 `unsubscribe_url`; 4–7 `mailing.id`, `mailing.title`, `owner.name`, `owner.email`.
+    Value(usize),
+}
+
+/// The variables a [`Plain`] template can name, in [`PlainPiece::Value`]'s order.
+const PLAIN_VARIABLES: [&str; 8] = [
+    "client.email",
+    "client.name",
+    "client.comment",
+    "unsubscribe_url",
+    "mailing.id",
+    "mailing.title",
+    "owner.name",
+    "owner.email",
+];
+
+/// One recipient's values for a [`Plain`] template.
+struct Values<'a> {
+    client: [&'a str; 3],
+    unsubscribe_url: &'a str,
+    /// `mailing.id`, `mailing.title`, `owner.name`, `owner.email`.
+    shared: &'a [String; 4],
+}
+
+impl Plain {
+    /// The template `name` of `tera` as pieces, when it is plain.
+    fn of(tera: &Tera, name: &str) -> Option<Plain> {
+        use tera::ast::{ExprVal, Node};
+        let template = tera.get_template(name).ok()?;
+        if template.parent.is_some() || !template.macros.is_empty() {
+            return None;
+        }
+        let mut pieces = Vec::with_capacity(template.ast.len());
+        for node in &template.ast {
+            match node {
+                Node::Text(text) => pieces.push(PlainPiece::Text(text.clone())),
+                Node::Comment(..) => {}
+                Node::VariableBlock(_, expr) if !expr.negated && expr.filters.is_empty() => {
+                    let ExprVal::Ident(ident) = &expr.val else {
+                        return None;
+                    };
+                    let which = PLAIN_VARIABLES.iter().position(|v| v == ident)?;
+                    pieces.push(PlainPiece::Value(which));
+                }
+                _ => return None,
+            }
+        }
+        Some(Plain(pieces))
+    }
+
+    fn render(&self, values: &Values<'_>) -> String {
+        let value = |i: usize| match i {
+            0..=2 => values.client[i],
+            3 => values.unsubscribe_url,
+            _ => &values.shared[i - 4],
+        };
+        let len = self
+            .0
+            .iter()
+            .map(|p| match p {
+                PlainPiece::Text(t) => t.len(),
+                PlainPiece::Value(i) => value(*i).len(),
+            })
+            .sum();
+        let mut out = String::with_capacity(len);
+        for piece in &self.0 {
+            out.push_str(match piece {
+                PlainPiece::Text(t) => t,
+                PlainPiece::Value(i) => value(*i),
+            });
+        }
+        out
     }
 }
 
@@ -685,6 +815,114 @@ mod tests {
                 prop_assert_eq!(&m.html, &markdown_to_html(&markdown), "body {:?}", body);
             }
         }
+    }
+
+    /// Pieces of templates for [`Plain`]: every variable, written plainly and with
+    /// whitespace control, comments, and what must send a template to Tera.
+    const TERA_FRAGMENTS: &[&str] = &[
+        "{{ client.name }}",
+        "{{client.email}}",
+        "{{ client.comment }}",
+        "{{- client.name }}",
+        "{{ client.email -}}",
+        "{{- unsubscribe_url -}}",
+        "{{ mailing.id }}",
+        "{{ mailing.title }}",
+        "{{ owner.name }}",
+        "{{ owner.email }}",
+        "{# a note #}",
+        "{#- a note -#}",
+        "{{ client.name | upper }}",
+        "{% if client.name %}y{% endif %}",
+        "{% raw %}{{ x }}{% endraw %}",
+        "{{ client[\"name\"] }}",
+        "{{ \"lit\" }}",
+        "{{ not client.name }}",
+        "{% set x = 1 %}{{ x }}",
+        "{{ client.phone }}",
+        "Hello",
+        "é",
+        " ",
+        "  \n ",
+        "\n",
+        "\t",
+        "{",
+        "}",
+        "%",
+        "#",
+    ];
+
+    fn tera_template() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(TERA_FRAGMENTS), 0..10)
+            .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// A plain template's pieces put together are what Tera renders.
+        #[test]
+        fn plain_rendering_equals_tera(
+            subject in tera_template(),
+            body in tera_template(),
+            values in proptest::collection::vec(".{0,8}", 4),
+        ) {
+            let Ok(r) = Renderer::new(
+                &subject,
+                &body,
+                MailingVars { id: "alice/weekly", title: "A & B's <list>" },
+                OwnerVars { name: "Alice {{ x }}", email: "alice@example.com" },
+            ) else {
+                return Ok(());
+            };
+            let Some((plain_subject, plain_body)) = &r.plain else {
+                return Ok(());
+            };
+            let client = ClientVars { email: &values[0], name: &values[1], comment: &values[2] };
+            let url = format!("https://news.example.org/unsubscribe/{}", values[3]);
+            let html_client = HtmlClient::new(client);
+            let html_url = escape_html(&url);
+            let (subject, text, markdown) =
+                r.render_with_tera(client, &url, &html_client, &html_url).unwrap();
+            let values = Values {
+                client: [client.email, client.name, client.comment],
+                unsubscribe_url: &url,
+                shared: &r.shared,
+            };
+            let html_values = Values {
+                client: [&html_client.email, &html_client.name, &html_client.comment],
+                unsubscribe_url: &html_url,
+                shared: &r.shared_html,
+            };
+            prop_assert_eq!(plain_subject.render(&values), subject);
+            prop_assert_eq!(plain_body.render(&values), text);
+            prop_assert_eq!(plain_body.render(&html_values), markdown);
+        }
+    }
+
+    /// Which templates are plain: the property above is vacuous unless ordinary ones are,
+    /// and wrong if any construct Tera computes with is taken for one.
+    #[test]
+    fn plain_templates_are_recognised() {
+        let plain = |t: &str| renderer("s", t).plain.is_some();
+        assert!(plain(
+            "# News\n\nHello {{ client.name }} ({{client.email}}) {# c #}\n\
+             {{- owner.name -}} [x]({{ unsubscribe_url }}) {{ mailing.title }}"
+        ));
+        assert!(plain(""));
+        for tera in [
+            "{{ client.name | upper }}",
+            "{% if client.name %}y{% endif %}",
+            "{% raw %}{{ x }}{% endraw %}",
+            "{{ client[\"name\"] }}",
+            "{{ client.phone }}",
+            "{{ client }}",
+            "{{ not client.name }}",
+            "{{ client.name ~ \"x\" }}",
+            "{% for c in [1] %}{% endfor %}",
+        ] {
+            assert!(!plain(tera), "{tera}");
+        }
+        assert!(renderer("{{ client.name | lower }}", "x").plain.is_none());
     }
 
     /// The splice is used: a body like the benchmark's, with a name and an unsubscribe
