@@ -1,8 +1,11 @@
 //! Composing the RFC 5322 message for one recipient.
 //!
 //! The caller (the daemon's renderer) has already rendered the subject and both bodies for
-//! this recipient; this module turns them into bytes with lettre's `Message` builder, adds
-//! the headers a serious mailing needs, and optionally DKIM-signs the result:
+//! this recipient; this module turns them into bytes, adds the headers a serious mailing
+//! needs, and optionally DKIM-signs the result. The headers are encoded and folded by
+//! lettre; an unsigned message is written out directly, a signed one is built with lettre's
+//! `Message` builder (which its DKIM signer needs), and a property test holds the two to the
+//! same bytes:
 //!
 //! * `Message-ID: <TIME.RANDOM@from-domain>` — unique per message (and so per attempt
 //!   series: compose once per delivery and keep the bytes if you want retries to carry the
