@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # A model of the database side of `skychimpd send` (bench/RESULTS.md, run F): eight pgbench
 # clients stand for eight workers sending a 100,000-recipient run, with no SMTP at all.
-#   claim-then-mark-N.sql  what skychimpd does: lease 512 rows, then per chunk of N one
-#                          statement recording the previous chunk's outcomes and marking the
-#                          next N `sending`
-#   claim-sending-N.sql    the alternative: per chunk, record and claim N rows straight into
-#                          `sending`
-# Usage: bench/claim-model/run.sh [SCRIPT…]  (default: all four). Prints chunks per second
-# (pgbench's tps); rows per second is that times N. Needs psql and pgbench on $PG's server.
+#   claim-then-mark.sql  what skychimpd does: lease 512 rows, then per chunk of N one
+#                        statement recording the previous chunk's outcomes and marking the
+#                        next N `sending`
+#   claim-sending.sql    the alternative: per chunk, record and claim N rows straight into
+#                        `sending`
+# Usage: bench/claim-model/run.sh [SCRIPT-N…]  (default: claim-then-mark-16 claim-sending-16
+# claim-then-mark-64 claim-sending-64; N divides 512). Prints chunks per second (pgbench's
+# tps); rows per second is that times N. Needs psql and pgbench on the server.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 migrations="$here/../../storage/migrations/postgres"
@@ -17,7 +18,7 @@ scripts=("$@")
 [[ ${#scripts[@]} -gt 0 ]] || scripts=(claim-then-mark-16 claim-sending-16 claim-then-mark-64 claim-sending-64)
 trap 'psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true' EXIT
 for script in "${scripts[@]}"; do
-    chunk="${script##*-}"
+    chunk="${script##*-}" file="${script%-*}.sql"
     psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
     for m in "$migrations"/*.sql; do psql_ -d "$DB" -f "$m" >/dev/null; done
     psql_ -d "$DB" >/dev/null <<'SQL'
@@ -32,5 +33,5 @@ SQL
     per_client=$((100000 / 8 / chunk))
     printf '%-20s ' "$script"
     pgbench -h "$PG_HOST" -U "$PG_USER" -n -M prepared -c 8 -j 2 -t "$per_client" \
-        -D k=0 -D 'prev={}' -D 'batch={}' -f "$here/$script.sql" "$DB" 2>&1 | grep -E '^tps'
+        -D k=0 -D "chunk=$chunk" -D 'prev={}' -D 'batch={}' -f "$here/$file" "$DB" 2>&1 | grep -E '^tps'
 done

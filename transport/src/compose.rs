@@ -804,20 +804,8 @@ mod tests {
         // And what `compose` sends is the direct one: the same but for a random boundary.
         let sent = text_of(&compose(&i).unwrap());
         let boundary = sent.split("boundary=\"").nth(1).unwrap()[..40].to_owned();
-        let (parts, _) = Parts::checked(
-            &NoticeInput {
-                from: i.from,
-                to_name: i.to_name,
-                to_address: i.to_address,
-                subject: i.subject,
-                text: i.text,
-                html: i.html,
-                date: i.date,
-                dkim: None,
-            },
-            Some(("alice", "weekly", i.unsubscribe_url)),
-        )
-        .unwrap();
+        let (parts, _) =
+            Parts::checked(&notice, Some(("alice", "weekly", i.unsubscribe_url))).unwrap();
         let expected = String::from_utf8(parts.formatted(&boundary)).unwrap();
         let id = |m: &str| {
             m.lines()

@@ -169,26 +169,11 @@ impl Renderer {
     ) -> Result<Rendered, tera::Error> {
         let html_client = HtmlClient::new(client);
         let html_url = escape_html(unsubscribe_url);
-        let (subject, text, markdown) = match &self.plain {
-            Some((subject, body)) => {
-                let values = Values {
-                    client: [client.email, client.name, client.comment],
-                    unsubscribe_url,
-                    shared: &self.shared,
-                };
-                let html_values = Values {
-                    client: [&html_client.email, &html_client.name, &html_client.comment],
-                    unsubscribe_url: &html_url,
-                    shared: &self.shared_html,
-                };
-                (
-                    subject.render(&values),
-                    body.render(&values),
-                    body.render(&html_values),
-                )
-            }
-            None => self.render_with_tera(client, unsubscribe_url, &html_client, &html_url)?,
-        };
+        let (subject, text, markdown) =
+            match self.render_plain(client, unsubscribe_url, &html_client, &html_url) {
+                Some(rendered) => rendered,
+                None => self.render_with_tera(client, unsubscribe_url, &html_client, &html_url)?,
+            };
         let html = self
             .spliced(&markdown, &html_client, &html_url)
             .unwrap_or_else(|| markdown_to_html(&markdown));
@@ -197,6 +182,33 @@ impl Renderer {
             text,
             html,
         })
+    }
+
+    /// The subject, the text and the HTML part's Markdown from the [`Plain`] pieces; `None`
+    /// when the templates are not plain.
+    fn render_plain(
+        &self,
+        client: ClientVars<'_>,
+        unsubscribe_url: &str,
+        html_client: &HtmlClient,
+        html_url: &str,
+    ) -> Option<(String, String, String)> {
+        let (subject, body) = self.plain.as_ref()?;
+        let values = Values {
+            client: [client.email, client.name, client.comment],
+            unsubscribe_url,
+            shared: &self.shared,
+        };
+        let html_values = Values {
+            client: [&html_client.email, &html_client.name, &html_client.comment],
+            unsubscribe_url: html_url,
+            shared: &self.shared_html,
+        };
+        Some((
+            subject.render(&values),
+            body.render(&values),
+            body.render(&html_values),
+        ))
     }
 
     /// The subject, the text and the HTML part's Markdown, rendered by Tera.
@@ -874,28 +886,15 @@ mod tests {
             ) else {
                 return Ok(());
             };
-            let Some((plain_subject, plain_body)) = &r.plain else {
-                return Ok(());
-            };
             let client = ClientVars { email: &values[0], name: &values[1], comment: &values[2] };
             let url = format!("https://news.example.org/unsubscribe/{}", values[3]);
             let html_client = HtmlClient::new(client);
             let html_url = escape_html(&url);
-            let (subject, text, markdown) =
-                r.render_with_tera(client, &url, &html_client, &html_url).unwrap();
-            let values = Values {
-                client: [client.email, client.name, client.comment],
-                unsubscribe_url: &url,
-                shared: &r.shared,
+            let Some(plain) = r.render_plain(client, &url, &html_client, &html_url) else {
+                return Ok(());
             };
-            let html_values = Values {
-                client: [&html_client.email, &html_client.name, &html_client.comment],
-                unsubscribe_url: &html_url,
-                shared: &r.shared_html,
-            };
-            prop_assert_eq!(plain_subject.render(&values), subject);
-            prop_assert_eq!(plain_body.render(&values), text);
-            prop_assert_eq!(plain_body.render(&html_values), markdown);
+            let tera = r.render_with_tera(client, &url, &html_client, &html_url).unwrap();
+            prop_assert_eq!(plain, tera);
         }
     }
 
