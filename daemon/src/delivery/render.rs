@@ -772,9 +772,14 @@ mod tests {
         "| a | b |\n|---|---|\n| ",
     ];
 
-    fn template() -> impl Strategy<Value = String> {
-        proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..24)
+    /// Up to `most` of `fragments`, one after another.
+    fn joined(fragments: &'static [&'static str], most: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(fragments), 0..most)
             .prop_map(|parts| parts.concat())
+    }
+
+    fn template() -> impl Strategy<Value = String> {
+        joined(FRAGMENTS, 24)
     }
 
     /// Values that fit (words, tokens) and values that must not be spliced.
@@ -865,8 +870,7 @@ mod tests {
     ];
 
     fn tera_template() -> impl Strategy<Value = String> {
-        proptest::collection::vec(proptest::sample::select(TERA_FRAGMENTS), 0..10)
-            .prop_map(|parts| parts.concat())
+        joined(TERA_FRAGMENTS, 10)
     }
 
     proptest! {
