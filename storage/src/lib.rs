@@ -137,8 +137,9 @@ storage_interface! {
 
     /// Creates a run with its deliveries in one transaction, or returns `None` when that
     /// (mailing, occurrence) already has one — so several daemons may all try.
-    /// Addresses are deduplicated case-insensitively by the unique key (the first spelling
-    /// wins); recipients unsubscribed from the owner are stored as `skipped`.
+    /// Addresses are deduplicated case-insensitively (the first spelling wins; the unique
+    /// key on (run, address) guarantees it); recipients unsubscribed from the owner are left
+    /// out.
     fn create_run(&self, run: &NewRun, now: DateTime<Utc>) -> Option<RunId>;
 
     /// One run, with its templates (the sender fetches it once per run).

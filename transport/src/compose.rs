@@ -360,14 +360,13 @@ impl<'a> Parts<'a> {
             );
             let encoding_at = out.len();
             out.extend_from_slice(b"7bit\r\n\r\n");
-            let body_at = out.len();
             if push_seven_bit(&mut out, text).is_none() {
+                // Not `7bit` after all: lettre's choice, as `body` makes it for the builder.
                 out.truncate(encoding_at);
                 let encoded = Body::new(text.to_owned());
                 let _ = write!(out, "{}\r\n\r\n", encoded.encoding());
                 out.extend_from_slice(encoded.as_ref());
             }
-            debug_assert!(out.len() >= body_at);
             out.extend_from_slice(b"\r\n");
         }
         let _ = write!(out, "--{boundary}--\r\n");
