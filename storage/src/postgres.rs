@@ -1093,7 +1093,7 @@ pub mod statements {
     /// small (a table never analysed, or analysed between runs when nothing was due) the
     /// planner ANDs a scan of the whole index with the primary-key lookup. During a large
     /// run that index holds every queued row plus the dead entries of the rows already
-    /// sent, so each chunk of 16 walked ~100,000 entries: 60 % of the database's time in
+    /// sent, so each chunk (16 rows then) walked ~100,000 entries: 60 % of the database's time in
     /// `bench/send.sh` at 100,000 recipients. The CHECK constraint on `status` makes both
     /// spellings select the same rows.
     pub const RECORD_AND_MARK: &str = "WITH o AS ( \

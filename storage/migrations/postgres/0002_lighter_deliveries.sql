@@ -10,7 +10,8 @@ ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_run_id_fkey;
 -- `address` is a lowercased key, compared only for equality and never sorted for people:
 -- bytewise comparison is exact for it and spares the locale's strcoll in
 -- UNIQUE (run_id, address), which every insert and every non-HOT update of a delivery
--- checks. Rebuilds that index; the table is not rewritten.
+-- checks. Rebuilds that index (under an exclusive lock on the table: on a large table,
+-- migrate while the daemons are stopped); the table is not rewritten.
 ALTER TABLE deliveries ALTER COLUMN address TYPE TEXT COLLATE "C";
 
 -- More room on each page for the claim's lease, the one update of a delivery that changes
