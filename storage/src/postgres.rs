@@ -271,19 +271,21 @@ impl Storage for PgStore {
         // rather than by ON CONFLICT DO NOTHING, whose speculative insertion made creating
         // a run a third slower; UNIQUE (run_id, address) still guarantees one delivery per
         // address (a duplicate reaching the table would fail the whole creation).
-        let mut seen = HashSet::with_capacity(run.recipients.len());
-        let unique: Vec<(String, &Recipient)> = run
+        let keys: Vec<String> = run
             .recipients
             .iter()
-            .filter_map(|r| {
-                let key = address_key(&r.email);
-                seen.insert(key.clone()).then_some((key, r))
-            })
+            .map(|r| address_key(&r.email))
             .collect();
-        drop(seen);
+        let mut seen = HashSet::with_capacity(keys.len());
+        let unique: Vec<(&str, &Recipient)> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(&run.recipients)
+            .filter(|(key, _)| seen.insert(*key))
+            .collect();
         let mut recipients = 0u64;
         for chunk in unique.chunks(RECIPIENT_CHUNK) {
-            let addresses: Vec<&str> = chunk.iter().map(|(a, _)| a.as_str()).collect();
+            let addresses: Vec<&str> = chunk.iter().map(|(a, _)| *a).collect();
             let emails: Vec<&str> = chunk.iter().map(|(_, r)| r.email.as_str()).collect();
             let names: Vec<&str> = chunk.iter().map(|(_, r)| r.name.as_str()).collect();
             let comments: Vec<Option<&str>> =
