@@ -6,6 +6,10 @@
 #                        next N `sending`
 #   claim-sending.sql    the alternative: per chunk, record and claim N rows straight into
 #                        `sending`
+#   hot.sql              claim-then-mark on hot-schema.sql (marking `sending` a HOT update)
+#   inflight.sql         claim-then-mark without marking rows: one row per worker in a table
+#                        `inflight` lists its chunk in flight (not crash-safe as written: a
+#                        model of the database's cost only)
 # Usage: bench/claim-model/run.sh [SCRIPT-N…]  (default: claim-then-mark-16 claim-sending-16
 # claim-then-mark-64 claim-sending-64; N divides 512). Prints chunks per second (pgbench's
 # tps); rows per second is that times N. Needs psql and pgbench on the server.
@@ -21,6 +25,8 @@ for script in "${scripts[@]}"; do
     chunk="${script##*-}" file="${script%-*}.sql"
     psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
     for m in "$migrations"/*.sql; do psql_ -d "$DB" -f "$m" >/dev/null; done
+    [[ "$file" != hot.sql ]] || psql_ -d "$DB" -f "$here/hot-schema.sql" >/dev/null
+    psql_ -d "$DB" -c "CREATE TABLE inflight (worker TEXT PRIMARY KEY, ids BIGINT[] NOT NULL)" >/dev/null
     psql_ -d "$DB" >/dev/null <<'SQL'
 INSERT INTO runs (mailing_id, owner, occurrence, kind, created_at, mailing_blob, subject, body)
 VALUES ('alice/news', 'alice', now(), 'manual', now(), 'x', 's', 'b');
