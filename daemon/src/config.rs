@@ -170,7 +170,7 @@ impl Default for DeliveryConfig {
             give_up_after: HumanDuration::secs(2 * 86_400),
             lease: HumanDuration::secs(300),
             batch: 512,
-            chunk: 32,
+            chunk: 128,
         }
     }
 }
