@@ -37,10 +37,23 @@ pub use postgres::PgStore;
 #[doc(hidden)]
 pub use postgres::statements as postgres_statements;
 pub use sqlite::SqliteStore;
+#[doc(hidden)]
+pub use sqlite::statements as sqlite_statements;
 
 /// Connection options of the PostgreSQL driver, for [`PgStore::connect_with`] (e.g. to set
 /// `search_path`).
 pub use sqlx::postgres::PgConnectOptions;
+
+/// Every lease owner of an unfinished delivery (a delivery leaves its lease behind when it
+/// reaches a final status), for [`Storage::lease_owners`] on both back ends. One arm per
+/// partial index (due rows, `sending` rows), each repeating that index's condition, since
+/// SQLite uses a partial index only then: the rows in flight are read, not the whole
+/// history (PostgreSQL 218–319 ms → 1.3–1.9 ms at 2,000,000 finished deliveries, SQLite
+/// 73 ms → 0.1 ms at 1,000,000). It runs at every `send` and daemon start.
+const LEASE_OWNERS: &str = "SELECT lease_owner FROM deliveries \
+         WHERE status IN ('queued', 'deferred') AND lease_owner IS NOT NULL \
+     UNION SELECT lease_owner FROM deliveries \
+         WHERE status = 'sending' AND lease_owner IS NOT NULL";
 
 /// The storage of one daemon: whichever back end the database URL named.
 ///
@@ -192,8 +205,9 @@ storage_interface! {
         now: DateTime<Utc>,
     ) -> Vec<DeliveryId>;
 
-    /// Every distinct lease owner in the deliveries table, so a starting process can find
-    /// the leases of processes that died on its host.
+    /// Every distinct lease owner of an unfinished delivery (final statuses carry no
+    /// lease), so a starting process can find the leases of processes that died on its
+    /// host. Reads only the rows in flight, not the history.
     fn lease_owners(&self) -> Vec<String>;
 
     /// Takes over everything leased by `workers` (processes known to be dead): their

@@ -483,11 +483,9 @@ impl Storage for PgStore {
     }
 
     async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(statements::LEASE_OWNERS)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn recover_workers(
@@ -500,15 +498,11 @@ impl Storage for PgStore {
             return Ok(0);
         }
         // Their leases end now; then the ordinary expired-lease recovery applies.
-        sqlx::query(
-            "UPDATE deliveries SET lease_until = $2, \
-                    lease_owner = CASE WHEN status = 'sending' THEN lease_owner END \
-             WHERE lease_owner = ANY($1)",
-        )
-        .bind(workers.to_vec())
-        .bind(to_millis(now))
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(statements::END_LEASES)
+            .bind(workers.to_vec())
+            .bind(to_millis(now))
+            .execute(&self.pool)
+            .await?;
         self.recover_interrupted(now, Interrupted::ExpiredLeases, redeliver_unknown)
             .await
     }
@@ -1053,6 +1047,18 @@ impl<'o> OutcomeColumns<'o> {
 /// `storage/tests/contract.rs`).
 #[doc(hidden)]
 pub mod statements {
+    /// The crate-level `LEASE_OWNERS` (lib.rs): the same text on both back ends.
+    pub const LEASE_OWNERS: &str = crate::LEASE_OWNERS;
+
+    /// Ends now (`$2`) the leases of the workers `$1`, keeping the owner only on `sending`
+    /// rows (for the recovery that follows). The status test, written as an OR of the two
+    /// partial indexes' predicates, lets the planner find the rows through them (a bitmap OR)
+    /// instead of scanning every delivery ever made.
+    pub const END_LEASES: &str = "UPDATE deliveries SET lease_until = $2, \
+                lease_owner = CASE WHEN status = 'sending' THEN lease_owner END \
+         WHERE lease_owner = ANY($1) \
+           AND (status IN ('queued', 'deferred') OR status = 'sending')";
+
     /// Leases up to `$2` due rows to worker `$3` until `$4`: `$1` now, `$5` a run or NULL.
     ///
     /// SKIP LOCKED: rows another claimer is taking right now are passed over, not waited

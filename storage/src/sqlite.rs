@@ -591,11 +591,9 @@ impl Storage for SqliteStore {
     }
 
     async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(statements::LEASE_OWNERS)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn recover_workers(
@@ -610,14 +608,9 @@ impl Storage for SqliteStore {
         // Their leases end now; then the ordinary expired-lease recovery applies.
         let mut tx = self.write_tx().await?;
         for chunk in workers.chunks(ID_CHUNK) {
-            let sql = format!(
-                "UPDATE deliveries SET lease_until = ?, \
-                        lease_owner = CASE WHEN status = 'sending' THEN lease_owner END \
-                 WHERE lease_owner IN ({})",
-                placeholders(chunk.len())
-            );
+            let sql = statements::end_leases(chunk.len());
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ms(now));
-            for w in chunk {
+            for w in chunk.iter().chain(chunk) {
                 q = q.bind(w);
             }
             q.execute(&mut *tx).await?;
@@ -1219,4 +1212,30 @@ async fn mark_in(
 
     marked.sort();
     Ok(marked)
+}
+
+/// Statement texts whose plans matter enough to be checked by a test (`EXPLAIN QUERY PLAN`
+/// in `storage/tests/contract.rs`).
+#[doc(hidden)]
+pub mod statements {
+    use super::placeholders;
+
+    /// The crate-level `LEASE_OWNERS` (lib.rs): the same text on both back ends.
+    pub const LEASE_OWNERS: &str = crate::LEASE_OWNERS;
+
+    /// Ends the leases of `n` workers (bound twice, after the time the leases end), keeping
+    /// the owner only on `sending` rows, for the recovery that follows. The rows are found
+    /// through the two partial indexes, as in [`LEASE_OWNERS`].
+    pub fn end_leases(n: usize) -> String {
+        let workers = placeholders(n);
+        format!(
+            "UPDATE deliveries SET lease_until = ?, \
+                    lease_owner = CASE WHEN status = 'sending' THEN lease_owner END \
+             WHERE id IN ( \
+                 SELECT id FROM deliveries \
+                 WHERE status IN ('queued', 'deferred') AND lease_owner IN ({workers}) \
+                 UNION ALL SELECT id FROM deliveries \
+                 WHERE status = 'sending' AND lease_owner IN ({workers}))"
+        )
+    }
 }
