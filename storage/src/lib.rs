@@ -49,8 +49,10 @@ pub use sqlx::postgres::PgConnectOptions;
 /// partial index (due rows, `sending` rows), each repeating that index's condition, since
 /// SQLite uses a partial index only then: the rows in flight are read, not the whole
 /// history (PostgreSQL 218–319 ms → 1.3–1.9 ms at 2,000,000 finished deliveries, SQLite
-/// 73 ms → 0.1 ms at 1,000,000). It runs at every `send` and daemon start.
-const LEASE_OWNERS: &str = "SELECT lease_owner FROM deliveries \
+/// 73 ms → 0.1 ms at 1,000,000). It runs at every `send` and daemon start. Public only for
+/// the plan test in `storage/tests/contract.rs`.
+#[doc(hidden)]
+pub const LEASE_OWNERS: &str = "SELECT lease_owner FROM deliveries \
          WHERE status IN ('queued', 'deferred') AND lease_owner IS NOT NULL \
      UNION SELECT lease_owner FROM deliveries \
          WHERE status = 'sending' AND lease_owner IS NOT NULL";

@@ -483,7 +483,7 @@ impl Storage for PgStore {
     }
 
     async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(statements::LEASE_OWNERS)
+        Ok(sqlx::query_scalar(crate::LEASE_OWNERS)
             .fetch_all(&self.pool)
             .await?)
     }
@@ -1047,9 +1047,6 @@ impl<'o> OutcomeColumns<'o> {
 /// `storage/tests/contract.rs`).
 #[doc(hidden)]
 pub mod statements {
-    /// The crate-level `LEASE_OWNERS` (lib.rs): the same text on both back ends.
-    pub const LEASE_OWNERS: &str = crate::LEASE_OWNERS;
-
     /// Ends now (`$2`) the leases of the workers `$1`, keeping the owner only on `sending`
     /// rows (for the recovery that follows). The status test, written as an OR of the two
     /// partial indexes' predicates, lets the planner find the rows through them (a bitmap OR)

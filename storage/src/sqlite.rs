@@ -591,7 +591,7 @@ impl Storage for SqliteStore {
     }
 
     async fn lease_owners(&self) -> Result<Vec<String>, StorageError> {
-        Ok(sqlx::query_scalar(statements::LEASE_OWNERS)
+        Ok(sqlx::query_scalar(crate::LEASE_OWNERS)
             .fetch_all(&self.pool)
             .await?)
     }
@@ -1220,12 +1220,9 @@ async fn mark_in(
 pub mod statements {
     use super::placeholders;
 
-    /// The crate-level `LEASE_OWNERS` (lib.rs): the same text on both back ends.
-    pub const LEASE_OWNERS: &str = crate::LEASE_OWNERS;
-
     /// Ends the leases of `n` workers (bound twice, after the time the leases end), keeping
     /// the owner only on `sending` rows, for the recovery that follows. The rows are found
-    /// through the two partial indexes, as in [`LEASE_OWNERS`].
+    /// through the two partial indexes, as in [`crate::LEASE_OWNERS`].
     pub fn end_leases(n: usize) -> String {
         let workers = placeholders(n);
         format!(

@@ -1712,7 +1712,7 @@ async fn lease_lookups_read_only_rows_in_flight(store: Store) {
                 "SET enable_seqscan = off; \
                  PREPARE owners AS {}; \
                  PREPARE end_leases(text[], timestamptz) AS {}",
-                postgres_statements::LEASE_OWNERS,
+                LEASE_OWNERS,
                 postgres_statements::END_LEASES
             )))
             .execute(&mut *conn)
@@ -1741,10 +1741,7 @@ async fn lease_lookups_read_only_rows_in_flight(store: Store) {
                 details.join("\n")
             };
             vec![
-                (
-                    "lease_owners",
-                    plan(sqlite_statements::LEASE_OWNERS.into(), &[]).await,
-                ),
+                ("lease_owners", plan(LEASE_OWNERS.into(), &[]).await),
                 (
                     "recover_workers",
                     plan(
