@@ -209,8 +209,10 @@ skychimpd_run() { # skychimpd_run N LABEL
                 >"$work/pgsample-$label-$n" 2>/dev/null &
         sampler=$!
     fi
+    bench/cpu.py snap "$work/cpu-before"
     bounded env "${env[@]}" /usr/bin/time -v -o "$work/time-$label-$n" "${cmd[@]}" \
         >"$work/out-$label-$n" 2>"$work/err-$label-$n" || status=$?
+    bench/cpu.py snap "$work/cpu-after"
     if [[ -n "$sampler" ]]; then
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
@@ -240,9 +242,10 @@ skychimpd_run() { # skychimpd_run N LABEL
         attempts="$(sqlite3 "$f" "SELECT count(*) FROM attempts")"
         span="$(sqlite3 "$f" "SELECT (max(at) - min(at)) / 1000.0 FROM attempts")" # unix ms
     fi
-    printf 'skychimpd send %-8s N=%-7s C=%s: %6.2f s wall = %6s messages/s (first→last attempt %6.2f s = %6s/s), peak RSS %6.1f MiB, CPU %6.2f s (%.2f s system); %s sent, %s attempt rows\n' \
+    printf 'skychimpd send %-8s N=%-7s C=%s: %6.2f s wall = %6s messages/s (first→last attempt %6.2f s = %6s/s), peak RSS %6.1f MiB, CPU %6.2f s (%.2f s system); %s sent, %s attempt rows; CPU %s\n' \
         "$BACKEND" "$n" "$C" "$wall" "$(rate "$n" "$wall")" "$span" "$(rate "$n" "$span")" \
-        "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$cpu" "$sys" "$sent" "$attempts"
+        "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$cpu" "$sys" "$sent" "$attempts" \
+        "$(bench/cpu.py diff "$work/cpu-before" "$work/cpu-after")"
     if [[ "$sent" != "$n" || "$attempts" != "$n" ]]; then
         echo "INCOMPLETE: expected $n sent deliveries and $n attempt rows" >&2
         return 1
@@ -264,13 +267,18 @@ for step in "${steps[@]}"; do
             ;;
         source)
             # -d: reuse each of the C sessions for many messages, as skychimpd does.
+            bench/cpu.py snap "$work/cpu-before"
             start=$(date +%s.%N)
-            bounded scripts/smtp-sink.sh source -d -s "$C" \
-                -m "$N" -l 2000 -f news@example.com -t client@example.com "127.0.0.1:$port"
+            bounded /usr/bin/time -f '%U %S' -o "$work/time-source" scripts/smtp-sink.sh \
+                source -d -s "$C" -m "$N" -l 2000 -f news@example.com -t client@example.com \
+                "127.0.0.1:$port"
             end=$(date +%s.%N)
+            bench/cpu.py snap "$work/cpu-after"
             secs="$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')"
-            printf 'smtp-source -d -s %s -m %s -l 2000: %6.2f s = %6s messages/s\n' \
-                "$C" "$N" "$secs" "$(rate "$N" "$secs")"
+            printf 'smtp-source -d -s %s -m %s -l 2000: %6.2f s = %6s messages/s; CPU smtp-source=%s %s\n' \
+                "$C" "$N" "$secs" "$(rate "$N" "$secs")" \
+                "$(awk '{ printf "%.2f", $1 + $2 }' "$work/time-source")" \
+                "$(bench/cpu.py diff "$work/cpu-before" "$work/cpu-after" | sed 's/postgres=[^ ]* //')"
             ;;
         django)
             ensure_django

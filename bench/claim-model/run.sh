@@ -12,7 +12,8 @@
 #                        model of the database's cost only)
 # Usage: bench/claim-model/run.sh [SCRIPT-N…]  (default: claim-then-mark-16 claim-sending-16
 # claim-then-mark-64 claim-sending-64; N divides 512). Prints chunks per second (pgbench's
-# tps); rows per second is that times N. Needs psql and pgbench on the server.
+# tps); rows per second is that times N; and the CPU seconds PostgreSQL used for the
+# 100,000 rows (bench/cpu.py; a server on this machine). Needs psql and pgbench on the server.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 migrations="$here/../../storage/migrations/postgres"
@@ -20,7 +21,8 @@ PG_HOST="${PG_HOST:-127.0.0.1}" PG_USER="${PG_USER:-postgres}" DB=skychimp_claim
 psql_() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -U "$PG_USER" "$@"; }
 scripts=("$@")
 [[ ${#scripts[@]} -gt 0 ]] || scripts=(claim-then-mark-16 claim-sending-16 claim-then-mark-64 claim-sending-64)
-trap 'psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true' EXIT
+cpu="$(mktemp -d)"
+trap 'psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true; rm -rf "$cpu"' EXIT
 for script in "${scripts[@]}"; do
     chunk="${script##*-}" file="${script%-*}.sql"
     psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
@@ -38,6 +40,9 @@ SQL
     # 100,000 rows / 8 clients / N rows per transaction.
     per_client=$((100000 / 8 / chunk))
     printf '%-20s ' "$script"
-    pgbench -h "$PG_HOST" -U "$PG_USER" -n -M prepared -c 8 -j 2 -t "$per_client" \
-        -D k=0 -D "chunk=$chunk" -D 'prev={}' -D 'batch={}' -f "$here/$file" "$DB" 2>&1 | grep -E '^tps'
+    "$here/../cpu.py" snap "$cpu/before"
+    tps="$(pgbench -h "$PG_HOST" -U "$PG_USER" -n -M prepared -c 8 -j 2 -t "$per_client" \
+        -D k=0 -D "chunk=$chunk" -D 'prev={}' -D 'batch={}' -f "$here/$file" "$DB" 2>&1 | grep -E '^tps')"
+    "$here/../cpu.py" snap "$cpu/after"
+    echo "$tps; CPU $("$here/../cpu.py" diff "$cpu/before" "$cpu/after" | sed 's/ smtp-sink=.*//')"
 done

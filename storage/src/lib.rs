@@ -57,6 +57,31 @@ pub const LEASE_OWNERS: &str = "SELECT lease_owner FROM deliveries \
      UNION SELECT lease_owner FROM deliveries \
          WHERE status = 'sending' AND lease_owner IS NOT NULL";
 
+/// Marks finished (`$1`, now) every unfinished run with no delivery due or in flight, for
+/// [`Storage::finish_runs`] on both back ends. The runs still busy are read as in
+/// [`LEASE_OWNERS`], one arm per partial index: the rows in flight, not every row of every
+/// unfinished run. Asked whether a run is done, a test of its own rows read all of them
+/// through UNIQUE (run_id, address): 57–96 ms at the end of a 100,000-recipient run, asked
+/// by each of its workers as it went idle (13 ms now with the index entries of sent rows
+/// not yet vacuumed, under 1 ms after).
+#[doc(hidden)]
+pub const FINISH_RUNS: &str = "UPDATE runs SET finished_at = $1 \
+     WHERE finished_at IS NULL AND id NOT IN ( \
+         SELECT run_id FROM deliveries WHERE status IN ('queued', 'deferred') \
+         UNION ALL SELECT run_id FROM deliveries WHERE status = 'sending') \
+     RETURNING id";
+
+/// How many deliveries of run `$1` are `queued` or `sending`, for [`Storage::run_pending`]
+/// on both back ends: read through the partial indexes, as in [`FINISH_RUNS`] (50 ms → 13 ms
+/// at the end of a 100,000-recipient run). `run_id + 0` keeps the planners off
+/// UNIQUE (run_id, address), which leads to every row of the run; the due arm names its
+/// index's condition as well as `queued`, since SQLite uses a partial index only then.
+#[doc(hidden)]
+pub const RUN_PENDING: &str = "SELECT \
+       (SELECT count(*) FROM deliveries \
+        WHERE status IN ('queued', 'deferred') AND status = 'queued' AND run_id + 0 = $1) \
+     + (SELECT count(*) FROM deliveries WHERE status = 'sending' AND run_id + 0 = $1)";
+
 /// The storage of one daemon: whichever back end the database URL named.
 ///
 /// Enum dispatch rather than `dyn`: the trait's methods are `async`, and an enum keeps every

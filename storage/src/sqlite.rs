@@ -556,12 +556,10 @@ impl Storage for SqliteStore {
     }
 
     async fn run_pending(&self, run_id: RunId) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM deliveries WHERE run_id = ? AND status IN ('queued', 'sending')",
-        )
-        .bind(run_id.0)
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(crate::RUN_PENDING)
+            .bind(run_id.0)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn generation(&self) -> Result<i64, StorageError> {
@@ -772,19 +770,13 @@ impl Storage for SqliteStore {
     }
 
     async fn finish_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunId>, StorageError> {
-        let mut ids: Vec<RunId> = sqlx::query_scalar::<_, i64>(
-            "UPDATE runs SET finished_at = ? \
-             WHERE finished_at IS NULL AND NOT EXISTS ( \
-                 SELECT 1 FROM deliveries d WHERE d.run_id = runs.id \
-                   AND d.status IN ('queued', 'sending', 'deferred')) \
-             RETURNING id",
-        )
-        .bind(ms(now))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(RunId)
-        .collect();
+        let mut ids: Vec<RunId> = sqlx::query_scalar::<_, i64>(crate::FINISH_RUNS)
+            .bind(ms(now))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(RunId)
+            .collect();
         ids.sort();
         Ok(ids)
     }

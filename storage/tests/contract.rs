@@ -72,7 +72,7 @@ contract!(
     dead_workers_are_taken_over,
     generation_grows_with_runs_and_attempts,
     record_and_mark_in_one_transaction,
-    lease_lookups_read_only_rows_in_flight,
+    in_flight_lookups_read_only_rows_in_flight,
 );
 
 /// PostgreSQL-only: what the planner does with statements whose plan decides throughput.
@@ -1546,12 +1546,18 @@ async fn claim_can_be_limited_to_one_run(store: Store) {
         2,
         "sending counts as pending"
     );
+    assert!(
+        store.finish_runs(t0()).await.expect("finish").is_empty(),
+        "a run with rows queued or sending is not finished"
+    );
     let outcomes: Vec<Outcome> = ids
         .iter()
         .map(|&id| outcome(id, OutcomeStatus::Sent, 250, "ok", t0()))
         .collect();
     store.record_outcomes(&outcomes).await.expect("record");
     assert_eq!(store.run_pending(b).await.expect("pending"), 0);
+    assert_eq!(store.finish_runs(t0()).await.expect("finish"), vec![b]);
+    assert_eq!(store.run_pending(a).await.expect("pending"), 3);
 }
 
 async fn release_gives_back_unstarted_rows(store: Store) {
@@ -1688,11 +1694,13 @@ async fn dead_workers_are_taken_over(store: Store) {
 /// `lease_owners` runs at every `send` and daemon start, and `recover_workers` whenever a
 /// dead process is found: both must reach the leased rows through the partial indexes of
 /// due and `sending` rows, never by reading every delivery ever made (218–319 ms at
-/// 2,000,000 finished deliveries on PostgreSQL, 73 ms at 1,000,000 on SQLite). Sequential
+/// 2,000,000 finished deliveries on PostgreSQL, 73 ms at 1,000,000 on SQLite). So must
+/// `finish_runs` and `run_pending`, asked by every worker as it runs out of work, and never
+/// through UNIQUE (run_id, address), which leads to every row of a run. Sequential
 /// scans are switched off on PostgreSQL so that the plan shows whether the statement *can*
 /// use those indexes, whatever the statistics of this small table say.
-async fn lease_lookups_read_only_rows_in_flight(store: Store) {
-    create(&store, "alice/weekly", t0(), 40).await;
+async fn in_flight_lookups_read_only_rows_in_flight(store: Store) {
+    let run = create(&store, "alice/weekly", t0(), 40).await;
     send_n(&store, 20, t0()).await;
     let lease = Duration::from_secs(300);
     let claimed = store.claim("host:1:w", 4, lease, t0(), None).await;
@@ -1711,20 +1719,31 @@ async fn lease_lookups_read_only_rows_in_flight(store: Store) {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "SET enable_seqscan = off; \
                  PREPARE owners AS {}; \
-                 PREPARE end_leases(text[], timestamptz) AS {}",
+                 PREPARE end_leases(text[], timestamptz) AS {}; \
+                 PREPARE finish(timestamptz) AS {}; \
+                 PREPARE pending(bigint) AS {}",
                 LEASE_OWNERS,
-                postgres_statements::END_LEASES
+                postgres_statements::END_LEASES,
+                FINISH_RUNS,
+                RUN_PENDING
             )))
             .execute(&mut *conn)
             .await
             .expect("prepare");
             let owners = explain(&mut conn, "owners".into()).await;
             let end = explain(&mut conn, "end_leases('{host:1:w}', now())".into()).await;
-            sqlx::raw_sql("RESET enable_seqscan; DEALLOCATE owners; DEALLOCATE end_leases")
+            let finish = explain(&mut conn, "finish(now())".into()).await;
+            let pending = explain(&mut conn, format!("pending({})", run.0)).await;
+            sqlx::raw_sql("RESET enable_seqscan; DEALLOCATE ALL")
                 .execute(&mut *conn)
                 .await
                 .expect("reset");
-            vec![("lease_owners", owners), ("recover_workers", end)]
+            vec![
+                ("lease_owners", owners),
+                ("recover_workers", end),
+                ("finish_runs", finish),
+                ("run_pending", pending),
+            ]
         }
         Store::Sqlite(lite) => {
             let plan = async |sql: String, binds: &[&str]| {
@@ -1750,6 +1769,11 @@ async fn lease_lookups_read_only_rows_in_flight(store: Store) {
                     )
                     .await,
                 ),
+                ("finish_runs", plan(FINISH_RUNS.into(), &["0"]).await),
+                (
+                    "run_pending",
+                    plan(RUN_PENDING.into(), &[&run.0.to_string()]).await,
+                ),
             ]
         }
     };
@@ -1758,7 +1782,10 @@ async fn lease_lookups_read_only_rows_in_flight(store: Store) {
             plan.contains("deliveries_due")
                 && plan.contains("deliveries_sending")
                 && !plan.contains("Seq Scan")
-                && !plan.lines().any(|l| l.trim() == "SCAN deliveries"),
+                && !plan.lines().any(|l| l.trim() == "SCAN deliveries")
+                // UNIQUE (run_id, address): every row of a run.
+                && !plan.contains("run_id_address")
+                && !plan.contains("autoindex_deliveries"),
             "{what} should read the rows in flight through the partial indexes:\n{plan}"
         );
     }

@@ -419,7 +419,9 @@ impl Deliverer {
             };
             if claimed.is_empty() {
                 let others_busy = busy.fetch_sub(1, Ordering::SeqCst) > 1;
+                // `skychimpd send` finishes its run once, after its workers stop.
                 if std::mem::take(&mut worked)
+                    && scope == Scope::All
                     && let Err(e) = self.store.finish_runs(self.clock.now()).await
                 {
                     tracing::error!("finishing runs: {e}");
