@@ -72,6 +72,7 @@ q() { # q DB SQL → one unaligned value (notices off)
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/skychimp-bench.XXXXXX")"
 sink_pid=""
+main_rate=""
 child=""
 dbs=()
 cleanup() {
@@ -246,6 +247,7 @@ skychimpd_run() { # skychimpd_run N LABEL
         "$BACKEND" "$n" "$C" "$wall" "$(rate "$n" "$wall")" "$span" "$(rate "$n" "$span")" \
         "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$cpu" "$sys" "$sent" "$attempts" \
         "$(bench/cpu.py diff "$work/cpu-before" "$work/cpu-after")"
+    [[ "$label" != main ]] || main_rate="$(rate "$n" "$wall")"
     if [[ "$sent" != "$n" || "$attempts" != "$n" ]]; then
         echo "INCOMPLETE: expected $n sent deliveries and $n attempt rows" >&2
         return 1
@@ -279,6 +281,9 @@ for step in "${steps[@]}"; do
                 "$C" "$N" "$secs" "$(rate "$N" "$secs")" \
                 "$(awk '{ printf "%.2f", $1 + $2 }' "$work/time-source")" \
                 "$(bench/cpu.py diff "$work/cpu-before" "$work/cpu-after" | sed 's/postgres=[^ ]* //')"
+            # Issue 3's target: at least half of smtp-source's rate.
+            [[ -z "$main_rate" ]] || awk -v a="$main_rate" -v b="$(rate "$N" "$secs")" \
+                'BEGIN { printf "skychimpd / smtp-source: %.0f %%\n", 100 * a / b }'
             ;;
         django)
             ensure_django

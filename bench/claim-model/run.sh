@@ -10,6 +10,10 @@
 #   inflight.sql         claim-then-mark without marking rows: one row per worker in a table
 #                        `inflight` lists its chunk in flight (not crash-safe as written: a
 #                        model of the database's cost only)
+#   since.sql            claim-then-mark with `sending` kept in a column no index reads
+#                        (since-schema.sql), so the mark is a HOT update like the lease
+#   noattempts.sql       claim-then-mark without the attempt log: what the log costs (a
+#                        diagnostic; every attempt must be logged)
 # Usage: bench/claim-model/run.sh [SCRIPT-N…]  (default: claim-then-mark-16 claim-sending-16
 # claim-then-mark-64 claim-sending-64; N divides 512). Prints chunks per second (pgbench's
 # tps); rows per second is that times N; and the CPU seconds PostgreSQL used for the
@@ -28,6 +32,7 @@ for script in "${scripts[@]}"; do
     psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
     for m in "$migrations"/*.sql; do psql_ -d "$DB" -f "$m" >/dev/null; done
     [[ "$file" != hot.sql ]] || psql_ -d "$DB" -f "$here/hot-schema.sql" >/dev/null
+    [[ "$file" != since.sql ]] || psql_ -d "$DB" -f "$here/since-schema.sql" >/dev/null
     psql_ -d "$DB" -c "CREATE TABLE inflight (worker TEXT PRIMARY KEY, ids BIGINT[] NOT NULL)" >/dev/null
     psql_ -d "$DB" >/dev/null <<'SQL'
 INSERT INTO runs (mailing_id, owner, occurrence, kind, created_at, mailing_blob, subject, body)
