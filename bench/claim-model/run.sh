@@ -14,6 +14,7 @@
 #                        (since-schema.sql), so the mark is a HOT update like the lease
 #   noattempts.sql       claim-then-mark without the attempt log: what the log costs (a
 #                        diagnostic; every attempt must be logged)
+#   (these two are written below as edits of claim-then-mark.sql, not as files)
 # Usage: bench/claim-model/run.sh [SCRIPT-N…]  (default: claim-then-mark-16 claim-sending-16
 # claim-then-mark-64 claim-sending-64; N divides 512). Prints chunks per second (pgbench's
 # tps); rows per second is that times N; and the CPU seconds PostgreSQL used for the
@@ -27,8 +28,22 @@ scripts=("$@")
 [[ ${#scripts[@]} -gt 0 ]] || scripts=(claim-then-mark-16 claim-sending-16 claim-then-mark-64 claim-sending-64)
 cpu="$(mktemp -d)"
 trap 'psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true; rm -rf "$cpu"' EXIT
+# The variants that differ from claim-then-mark.sql by a few clauses, made from it so that
+# its statements are written once: the script's text on stdout.
+variant() { # variant FILE
+    local base="$here/claim-then-mark.sql"
+    case "$1" in
+        since.sql) sed -e "s/ORDER BY next_attempt_at, id LIMIT/AND sending_since IS NULL &/" \
+            -e "s/lease_until = NULL, updated_at = o.at/lease_until = NULL, sending_since = NULL, updated_at = o.at/" \
+            -e "s/m AS (UPDATE deliveries SET status = 'sending', updated_at = now()/m AS (UPDATE deliveries SET sending_since = now()/" \
+            "$base" ;;
+        noattempts.sql) sed -e 's/^a AS (INSERT INTO attempts .*$/a AS (SELECT 1 FROM u),/' "$base" ;;
+        *) cat "$here/$1" ;;
+    esac
+}
 for script in "${scripts[@]}"; do
     chunk="${script##*-}" file="${script%-*}.sql"
+    variant "$file" >"$cpu/script.sql"
     psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
     for m in "$migrations"/*.sql; do psql_ -d "$DB" -f "$m" >/dev/null; done
     [[ "$file" != hot.sql ]] || psql_ -d "$DB" -f "$here/hot-schema.sql" >/dev/null
@@ -47,7 +62,7 @@ SQL
     printf '%-20s ' "$script"
     "$here/../cpu.py" snap "$cpu/before"
     tps="$(pgbench -h "$PG_HOST" -U "$PG_USER" -n -M prepared -c 8 -j 2 -t "$per_client" \
-        -D k=0 -D "chunk=$chunk" -D 'prev={}' -D 'batch={}' -f "$here/$file" "$DB" 2>&1 | grep -E '^tps')"
+        -D k=0 -D "chunk=$chunk" -D 'prev={}' -D 'batch={}' -f "$cpu/script.sql" "$DB" 2>&1 | grep -E '^tps')"
     "$here/../cpu.py" snap "$cpu/after"
     echo "$tps; CPU $("$here/../cpu.py" diff "$cpu/before" "$cpu/after" | sed 's/ smtp-sink=.*//')"
 done
