@@ -1734,10 +1734,14 @@ async fn in_flight_lookups_read_only_rows_in_flight(store: Store) {
             let end = explain(&mut conn, "end_leases('{host:1:w}', now())".into()).await;
             let finish = explain(&mut conn, "finish(now())".into()).await;
             let pending = explain(&mut conn, format!("pending({})", run.0)).await;
-            sqlx::raw_sql("RESET enable_seqscan; DEALLOCATE ALL")
-                .execute(&mut *conn)
-                .await
-                .expect("reset");
+            // Not DEALLOCATE ALL: that would drop sqlx's own prepared statements too.
+            sqlx::raw_sql(
+                "RESET enable_seqscan; DEALLOCATE owners; DEALLOCATE end_leases; \
+                 DEALLOCATE finish; DEALLOCATE pending",
+            )
+            .execute(&mut *conn)
+            .await
+            .expect("reset");
             vec![
                 ("lease_owners", owners),
                 ("recover_workers", end),
