@@ -35,6 +35,11 @@
 # target/bench-venv on first use), /usr/bin/time, apt-get (scripts/smtp-sink.sh fetches
 # smtp-sink/smtp-source). Cleans up what it starts: the sink (by pid), the databases it
 # created and its temporary folder.
+#
+# Each skychimpd line ends with the CPU seconds PostgreSQL and smtp-sink used during the run
+# (bench/cpu.py reads /proc: PostgreSQL counts only when the server runs on this machine);
+# the smtp-source line with smtp-source's and smtp-sink's; `skychimpd source` in one call
+# also prints the ratio of the two rates (issue 3's target is 50 %).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
