@@ -60,8 +60,9 @@ pub const LEASE_OWNERS: &str = "SELECT lease_owner FROM deliveries \
 /// Marks finished (`$1`, now) every unfinished run with no delivery due or in flight, for
 /// [`Storage::finish_runs`] on both back ends. Each unfinished run's test walks a partial
 /// index (due rows, then `sending` rows) in its order and stops at the first row of that run:
-/// while a run goes out that is its first row, and once it is done the walk passes the
-/// index entries of its sent rows once and marks them dead (15 ms at 100,000 in
+/// while a run goes out that is near the start (past the rows of runs due before it only),
+/// and once it is done the walk passes the index entries of its sent rows once and marks
+/// them dead (15 ms at 100,000 in
 /// `bench/send.sh`, 85 ms on cold buffers; under 2 ms the next time). The old
 /// test of each run's own rows went through UNIQUE (run_id, address) and read all of them:
 /// 57–96 ms at the end of a 100,000-recipient run, asked by each idle worker. `run_id + 0`
