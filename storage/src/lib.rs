@@ -62,12 +62,12 @@ pub const LEASE_OWNERS: &str = "SELECT lease_owner FROM deliveries \
 /// index (due rows, then `sending` rows) in its order and stops at the first row of that run:
 /// while a run goes out that is near the start (past the rows of runs due before it only),
 /// and once it is done the walk passes the index entries of its sent rows once and marks
-/// them dead (15 ms at 100,000 in
-/// `bench/send.sh`, 85 ms on cold buffers; under 2 ms the next time). The old
-/// test of each run's own rows went through UNIQUE (run_id, address) and read all of them:
-/// 57–96 ms at the end of a 100,000-recipient run, asked by each idle worker. `run_id + 0`
-/// keeps the planners off that index; the LIMIT inside a derived table keeps PostgreSQL from
-/// turning NOT EXISTS into an anti-join, which would read every row due (25 ms at 100,000).
+/// them dead (15 ms at 100,000 in `bench/send.sh`, 85 ms on cold buffers; under 2 ms the
+/// next time). The old test of each run's own rows went through UNIQUE (run_id, address)
+/// and read all of them: 57–96 ms at the end of a 100,000-recipient run, asked by each idle
+/// worker. `run_id + 0` keeps the planners off that index; the LIMIT inside a derived table
+/// keeps PostgreSQL from turning NOT EXISTS into an anti-join, which would read every row
+/// due (25 ms at 100,000).
 #[doc(hidden)]
 pub const FINISH_RUNS: &str = "UPDATE runs SET finished_at = $1 \
      WHERE finished_at IS NULL \
@@ -81,8 +81,8 @@ pub const FINISH_RUNS: &str = "UPDATE runs SET finished_at = $1 \
      RETURNING id";
 
 /// How many deliveries of run `$1` are `queued` or `sending`, for [`Storage::run_pending`]
-/// on both back ends: read through the partial indexes, as in [`FINISH_RUNS`] (50 ms → 13 ms
-/// at the end of a 100,000-recipient run). `run_id + 0` keeps the planners off
+/// on both back ends: one arm per partial index, as in [`LEASE_OWNERS`] (50 ms → 13 ms at
+/// the end of a 100,000-recipient run). `run_id + 0` keeps the planners off
 /// UNIQUE (run_id, address), which leads to every row of the run; the due arm names its
 /// index's condition as well as `queued`, since SQLite uses a partial index only then.
 #[doc(hidden)]
