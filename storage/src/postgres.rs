@@ -384,10 +384,20 @@ impl Storage for PgStore {
         let now = to_millis(now);
         let mut tx = self.pool.begin().await?;
         // See `statements::CLAIM`: only an ordered walk of the due index stops after `limit`
-        // rows; without this the planner may sort every due row on each claim.
-        sqlx::query("SET LOCAL enable_sort = off")
-            .execute(&mut *tx)
-            .await?;
+        // rows; without `enable_sort` the planner may sort every due row on each claim.
+        //
+        // A claim only leases rows, so its commit need not wait for the WAL flush: a lease
+        // lost with a crash of the server is a claim that never happened, and nothing is
+        // sent on a lease alone. Marking rows `sending` (which must be durable before their
+        // messages go) is a later synchronous commit, and flushing its WAL flushes this
+        // transaction's too. One fsync less per claim: 264 of a 100,000-recipient run's
+        // 1,050 commits.
+        sqlx::query(
+            "SELECT set_config('enable_sort', 'off', true), \
+                    set_config('synchronous_commit', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(statements::CLAIM)
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))

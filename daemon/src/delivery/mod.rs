@@ -14,7 +14,7 @@
 pub mod render;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -283,6 +283,25 @@ pub fn instance_name() -> String {
     format!("{host}:{}:{start}", std::process::id())
 }
 
+/// What one worker keeps from batch to batch: its SMTP connection, the contexts of the runs
+/// it has delivered, and what it has sent.
+struct Desk {
+    sender: skychimp_transport::Sender,
+    renderers: HashMap<RunId, Arc<RunContext>>,
+    tally: Tally,
+}
+
+/// What the workers of one [`Deliverer::run`] share.
+#[derive(Default)]
+struct Crew {
+    /// Workers holding claimed rows.
+    busy: AtomicUsize,
+    /// [`Scope::Run`] only: the database said the run has nothing `queued` or `sending`
+    /// left. That stays true (a row becomes `queued` only when its run is created or when
+    /// it was `sending`), so the other workers stop without asking again.
+    run_done: AtomicBool,
+}
+
 impl Deliverer {
     /// An engine; nothing is opened until the workers run.
     #[allow(clippy::too_many_arguments)]
@@ -345,12 +364,12 @@ impl Deliverer {
         stop: watch::Receiver<bool>,
     ) -> Result<Tally, DeliveryError> {
         let mut tasks = tokio::task::JoinSet::new();
-        let busy = Arc::new(AtomicUsize::new(0));
+        let crew = Arc::new(Crew::default());
         for i in 0..self.settings.concurrency.max(1) {
             let me = self.clone();
             let stop = stop.clone();
-            let busy = busy.clone();
-            tasks.spawn(async move { me.worker(i, scope, stop, busy).await });
+            let crew = crew.clone();
+            tasks.spawn(async move { me.worker(i, scope, stop, crew).await });
         }
         let mut total = Tally::default();
         let mut first_error = None;
@@ -373,26 +392,32 @@ impl Deliverer {
         }
     }
 
-    /// One worker's loop. `busy` counts this run's workers that hold claimed rows: with
-    /// [`Scope::Run`], an idle worker asks the database whether the run is done only when
-    /// no other worker is still busy (each one wakes the idle ones when it finishes), since
-    /// that question costs a scan of the run's rows.
+    /// One worker's loop. With [`Scope::Run`], an idle worker asks the database whether the
+    /// run is done only when no other worker of `crew` is still busy (each one wakes the
+    /// idle ones when it finishes), and the first to learn that it is tells the others.
     async fn worker(
         self: Arc<Self>,
         index: usize,
         scope: Scope,
         mut stop: watch::Receiver<bool>,
-        busy: Arc<AtomicUsize>,
+        crew: Arc<Crew>,
     ) -> Result<Tally, DeliveryError> {
+        let busy = &crew.busy;
         let worker = format!("{}:{index}", self.instance);
-        let mut sender = self.transport.connect();
-        let mut renderers: HashMap<RunId, Arc<RunContext>> = HashMap::new();
-        let mut tally = Tally::default();
+        let mut desk = Desk {
+            sender: self.transport.connect(),
+            renderers: HashMap::new(),
+            tally: Tally::default(),
+        };
         // Whether this worker sent something since it last found nothing to claim: the
         // moment to mark finished the runs it may have completed.
         let mut worked = false;
+        // The last chunk's outcomes of the batch before, recorded with the next batch's
+        // first chunk (one statement less per batch) or as soon as there is none. A worker
+        // holding them counts as busy: their rows are still `sending`.
+        let mut carry: Vec<Outcome> = Vec::new();
         let result = loop {
-            if *stop.borrow() {
+            if *stop.borrow() || crew.run_done.load(Ordering::SeqCst) {
                 break Ok(());
             }
             let now = self.clock.now();
@@ -405,7 +430,9 @@ impl Deliverer {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            busy.fetch_add(1, Ordering::SeqCst);
+            if carry.is_empty() {
+                busy.fetch_add(1, Ordering::SeqCst);
+            }
             let claimed = match self
                 .store
                 .claim(&worker, self.settings.batch, self.settings.lease, now, only)
@@ -413,12 +440,22 @@ impl Deliverer {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    busy.fetch_sub(1, Ordering::SeqCst);
+                    // Outcomes carried are recorded (and `busy` given back) after the loop.
+                    if carry.is_empty() {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                    }
                     break Err(e.into());
                 }
             };
             if claimed.is_empty() {
+                let recorded = self
+                    .store
+                    .record_outcomes(&std::mem::take(&mut carry))
+                    .await;
                 let others_busy = busy.fetch_sub(1, Ordering::SeqCst) > 1;
+                if let Err(e) = recorded {
+                    break Err(e.into());
+                }
                 // `skychimpd send` finishes its run once, after its workers stop.
                 if std::mem::take(&mut worked)
                     && scope == Scope::All
@@ -430,7 +467,10 @@ impl Deliverer {
                     && !others_busy
                 {
                     match self.store.run_pending(id).await {
-                        Ok(0) => break Ok(()),
+                        Ok(0) => {
+                            crew.run_done.store(true, Ordering::SeqCst);
+                            break Ok(());
+                        }
                         Ok(_) => {}
                         Err(e) => break Err(e.into()),
                     }
@@ -446,27 +486,40 @@ impl Deliverer {
                 .deliver(
                     &worker,
                     &claimed,
-                    &mut sender,
-                    &mut renderers,
-                    &mut tally,
+                    &mut desk,
                     &stop,
+                    std::mem::take(&mut carry),
                 )
                 .await;
-            busy.fetch_sub(1, Ordering::SeqCst);
-            if let Err(e) = delivered {
-                break Err(e);
+            match delivered {
+                Ok(last) => carry = last,
+                Err(e) => {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    break Err(e);
+                }
             }
             worked = true;
-            // Idle workers waiting for a run's last rows learn at once that they are done.
-            self.wake();
-            if renderers.len() > 256 {
-                renderers.clear();
+            if carry.is_empty() {
+                busy.fetch_sub(1, Ordering::SeqCst);
+                // Idle workers waiting for a run's last rows learn at once that they are
+                // done.
+                self.wake();
             }
+            if desk.renderers.len() > 256 {
+                desk.renderers.clear();
+            }
+        };
+        let result = if carry.is_empty() {
+            result
+        } else {
+            let recorded = self.store.record_outcomes(&carry).await;
+            busy.fetch_sub(1, Ordering::SeqCst);
+            result.and(recorded.map(drop).map_err(DeliveryError::from))
         };
         // Idle workers that left the question of the run's end to this one ask it again.
         self.wake();
-        sender.close().await;
-        result.map(|()| tally)
+        desk.sender.close().await;
+        result.map(|()| desk.tally)
     }
 
     /// Send one claimed batch in chunks; stop between messages when asked.
@@ -480,20 +533,22 @@ impl Deliverer {
     ///
     /// While one chunk's messages go out, one transaction records the previous chunk's
     /// outcomes and marks the next chunk: the database's commit overlaps the SMTP work
-    /// instead of stopping it, and a worker holds at most two chunks `sending`.
+    /// instead of stopping it, and a worker holds at most two chunks `sending`. The first
+    /// chunk is marked with `carry`, the last chunk's outcomes of the batch before; this
+    /// batch's last are returned unrecorded, for the next (none when stopped: then what
+    /// went out is recorded and the rest given back).
     async fn deliver(
         &self,
         worker: &str,
         claimed: &[ClaimedDelivery],
-        sender: &mut skychimp_transport::Sender,
-        renderers: &mut HashMap<RunId, Arc<RunContext>>,
-        tally: &mut Tally,
+        desk: &mut Desk,
         stop: &watch::Receiver<bool>,
-    ) -> Result<(), DeliveryError> {
+        carry: Vec<Outcome>,
+    ) -> Result<Vec<Outcome>, DeliveryError> {
         let mut slots = Slots::default();
         let mut rest = claimed;
         let first = self.next_chunk(&mut rest, &mut slots).await;
-        let mut ready = self.record_and_mark(worker, &[], first, stop).await?;
+        let mut ready = self.record_and_mark(worker, &carry, first, stop).await?;
         let mut outcomes: Vec<Outcome> = Vec::new();
         // The claim set the lease; a slow server or the rate limit can make a batch outlast
         // it, and another instance would then take over rows this one is still sending
@@ -510,7 +565,7 @@ impl Deliverer {
                 renewed = std::time::Instant::now();
             }
             let previous = std::mem::take(&mut outcomes);
-            let sending = self.send_chunk(worker, &ready, sender, renderers, tally, stop);
+            let sending = self.send_chunk(worker, &ready, desk, stop);
             let marking = async {
                 let next = self.next_chunk(&mut rest, &mut slots).await;
                 self.record_and_mark(worker, &previous, next, stop).await
@@ -539,12 +594,11 @@ impl Deliverer {
                     .chain(next.iter().copied().chain(rest).map(|d| d.id))
                     .collect();
                 self.store.release(worker, &ids).await?;
-                return Ok(());
+                return Ok(Vec::new());
             }
             ready = next;
         }
-        self.store.record_outcomes(&outcomes).await?;
-        Ok(())
+        Ok(outcomes)
     }
 
     /// The next rows to mark: the first of `rest` once a rate slot is free, then more while
@@ -611,9 +665,7 @@ impl Deliverer {
         &self,
         worker: &str,
         chunk: &[&ClaimedDelivery],
-        sender: &mut skychimp_transport::Sender,
-        renderers: &mut HashMap<RunId, Arc<RunContext>>,
-        tally: &mut Tally,
+        desk: &mut Desk,
         stop: &watch::Receiver<bool>,
     ) -> Result<(Vec<Outcome>, Vec<DeliveryId>), DeliveryError> {
         use crate::metrics::Metrics;
@@ -633,7 +685,7 @@ impl Deliverer {
                     .await?;
                 continue;
             }
-            let ctx = self.context(d.run_id, renderers).await?;
+            let ctx = self.context(d.run_id, &mut desk.renderers).await?;
             let current = match ahead.take() {
                 Some(p) if p.id == d.id => p,
                 _ => self.prepare(d, &ctx),
@@ -641,7 +693,7 @@ impl Deliverer {
             let next = match chunk.get(i + 1) {
                 Some(n) if !*stop.borrow() && self.halts.why(&n.mailing_id).is_none() => {
                     // A failure to load its run surfaces at that delivery's own turn.
-                    match self.context(n.run_id, renderers).await {
+                    match self.context(n.run_id, &mut desk.renderers).await {
                         Ok(next_ctx) => Some(self.prepare(n, &next_ctx)),
                         Err(_) => None,
                     }
@@ -651,7 +703,7 @@ impl Deliverer {
             let outcome = match current.message {
                 Ok(message) => {
                     let then = next.as_ref().and_then(|n| n.message.as_ref().ok());
-                    let report = sender.send_then(&message, then).await;
+                    let report = desk.sender.send_then(&message, then).await;
                     self.outcome(d, &ctx, report)
                 }
                 Err(failed) => failed,
@@ -659,15 +711,15 @@ impl Deliverer {
             ahead = next;
             match outcome.status {
                 OutcomeStatus::Sent => {
-                    tally.sent += 1;
+                    desk.tally.sent += 1;
                     Metrics::inc(&self.metrics.sent);
                 }
                 OutcomeStatus::Failed => {
-                    tally.failed += 1;
+                    desk.tally.failed += 1;
                     Metrics::inc(&self.metrics.failed);
                 }
                 OutcomeStatus::Deferred { .. } => {
-                    tally.deferred += 1;
+                    desk.tally.deferred += 1;
                     Metrics::inc(&self.metrics.deferred);
                 }
             }
