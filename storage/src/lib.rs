@@ -206,7 +206,9 @@ storage_interface! {
 
     /// Leases up to `limit` due deliveries (`queued`/`deferred`, `next_attempt_at <= now`,
     /// lease free or expired) to `worker` until `now + lease`. Two workers never get the
-    /// same row. Claimed rows keep their status until [`Storage::mark_sending`].
+    /// same row. Claimed rows keep their status until [`Storage::mark_sending`]. A
+    /// claim need not be durable (PostgreSQL's does not wait for the WAL flush): nothing
+    /// is sent on a lease alone, and the durable mark that follows makes it durable too.
     /// With `only_run`, only that run's deliveries are taken (`skychimpd send` delivers
     /// its own run and leaves the rest to the daemon).
     fn claim(

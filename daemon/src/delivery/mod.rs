@@ -294,7 +294,7 @@ struct Desk {
 /// What the workers of one [`Deliverer::run`] share.
 #[derive(Default)]
 struct Crew {
-    /// Workers holding claimed rows.
+    /// Workers holding claimed rows, or outcomes not yet recorded.
     busy: AtomicUsize,
     /// [`Scope::Run`] only: the database said the run has nothing `queued` or `sending`
     /// left. That stays true (a row becomes `queued` only when its run is created or when
