@@ -163,3 +163,37 @@ fn environment_overrides_reach_the_commands() {
         out.stderr_text()
     );
 }
+
+#[test]
+fn a_dry_run_whose_reader_stops_early_exits_cleanly() {
+    // `send --dry-run | head -1`: the reader is gone before the listing is written.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_root().join("clients"), &dir.path().join("clients"));
+    copy_dir(&repo_root().join("mailings"), &dir.path().join("mailings"));
+    std::fs::copy(
+        repo_root().join("users.toml"),
+        dir.path().join("users.toml"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skychimpd"));
+    cmd.args([
+        "--root",
+        dir.path().to_str().unwrap(),
+        "send",
+        "alice/weekly",
+        "--dry-run",
+    ])
+    .env("SKYCHIMP_NOW", "2026-11-26T12:00:00Z")
+    .env("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

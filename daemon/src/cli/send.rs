@@ -202,24 +202,27 @@ async fn dry_run_report(
 ) -> anyhow::Result<ExitCode> {
     let mut count = 0;
     let mut skipped = 0;
-    println!("{}: {} — dry run, nothing is sent", m.id, m.title);
+    // One write at the end: a reader that stops early (`| head`) ends the output, not
+    // the process with a panic.
+    let mut out = format!("{}: {} — dry run, nothing is sent\n", m.id, m.title);
     for c in m.recipients() {
         if store.is_unsubscribed(&m.owner, &c.email).await? {
             skipped += 1;
-            println!("  skip  {} <{}> (unsubscribed)", c.name, c.email);
+            out += &format!("  skip  {} <{}> (unsubscribed)\n", c.name, c.email);
         } else {
             count += 1;
-            println!("  send  {} <{}>", c.name, c.email);
+            out += &format!("  send  {} <{}>\n", c.name, c.email);
         }
     }
     if let Some(why) = refusal(setup, store, catalog, m).await? {
-        println!("note: a real send would be refused now: {why}");
+        out += &format!("note: a real send would be refused now: {why}\n");
     }
-    println!("{count} messages would be sent, {skipped} skipped");
+    out += &format!("{count} messages would be sent, {skipped} skipped\n");
     if let Some(first) = m.recipients().next() {
-        println!("\nthe first message:\n");
-        print!("{}", render_preview(setup, catalog, m, first)?);
+        out += "\nthe first message:\n\n";
+        out += &render_preview(setup, catalog, m, first)?;
     }
+    write_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -326,6 +329,19 @@ pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode
             None => anyhow::bail!("mailing `{id}` has no recipients; use --to EMAIL"),
         },
     };
-    print!("{}", render_preview(&setup, &catalog, mailing, client)?);
+    write_stdout(&render_preview(&setup, &catalog, mailing, client)?)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to stdout; a reader that closed the pipe early is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
