@@ -232,6 +232,9 @@ pub struct SiteConfig {
     pub out: String,
     /// `skychimpd run` rebuilds it on changes and after runs.
     pub rebuild: bool,
+    /// How often `skychimpd run` reads the statistics again and rebuilds when they changed
+    /// (sends by other processes, a manager's decision); `0`: only on changes it sees.
+    pub refresh: HumanDuration,
 }
 
 impl Default for SiteConfig {
@@ -240,6 +243,7 @@ impl Default for SiteConfig {
             dir: "site".into(),
             out: "public".into(),
             rebuild: true,
+            refresh: HumanDuration::secs(60),
         }
     }
 }
@@ -260,12 +264,12 @@ pub struct DkimConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The config file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a source, so it is said once).
+        error: std::io::Error,
     },
     /// The file is not valid, or a setting has the wrong type.
     #[error("{path}:{line}:{column}: {message}")]
@@ -300,10 +304,10 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
-            Err(source) => {
+            Err(error) => {
                 return Err(ConfigError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 });
             }
         };

@@ -244,17 +244,18 @@ impl Redis {
     }
 }
 
-/// Connect as `[redis] url` says, logging which implementation the daemon uses: `None`
-/// when the URL is empty, or when Redis cannot be reached at start (a warning; the daemon
-/// then runs on its in-process stores rather than refusing to start).
-pub async fn from_config(config: &Config) -> Option<Redis> {
+/// Connect as `[redis] url` says, logging which implementation the process uses: `None`
+/// when the URL is empty. When Redis cannot be reached at start the error is the warning
+/// for the caller to show; the process then runs on its in-process stores rather than
+/// refusing to start.
+pub async fn from_config(config: &Config) -> Result<Option<Redis>, String> {
     let url = config.redis.url.trim();
     if url.is_empty() {
         tracing::info!(
             "Redis: off (redis.url is empty); replay protection, response cache and rate limit \
              are in-process"
         );
-        return None;
+        return Ok(None);
     }
     match Redis::connect(url).await {
         Ok(redis) => {
@@ -263,16 +264,13 @@ pub async fn from_config(config: &Config) -> Option<Redis> {
                  with the other instances",
                 crate::cli::redact(url)
             );
-            Some(redis)
+            Ok(Some(redis))
         }
-        Err(e) => {
-            tracing::warn!(
-                "Redis at {} is not reachable ({e}); this instance uses in-process replay \
-                 protection, cache and rate limit until it restarts",
-                crate::cli::redact(url)
-            );
-            None
-        }
+        Err(e) => Err(format!(
+            "Redis at {} is not reachable ({e}); this process uses in-process replay \
+             protection, cache and rate limit until it restarts",
+            crate::cli::redact(url)
+        )),
     }
 }
 

@@ -46,6 +46,16 @@ pub fn stats(
     })
 }
 
+/// What a build shows of `stats`: all but the time it was taken, to tell whether a new
+/// build would show anything new.
+pub fn figures(stats: &serde_json::Value) -> serde_json::Value {
+    let mut figures = stats.clone();
+    if let Some(map) = figures.as_object_mut() {
+        map.remove("generated_at");
+    }
+    figures
+}
+
 /// Where `[site]` says the site is and goes (`out` overridden by `--out`).
 pub fn options(config: &Config, out: Option<PathBuf>) -> BuildOptions {
     BuildOptions {

@@ -10,6 +10,20 @@ fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// The example repository's content (with the embedded default configuration) in a
+/// temporary folder.
+fn example_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_root().join("clients"), &dir.path().join("clients"));
+    copy_dir(&repo_root().join("mailings"), &dir.path().join("mailings"));
+    std::fs::copy(
+        repo_root().join("users.toml"),
+        dir.path().join("users.toml"),
+    )
+    .unwrap();
+    dir
+}
+
 #[test]
 fn the_example_repository_checks_clean() {
     let out = skychimpd(&[
@@ -45,6 +59,15 @@ fn check_exits_2_when_it_cannot_run() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         out.stderr_text().contains("/nonexistent/config.toml"),
+        "{}",
+        out.stderr_text()
+    );
+    // The reason once, not once more as its source.
+    assert_eq!(
+        out.stderr_text()
+            .matches("No such file or directory")
+            .count(),
+        1,
         "{}",
         out.stderr_text()
     );
@@ -165,35 +188,110 @@ fn environment_overrides_reach_the_commands() {
 }
 
 #[test]
-fn a_dry_run_whose_reader_stops_early_exits_cleanly() {
-    // `send --dry-run | head -1`: the reader is gone before the listing is written.
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&repo_root().join("clients"), &dir.path().join("clients"));
-    copy_dir(&repo_root().join("mailings"), &dir.path().join("mailings"));
-    std::fs::copy(
-        repo_root().join("users.toml"),
-        dir.path().join("users.toml"),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skychimpd"));
-    cmd.args([
-        "--root",
-        dir.path().to_str().unwrap(),
-        "send",
-        "alice/weekly",
-        "--dry-run",
-    ])
-    .env("SKYCHIMP_NOW", "2026-11-26T12:00:00Z")
-    .env("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
+fn a_reader_that_stops_early_ends_the_output_not_the_command() {
+    // `skychimpd check | head -1`, `… 2>&1 | head -1`: the reader is gone before the command
+    // writes. Each command still does its work and exits as it would have, never with a
+    // panic (exit 101, "failed printing to stdout").
+    let dir = example_copy();
+    let commands: [&[&str]; 9] = [
+        &["check"],
+        &["check", "--format", "json"],
+        &["status"],
+        &["status", "--format", "json"],
+        &["send", "alice/weekly", "--dry-run"],
+        &["preview", "alice/weekly"],
+        &["migrate"],
+        &["logs", "alice/weekly"],
+        &["report", "alice/weekly"],
+    ];
+    for args in commands {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skychimpd"));
+        cmd.arg("--root")
+            .arg(dir.path())
+            .args(args)
+            .env("SKYCHIMP_NOW", "2026-11-26T12:00:00Z")
+            .env("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "skychimpd {}", args.join(" "));
+    }
+}
+
+#[test]
+fn mistakes_on_the_command_line_are_named_once() {
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let env = [("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")];
+
+    // A mistyped mailing has no log and no report: said, not an empty table.
+    for command in ["logs", "report"] {
+        let out = skychimpd_env(&["--root", root, command, "alice/weeky"], &env);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command}: {}",
+            out.stdout_text()
+        );
+        assert!(
+            out.stderr_text().contains("no mailing `alice/weeky`"),
+            "{command}: {}",
+            out.stderr_text()
+        );
+    }
+    // One that exists and has not sent: an empty table, exit 0.
+    let out = skychimpd_env(&["--root", root, "report", "alice/weekly"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+
+    // The API's bounds for --limit.
+    let out = skychimpd_env(
+        &["--root", root, "logs", "alice/weekly", "--limit", "0"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr_text().contains("1..=1000"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr_text()
+    );
+
+    // A transport that cannot be built refuses before the run exists: nothing is queued
+    // for the daemon to send later.
+    let out = skychimpd_env(
+        &["--root", root, "send", "alice/weekly"],
+        &[
+            ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
+            ("SKYCHIMP_SMTP_URL", "carrier-pigeon://loft"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.stdout_text());
+    let out = skychimpd_env(
+        &["--root", root, "report", "alice/weekly", "--format", "json"],
+        &env,
+    );
+    assert_eq!(out.stdout_text().trim(), "[]", "{}", out.stderr_text());
+
+    // An unreachable Redis: `send` says so, and sends on its own rate limit.
+    let out = skychimpd_env(
+        &["--root", root, "send", "alice/weekly"],
+        &[
+            ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
+            ("SKYCHIMP_REDIS_URL", "redis://127.0.0.1:1"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .contains("Redis at redis://127.0.0.1:1 is not reachable"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        out.stdout_text().contains("4 sent"),
+        "{}",
+        out.stdout_text()
     );
 }

@@ -84,7 +84,10 @@ fn docs_shell_recipe_works_against_the_server() {
     let repo = Repo::new(&["alice"], 2, &[("alice", "later", &future("Later"))]);
     let d = Daemon::start(repo.root(), &[]);
     let script = format!(
-        "{}\nskychimp GET /v1/stats\nskychimp POST /v1/mailings/alice/later/disable '{{\"reason\": \"from the docs\"}}'\nskychimp POST /v1/mailings/alice/later/enable\n",
+        "{}\nskychimp GET /v1/stats\nskychimp POST /v1/mailings/alice/later/disable '{{\"reason\": \"from the docs\"}}'\nskychimp POST /v1/mailings/alice/later/enable\n\
+         # One call three times in one second: the second and third are signed again.\n\
+         export SKYCHIMP_TS=$(date +%s)\n\
+         skychimp GET /v1/users\nskychimp GET /v1/users\nskychimp GET /v1/users\n",
         docs_recipe()
     );
     let out = Command::new("bash")
@@ -99,7 +102,7 @@ fn docs_shell_recipe_works_against_the_server() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.matches("HTTP 200").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("HTTP 200").count(), 6, "{stdout}");
     assert!(stdout.contains("\"mailings\":1"), "{stdout}");
     assert!(
         stdout.contains(r#""disabled":true,"mailing":"alice/later","reason":"from the docs""#),

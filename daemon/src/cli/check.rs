@@ -34,13 +34,13 @@ pub fn run(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
         problems,
     };
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?)?,
         Format::Text => {
             for p in problems {
-                println!("{p}");
+                outln!("{p}")?;
             }
             let clients: usize = catalog.lists().values().map(|l| l.clients.len()).sum();
-            eprintln!(
+            errln!(
                 "checked {}: {} users, {} lists ({clients} clients), {} mailings; {} error{}, {} warning{}",
                 super::shown(catalog.root()),
                 report.users,

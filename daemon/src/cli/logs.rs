@@ -21,6 +21,9 @@ pub fn logs(
     rt.block_on(async {
         let store = setup.store().await?;
         let rows = store.logs(id, limit, before.map(AttemptId)).await?;
+        if rows.is_empty() && before.is_none() {
+            known(&setup, id)?;
+        }
         match format {
             Format::Json => {
                 let rows: Vec<_> = rows
@@ -31,7 +34,7 @@ pub fn logs(
                             "duration_ms": a.duration_ms})
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             }
             Format::Text => {
                 let mut table = vec![[
@@ -56,16 +59,24 @@ pub fn logs(
                         a.reply.replace(['\r', '\n'], " "),
                     ]);
                 }
-                print_table(&table);
+                print_table(&table)?;
                 if rows.len() == limit as usize
                     && let Some(last) = rows.last()
                 {
-                    eprintln!("more: skychimpd logs {id} --before {}", last.id.0);
+                    errln!("more: skychimpd logs {id} --before {}", last.id.0);
                 }
             }
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Nothing in the database for `id`: fine for a mailing of the repository that has not
+/// sent yet, an error (naming what exists) for a mistyped one. A mailing deleted from the
+/// repository keeps its history, so this is asked only when there is none.
+fn known(setup: &Setup, id: &str) -> anyhow::Result<()> {
+    let catalog = setup.catalog()?;
+    setup.find_mailing(&catalog, id).map(drop)
 }
 
 /// `skychimpd report OWNER/NAME`
@@ -75,6 +86,9 @@ pub fn report(cli: &Cli, id: &str, format: Format) -> anyhow::Result<ExitCode> {
     rt.block_on(async {
         let store = setup.store().await?;
         let runs = store.report(id).await?;
+        if runs.is_empty() {
+            known(&setup, id)?;
+        }
         match format {
             Format::Json => {
                 let rows: Vec<_> = runs
@@ -86,7 +100,7 @@ pub fn report(cli: &Cli, id: &str, format: Format) -> anyhow::Result<ExitCode> {
                             "deferred": r.deferred, "skipped": r.skipped, "unknown": r.unknown})
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             }
             Format::Text => {
                 let mut table = vec![[
@@ -117,7 +131,7 @@ pub fn report(cli: &Cli, id: &str, format: Format) -> anyhow::Result<ExitCode> {
                         r.finished_at.map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
                     ]);
                 }
-                print_table(&table);
+                print_table(&table)?;
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -130,11 +144,11 @@ pub fn migrate(cli: &Cli) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     rt.block_on(async {
         let store = setup.store().await?;
-        println!(
+        outln!(
             "migrations applied: {} ({})",
             redact(&setup.database_url()),
             store.backend()
-        );
+        )?;
         Ok(ExitCode::SUCCESS)
     })
 }

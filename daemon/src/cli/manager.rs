@@ -452,7 +452,7 @@ pub fn run(cli: &Cli, args: &ManagerArgs) -> anyhow::Result<ExitCode> {
     let response = match answer {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
+            errln!(
                 "skychimpd manager: {e}\n  is `skychimpd run` running and listening there? (--url, [manager] listen)"
             );
             return Ok(ExitCode::from(2));
@@ -461,9 +461,9 @@ pub fn run(cli: &Cli, args: &ManagerArgs) -> anyhow::Result<ExitCode> {
     let text = String::from_utf8_lossy(&response.body);
     if !(200..300).contains(&response.status) {
         if args.json {
-            println!("{}", text.trim_end());
+            outln!("{}", text.trim_end())?;
         } else {
-            eprintln!(
+            errln!(
                 "skychimpd manager: HTTP {}: {}",
                 response.status,
                 text.trim_end()
@@ -472,12 +472,12 @@ pub fn run(cli: &Cli, args: &ManagerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     if args.json {
-        println!("{}", text.trim_end());
+        outln!("{}", text.trim_end())?;
         return Ok(ExitCode::SUCCESS);
     }
     let value: Value = serde_json::from_slice(&response.body)
         .with_context(|| format!("the daemon answered something that is not JSON: {text}"))?;
-    print_human(&args.action, &value);
+    print_human(&args.action, &value)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -494,7 +494,7 @@ fn items<'v>(v: &'v Value, key: &str) -> &'v [Value] {
     v[key].as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
-fn print_human(action: &ManagerAction, v: &Value) {
+fn print_human(action: &ManagerAction, v: &Value) -> anyhow::Result<()> {
     match action {
         ManagerAction::ListMailings => {
             let mut table = vec![[
@@ -515,7 +515,7 @@ fn print_human(action: &ManagerAction, v: &Value) {
                     last_run(&m["last_run"]),
                 ]);
             }
-            print_table(&table);
+            print_table(&table)?;
         }
         ManagerAction::Show { .. } => {
             let mut table = Vec::new();
@@ -540,7 +540,7 @@ fn print_human(action: &ManagerAction, v: &Value) {
             table.push(["lists:".into(), lists.join(", ")]);
             table.push(["subject:".into(), cell(&v["message"]["subject"])]);
             table.push(["last run:".into(), last_run(&v["last_run"])]);
-            print_table(&table);
+            print_table(&table)?;
         }
         ManagerAction::Logs { mailing, .. } => {
             let mut table = vec![[
@@ -566,12 +566,12 @@ fn print_human(action: &ManagerAction, v: &Value) {
                 ]);
             }
             if table.len() == 1 {
-                println!("no attempts for {mailing}");
+                outln!("no attempts for {mailing}")?;
             } else {
-                print_table(&table);
+                print_table(&table)?;
             }
             if let Some(next) = v["next_before"].as_i64() {
-                println!("more: skychimpd manager logs {mailing} --before {next}");
+                outln!("more: skychimpd manager logs {mailing} --before {next}")?;
             }
         }
         ManagerAction::Report { mailing } => {
@@ -602,9 +602,9 @@ fn print_human(action: &ManagerAction, v: &Value) {
                 ]);
             }
             if table.len() == 1 {
-                println!("{mailing} has no runs yet");
+                outln!("{mailing} has no runs yet")?;
             } else {
-                print_table(&table);
+                print_table(&table)?;
             }
         }
         ManagerAction::Disable { mailing, .. } | ManagerAction::Enable { mailing, .. } => {
@@ -614,12 +614,12 @@ fn print_human(action: &ManagerAction, v: &Value) {
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default();
             if disabled {
-                println!(
+                outln!(
                     "{mailing} disabled{why}; {} queued deliveries skipped",
                     cell(&v["skipped"])
-                );
+                )?;
             } else {
-                println!("{mailing} enabled{why}; it sends from its next occurrence");
+                outln!("{mailing} enabled{why}; it sends from its next occurrence")?;
             }
         }
         ManagerAction::ListUsers => {
@@ -654,7 +654,7 @@ fn print_human(action: &ManagerAction, v: &Value) {
                     cell(&u["clients"]),
                 ]);
             }
-            print_table(&table);
+            print_table(&table)?;
         }
         ManagerAction::Block { user, .. } | ManagerAction::Unblock { user, .. } => {
             let why = v["reason"]
@@ -662,12 +662,12 @@ fn print_human(action: &ManagerAction, v: &Value) {
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default();
             if v["blocked"].as_bool() == Some(true) {
-                println!(
+                outln!(
                     "{user} blocked{why}; {} queued deliveries skipped",
                     cell(&v["skipped"])
-                );
+                )?;
             } else {
-                println!("{user} unblocked{why}");
+                outln!("{user} unblocked{why}")?;
             }
         }
         ManagerAction::Stats => {
@@ -684,25 +684,26 @@ fn print_human(action: &ManagerAction, v: &Value) {
             ] {
                 table.push([format!("{key}:"), cell(&v[key])]);
             }
-            print_table(&table);
+            print_table(&table)?;
         }
         ManagerAction::Problems => {
             let problems = items(v, "problems");
             if problems.is_empty() {
-                println!("no problems");
+                outln!("no problems")?;
             }
             for p in problems {
-                println!(
+                outln!(
                     "{}:{}:{}: {}: {}",
                     cell(&p["path"]),
                     cell(&p["line"]),
                     cell(&p["column"]),
                     cell(&p["severity"]),
                     cell(&p["message"])
-                );
+                )?;
             }
         }
     }
+    Ok(())
 }
 
 /// `sent/recipients (failed, skipped)` of a run summary, or `-`.

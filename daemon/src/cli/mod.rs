@@ -2,6 +2,25 @@
 //!
 //! Exit codes: 0 success, 1 the command ran and found problems (or failed to send), 2 it
 //! could not run (bad configuration, no such folder, unreachable database).
+//!
+//! Commands print with `outln!` and `errln!`, not `println!`: a reader that stops early
+//! (`skychimpd check | head`) ends the output, never the process with a panic.
+
+/// `println!` for commands: returns `anyhow::Result<()>`; a closed pipe is not an error.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for commands: a closed or full stderr is ignored, as there is nowhere
+/// left to say so.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod check;
 mod logs;
@@ -66,8 +85,8 @@ pub enum Command {
     Logs {
         /// The mailing, as OWNER/NAME.
         mailing: String,
-        /// At most this many rows.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many rows (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Only attempts older than this attempt id (the next page).
         #[arg(long, value_name = "ID")]
@@ -245,6 +264,19 @@ pub fn resolve_database_url(config: &Config) -> String {
             format!("sqlite://{}", config.resolve(path).display())
         }
         _ => url.clone(),
+    }
+}
+
+/// Writes to stdout. A reader that went away (`| head`) is the end of the output, not an
+/// error: the rest is dropped and the command goes on (a `send` still finishes its run).
+/// Any other failure (a full disk behind `> file`) is an error.
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to standard output"),
     }
 }
 

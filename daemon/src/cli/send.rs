@@ -76,13 +76,22 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
             return dry_run_report(&setup, &store, &catalog, &mailing).await;
         }
         if let Some(why) = refusal(&setup, &store, &catalog, &mailing).await? {
-            eprintln!("skychimpd: not sending: {why}");
+            errln!("skychimpd: not sending: {why}");
             return Ok(ExitCode::from(1));
         }
         let recovered = recover_dead_local(&setup, &store).await?;
         if recovered > 0 {
-            eprintln!("recovered {recovered} deliveries of a process that died mid-send");
+            errln!("recovered {recovered} deliveries of a process that died mid-send");
         }
+        // Everything that can refuse to start comes before the run, which the daemon
+        // would otherwise deliver later.
+        let transport = delivery::transport_from_config(&setup.config)?;
+        let dkim = delivery::dkim_from_config(&setup.config)?;
+        let secret = TokenSecret::load(&setup.config)?;
+        let redis = crate::redis::from_config(&setup.config).await.unwrap_or_else(|why| {
+            errln!("skychimpd: warning: {why}");
+            None
+        });
         let now = setup.clock.now();
         let mut occurrence = now;
         let run_id = loop {
@@ -93,10 +102,6 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
             // A run already holds this exact instant (a scheduled one): take the next.
             occurrence += chrono::Duration::milliseconds(1);
         };
-        let transport = delivery::transport_from_config(&setup.config)?;
-        let dkim = delivery::dkim_from_config(&setup.config)?;
-        let secret = TokenSecret::load(&setup.config)?;
-        let redis = crate::redis::from_config(&setup.config).await;
         let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(setup.config.smtp.rate));
         let clock: Arc<dyn crate::clock::Clock> = Arc::from(crate::clock::from_env().map_err(anyhow::Error::msg)?);
         let deliverer = Arc::new(Deliverer::new(
@@ -112,7 +117,7 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             crate::shutdown::signal().await;
-            eprintln!("\nstopping: finishing the messages in flight…");
+            errln!("\nstopping: finishing the messages in flight…");
             let _ = stop_tx.send(true);
         });
         let progress = progress_bar(mailing.recipient_count() as u64);
@@ -136,12 +141,12 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         store.finish_runs(setup.clock.now()).await?;
         let report = store.report(&mailing.id).await?.into_iter().find(|r| r.run_id == run_id);
         let Some(r) = report else { anyhow::bail!("run {} is missing from the report", run_id.0) };
-        println!(
+        outln!(
             "{}: run {} — {} recipients: {} sent, {} failed, {} deferred, {} skipped, {} unknown, {} queued",
             mailing.id, run_id.0, r.recipients, r.sent, r.failed, r.deferred, r.skipped, r.unknown, r.queued + r.sending
-        );
+        )?;
         if r.deferred > 0 {
-            println!("deferred deliveries are retried by `skychimpd run`; `skychimpd logs {}` shows why", mailing.id);
+            outln!("deferred deliveries are retried by `skychimpd run`; `skychimpd logs {}` shows why", mailing.id)?;
         }
         Ok(if r.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
     })
@@ -222,7 +227,7 @@ async fn dry_run_report(
         out += "\nthe first message:\n\n";
         out += &render_preview(setup, catalog, m, first)?;
     }
-    write_stdout(&out)?;
+    super::write_out(format_args!("{out}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -313,7 +318,7 @@ pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode
             Some(c) => c,
             None => {
                 crate::catalog::address::check(email).map_err(anyhow::Error::msg)?;
-                eprintln!(
+                errln!(
                     "note: {email} is not on this mailing's lists; previewing with a sample name"
                 );
                 stranger = Client {
@@ -329,19 +334,7 @@ pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode
             None => anyhow::bail!("mailing `{id}` has no recipients; use --to EMAIL"),
         },
     };
-    write_stdout(&render_preview(&setup, &catalog, mailing, client)?)?;
+    let text = render_preview(&setup, &catalog, mailing, client)?;
+    super::write_out(format_args!("{text}"))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `text` to stdout; a reader that closed the pipe early is not an error.
-fn write_stdout(text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
 }

@@ -32,7 +32,7 @@ pub fn build(cli: &Cli, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::Resu
     let options = crate::site::options(&setup.config, out);
     match crate::site::build(&options, &stats, seed) {
         Ok(report) => {
-            println!(
+            outln!(
                 "built {} → {}: {} pages, {} sections, {} taxonomy terms, {} files in {} ms",
                 options.site_dir.display(),
                 options.out_dir.display(),
@@ -41,12 +41,12 @@ pub fn build(cli: &Cli, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::Resu
                 report.taxonomy_terms,
                 report.files_written,
                 report.elapsed.as_millis()
-            );
-            println!("statistics: {stats}");
+            )?;
+            outln!("statistics: {stats}")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("skychimpd: {e}");
+            errln!("skychimpd: {e}");
             Ok(ExitCode::from(1))
         }
     }

@@ -66,7 +66,7 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
             .collect(),
     };
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?)?,
         Format::Text => {
             let mut table = vec![[
                 "MAILING".to_string(),
@@ -89,10 +89,10 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
                     ),
                 ]);
             }
-            print_table(&table);
+            print_table(&table)?;
             let problems = catalog.problems().iter().filter(|p| p.is_error()).count();
             if problems > 0 {
-                eprintln!("{problems} error(s) in the repository: run `skychimpd check`");
+                errln!("{problems} error(s) in the repository: run `skychimpd check`");
             }
         }
     }
@@ -116,7 +116,7 @@ fn facts(setup: &Setup, catalog: &Catalog) -> anyhow::Result<HashMap<String, Mai
 }
 
 /// Left-aligned columns separated by two spaces.
-pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
+pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) -> anyhow::Result<()> {
     let mut widths = [0usize; N];
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -129,6 +129,7 @@ pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end())?;
     }
+    Ok(())
 }

@@ -10,7 +10,8 @@
 //! - the **HTTP listener** serves `/healthz`, `/verify` and `/unsubscribe` on its own threads;
 //! - a **recovery** timer takes over deliveries whose lease expired (a dead instance) and
 //!   marks finished runs;
-//! - the **site** task rebuilds the static site, debounced, after changes and finished runs.
+//! - the **site** task rebuilds the static site, debounced, after changes and finished runs,
+//!   and when the statistics changed by other hands (checked every `[site] refresh`).
 //!
 //! On SIGTERM/SIGINT the workers finish the SMTP transactions in flight, record them, and
 //! the process exits 0; a restart resumes what is queued.
@@ -126,7 +127,12 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
     let transport = delivery::transport_from_config(&config)?;
     let dkim = delivery::dkim_from_config(&config)?;
     let secret = TokenSecret::load(&config)?;
-    let redis = crate::redis::from_config(&config).await;
+    let redis = crate::redis::from_config(&config)
+        .await
+        .unwrap_or_else(|why| {
+            tracing::warn!("{why}");
+            None
+        });
     let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(config.smtp.rate));
     let handle: CatalogHandle = Arc::new(RwLock::new(Arc::new(catalog)));
 
@@ -220,14 +226,17 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         })
     };
 
-    // The site: rebuilt (debounced) when its sources, the catalog or the statistics change.
+    // The site: rebuilt (debounced) when its sources or the catalog change or a run
+    // finishes; and when the statistics changed after a manager's decision or by the
+    // `[site] refresh` clock (sends by another process).
     let site_changed = Arc::new(Notify::new());
     let site_task = {
-        let (store, handle, clock, site_changed, mut stop) = (
+        let (store, handle, clock, site_changed, state_changed, mut stop) = (
             store.clone(),
             handle.clone(),
             clock.clone(),
             site_changed.clone(),
+            state_changed.clone(),
             stop_rx.clone(),
         );
         let config = config.clone();
@@ -236,16 +245,31 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             if !config.site.rebuild || !options.site_dir.join("config.toml").exists() {
                 return;
             }
-            site_changed.notify_one();
+            let refresh = config.site.refresh.0;
+            // The figures of the last build; a wake-up that finds the same ones builds
+            // nothing, unless the site's sources may have changed (`forced`).
+            let mut built: Option<serde_json::Value> = None;
+            let mut forced = true;
             loop {
-                tokio::select! {
-                    _ = site_changed.notified() => {}
-                    _ = stop.changed() => break,
+                if !forced {
+                    let tick = async {
+                        if refresh.is_zero() {
+                            std::future::pending().await
+                        } else {
+                            tokio::time::sleep(refresh).await
+                        }
+                    };
+                    tokio::select! {
+                        _ = site_changed.notified() => forced = true,
+                        _ = state_changed.notified() => {}
+                        _ = tick => {}
+                        _ = stop.changed() => break,
+                    }
                 }
                 // Debounce: build once things have been quiet for a second.
                 loop {
                     tokio::select! {
-                        _ = site_changed.notified() => continue,
+                        _ = site_changed.notified() => forced = true,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => break,
                         _ = stop.changed() => return,
                     }
@@ -264,6 +288,11 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                 };
                 let stats =
                     crate::site::stats(&catalog, &facts, sent, now, config.daemon.catch_up.0);
+                let figures = crate::site::figures(&stats);
+                if !forced && built.as_ref() == Some(&figures) {
+                    continue;
+                }
+                (forced, built) = (false, Some(figures));
                 let options = options.clone();
                 match tokio::task::spawn_blocking(move || {
                     crate::site::build(&options, &stats, None)

@@ -302,6 +302,41 @@ struct Crew {
     run_done: AtomicBool,
 }
 
+/// One worker's place in [`Crew::busy`]: counted at most once whichever way it goes, and
+/// no longer when it is dropped.
+struct Duty<'c> {
+    crew: &'c Crew,
+    held: bool,
+}
+
+impl<'c> Duty<'c> {
+    fn new(crew: &'c Crew) -> Self {
+        Duty { crew, held: false }
+    }
+
+    /// Count this worker as busy (again a no-op while it is).
+    fn hold(&mut self) {
+        if !std::mem::replace(&mut self.held, true) {
+            self.crew.busy.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Stop counting it; whether another worker is still busy.
+    fn release(&mut self) -> bool {
+        if std::mem::replace(&mut self.held, false) {
+            self.crew.busy.fetch_sub(1, Ordering::SeqCst) > 1
+        } else {
+            self.crew.busy.load(Ordering::SeqCst) > 0
+        }
+    }
+}
+
+impl Drop for Duty<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl Deliverer {
     /// An engine; nothing is opened until the workers run.
     #[allow(clippy::too_many_arguments)]
@@ -402,7 +437,7 @@ impl Deliverer {
         mut stop: watch::Receiver<bool>,
         crew: Arc<Crew>,
     ) -> Result<Tally, DeliveryError> {
-        let busy = &crew.busy;
+        let mut duty = Duty::new(&crew);
         let worker = format!("{}:{index}", self.instance);
         let mut desk = Desk {
             sender: self.transport.connect(),
@@ -414,7 +449,7 @@ impl Deliverer {
         let mut worked = false;
         // The last chunk's outcomes of the batch before, recorded with the next batch's
         // first chunk (one statement less per batch) or as soon as there is none. A worker
-        // holding them counts as busy: their rows are still `sending`.
+        // holding them stays busy (`duty`): their rows are still `sending`.
         let mut carry: Vec<Outcome> = Vec::new();
         let result = loop {
             if *stop.borrow() || crew.run_done.load(Ordering::SeqCst) {
@@ -430,29 +465,22 @@ impl Deliverer {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if carry.is_empty() {
-                busy.fetch_add(1, Ordering::SeqCst);
-            }
+            duty.hold();
             let claimed = match self
                 .store
                 .claim(&worker, self.settings.batch, self.settings.lease, now, only)
                 .await
             {
                 Ok(c) => c,
-                Err(e) => {
-                    // Outcomes carried are recorded (and `busy` given back) after the loop.
-                    if carry.is_empty() {
-                        busy.fetch_sub(1, Ordering::SeqCst);
-                    }
-                    break Err(e.into());
-                }
+                // Outcomes carried are recorded (and `duty` released) after the loop.
+                Err(e) => break Err(e.into()),
             };
             if claimed.is_empty() {
                 let recorded = self
                     .store
                     .record_outcomes(&std::mem::take(&mut carry))
                     .await;
-                let others_busy = busy.fetch_sub(1, Ordering::SeqCst) > 1;
+                let others_busy = duty.release();
                 if let Err(e) = recorded {
                     break Err(e.into());
                 }
@@ -493,14 +521,11 @@ impl Deliverer {
                 .await;
             match delivered {
                 Ok(last) => carry = last,
-                Err(e) => {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    break Err(e);
-                }
+                Err(e) => break Err(e),
             }
             worked = true;
             if carry.is_empty() {
-                busy.fetch_sub(1, Ordering::SeqCst);
+                duty.release();
                 // Idle workers waiting for a run's last rows learn at once that they are
                 // done.
                 self.wake();
@@ -513,9 +538,9 @@ impl Deliverer {
             result
         } else {
             let recorded = self.store.record_outcomes(&carry).await;
-            busy.fetch_sub(1, Ordering::SeqCst);
             result.and(recorded.map(drop).map_err(DeliveryError::from))
         };
+        duty.release();
         // Idle workers that left the question of the run's end to this one ask it again.
         self.wake();
         desk.sender.close().await;
