@@ -249,9 +249,9 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             // The figures of the last build; a wake-up that finds the same ones builds
             // nothing, unless the site's sources may have changed (`forced`).
             let mut built: Option<serde_json::Value> = None;
-            let mut forced = true;
+            let (mut forced, mut first) = (true, true);
             loop {
-                if !forced {
+                if !std::mem::take(&mut first) {
                     let tick = async {
                         if refresh.is_zero() {
                             std::future::pending().await
