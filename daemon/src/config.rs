@@ -264,7 +264,7 @@ pub struct DkimConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {error}")]
+    #[error("cannot read the config file {path}: {error}")]
     Read {
         /// The config file.
         path: PathBuf,
@@ -333,25 +333,36 @@ impl Config {
         let mut config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().to_string()))?;
         config.base_dir = base_dir;
-        config.apply_env(env)?;
-        config.validate().map_err(|m| invalid(None, m))?;
+        let from_env = config.apply_env(env)?;
+        config.validate().map_err(|(section, key, message)| {
+            match from_env.iter().find(|(s, k, _)| s == section && k == key) {
+                Some((_, _, var)) => ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                },
+                None => {
+                    let at = key_offset(text, section, key);
+                    invalid(at.map(|a| a..a), format!("{section}.{key}: {message}"))
+                }
+            }
+        })?;
         Ok(config)
     }
 
-    /// Overlay `SKYCHIMP_<SECTION>_<KEY>`, `DATABASE_URL` and `REDIS_URL`.
+    /// Overlay `SKYCHIMP_<SECTION>_<KEY>`, `DATABASE_URL` and `REDIS_URL`; returns the
+    /// settings they set, as (section, key, variable), so later checks can name the variable.
     ///
     /// Variables that name no setting are left alone: the same prefix also carries secrets
     /// (`SKYCHIMP_MANAGER_KEY_OPS`, `SKYCHIMP_SMTP_PASSWORD`), which are read where used.
     fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<Vec<(String, String, String)>, ConfigError> {
         let mut table = toml::Table::try_from(&*self).map_err(|e| ConfigError::Env {
             var: "SKYCHIMP_*".into(),
             message: e.to_string(),
         })?;
         let mut specific = Vec::new();
-        let mut changed = false;
         for (var, value) in env {
             let target = match var.as_str() {
                 "DATABASE_URL" => Some(("database".to_string(), "url".to_string())),
@@ -368,6 +379,7 @@ impl Config {
             specific.push((var.starts_with("SKYCHIMP_"), var, section, key, value));
         }
         specific.sort_by_key(|(skychimp, ..)| *skychimp);
+        let mut applied = Vec::new();
         for (_, var, section, key, value) in specific {
             let Some(toml::Value::Table(sect)) = table.get_mut(&section) else {
                 continue;
@@ -398,45 +410,79 @@ impl Config {
                     ));
                 }
             };
-            changed = true;
+            // Checked one variable at a time, so an error names the variable.
+            let _: Config = toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| env_err(e.message().to_string()))?;
+            applied.push((section, key, var));
         }
-        if changed {
+        if !applied.is_empty() {
             let base_dir = std::mem::take(&mut self.base_dir);
             *self = toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Env {
-                    var: "SKYCHIMP_*".into(),
+                    var: applied
+                        .iter()
+                        .map(|(.., var)| var.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     message: e.message().to_string(),
                 })?;
             self.base_dir = base_dir;
         }
-        Ok(())
+        Ok(applied)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// The checks types cannot make: (section, key, what is wrong).
+    fn validate(&self) -> Result<(), (&'static str, &'static str, String)> {
         if self.daemon.timezone.parse::<chrono_tz::Tz>().is_err() {
-            return Err(format!(
-                "daemon.timezone: unknown time zone `{}`",
-                self.daemon.timezone
+            return Err((
+                "daemon",
+                "timezone",
+                format!("unknown time zone `{}`", self.daemon.timezone),
             ));
         }
         if !matches!(self.daemon.log_format.as_str(), "human" | "json") {
-            return Err(format!(
-                "daemon.log_format must be `human` or `json`, not `{}`",
-                self.daemon.log_format
+            return Err((
+                "daemon",
+                "log_format",
+                format!(
+                    "must be `human` or `json`, not `{}`",
+                    self.daemon.log_format
+                ),
             ));
         }
-        if self.smtp.concurrency == 0 {
-            return Err("smtp.concurrency must be at least 1".into());
+        if let Err(e) = skychimp_transport::compose::sender(&self.smtp.from) {
+            return Err((
+                "smtp",
+                "from",
+                format!("{e} (write `Name <user@example.com>` or `user@example.com`)"),
+            ));
         }
-        if self.delivery.max_attempts == 0 {
-            return Err("delivery.max_attempts must be at least 1".into());
+        if !(self.manager.public_url.starts_with("http://")
+            || self.manager.public_url.starts_with("https://"))
+            || self.manager.public_url.contains(char::is_whitespace)
+        {
+            return Err((
+                "manager",
+                "public_url",
+                format!(
+                    "`{}` is not an http:// or https:// URL (the base of unsubscribe and \
+                     verification links)",
+                    self.manager.public_url
+                ),
+            ));
         }
-        if self.delivery.chunk == 0 {
-            return Err("delivery.chunk must be at least 1".into());
-        }
-        if self.delivery.batch == 0 {
-            return Err("delivery.batch must be at least 1".into());
+        let at_least_one = [
+            ("smtp", "concurrency", self.smtp.concurrency),
+            ("delivery", "max_attempts", self.delivery.max_attempts),
+            ("delivery", "chunk", self.delivery.chunk),
+            ("delivery", "batch", self.delivery.batch),
+        ];
+        for (section, key, value) in at_least_one {
+            if value == 0 {
+                return Err((section, key, "must be at least 1".into()));
+            }
         }
         Ok(())
     }
@@ -457,6 +503,26 @@ impl Config {
     }
 }
 
+/// Where `key` is set in `[section]` of a config file's text, for an error's line.
+fn key_offset(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    let mut in_section = false;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_section = trimmed.trim_matches(['[', ']']).trim() == section;
+        } else if in_section
+            && trimmed
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(offset + (line.len() - line.trim_start().len()));
+        }
+        offset += line.len();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +540,41 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(parse(text, &[]).unwrap(), want);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable_or_its_line() {
+        let env_error = |var: &str, value: &str| match parse("", &[(var, value)]) {
+            Err(ConfigError::Env {
+                var: named,
+                message,
+            }) => {
+                assert_eq!(named, var, "{message}");
+                message
+            }
+            other => panic!("{var}={value}: {other:?}"),
+        };
+        env_error("SKYCHIMP_SMTP_RATE", "-1");
+        env_error("SKYCHIMP_DAEMON_CATCH_UP", "1x");
+        assert!(env_error("SKYCHIMP_DAEMON_TIMEZONE", "Mars/Base").contains("Mars/Base"));
+        env_error("SKYCHIMP_DAEMON_LOG_FORMAT", "xml");
+        env_error("SKYCHIMP_SMTP_CONCURRENCY", "0");
+        env_error("SKYCHIMP_SMTP_FROM", "not an address");
+        env_error("SKYCHIMP_MANAGER_PUBLIC_URL", "not a url");
+
+        let text = "[smtp]\nrate = 5\n\n[manager]\nlisten = \"127.0.0.1:8025\"\n  public_url = \"ftp://x\"\n";
+        match parse(text, &[]) {
+            Err(ConfigError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            }) => {
+                assert_eq!((line, column), (6, 3), "{message}");
+                assert!(message.starts_with("manager.public_url: "), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -9,6 +9,20 @@ use skychimp_storage::{Storage, StorageError, Store, UserState};
 use crate::catalog::Catalog;
 use crate::schedule::MailingFacts;
 
+/// Facts before there is a database (a fresh SQLite clone): nothing disabled, blocked or
+/// run, and every owner unverified when verification is required.
+pub fn fresh(catalog: &Catalog, require_verification: bool) -> HashMap<String, MailingFacts> {
+    let facts = MailingFacts {
+        owner_unverified: require_verification,
+        ..MailingFacts::default()
+    };
+    catalog
+        .mailings()
+        .keys()
+        .map(|id| (id.clone(), facts))
+        .collect()
+}
+
 /// Facts of every mailing of `catalog`, by mailing id.
 pub async fn load(
     store: &Store,

@@ -10,17 +10,15 @@ fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// The example repository's content (with the embedded default configuration) in a
-/// temporary folder.
+/// The example repository (its content and its `config.toml`, the embedded defaults) in a
+/// temporary folder, so a test never reads or writes the checkout's own `var/`.
 fn example_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&repo_root().join("clients"), &dir.path().join("clients"));
     copy_dir(&repo_root().join("mailings"), &dir.path().join("mailings"));
-    std::fs::copy(
-        repo_root().join("users.toml"),
-        dir.path().join("users.toml"),
-    )
-    .unwrap();
+    for file in ["users.toml", "config.toml"] {
+        std::fs::copy(repo_root().join(file), dir.path().join(file)).unwrap();
+    }
     dir
 }
 
@@ -52,6 +50,13 @@ fn check_exits_2_when_it_cannot_run() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         out.stderr_text().contains("/nonexistent/skychimp"),
+        "{}",
+        out.stderr_text()
+    );
+    // Each cause once, though the error quotes its source.
+    assert_eq!(
+        out.stderr_text().matches("no such folder").count(),
+        1,
         "{}",
         out.stderr_text()
     );
@@ -103,14 +108,11 @@ fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
 
 #[test]
 fn status_shows_next_occurrences_in_local_time_and_utc() {
-    let config = repo_root().join("config.toml");
-    let out = skychimpd(&[
-        "--config",
-        config.to_str().unwrap(),
-        "status",
-        "--format",
-        "json",
-    ]);
+    // A copy: the checkout's own `var/` database (after the quick start) is not the test's.
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let verified = [("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")];
+    let out = skychimpd_env(&["--root", root, "status", "--format", "json"], &verified);
     assert!(out.status.success(), "{}", out.stderr_text());
     let rows: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
     let weekly = rows
@@ -137,13 +139,11 @@ fn status_shows_next_occurrences_in_local_time_and_utc() {
 
     // Later: the weekly mailing's latest occurrence is due (it never ran), so it is next.
     let out = skychimpd_env(
+        &["--root", root, "status", "alice/weekly"],
         &[
-            "--config",
-            config.to_str().unwrap(),
-            "status",
-            "alice/weekly",
+            ("SKYCHIMP_NOW", "2026-12-10T12:00:00Z"),
+            ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
         ],
-        &[("SKYCHIMP_NOW", "2026-12-10T12:00:00Z")],
     );
     let text = out.stdout_text();
     assert!(text.starts_with("MAILING"), "{text}");
@@ -152,7 +152,20 @@ fn status_shows_next_occurrences_in_local_time_and_utc() {
         "{text}"
     );
 
-    let out = skychimpd(&["--config", config.to_str().unwrap(), "status", "alice/nope"]);
+    // With verification required (the default), a fresh clone's owners have confirmed
+    // nothing yet, database or not.
+    let out = skychimpd(&["--root", root, "status", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["status"], "unverified", "{row}");
+        assert!(row["next_utc"].is_null(), "{row}");
+    }
+    assert!(
+        !dir.path().join("var/skychimp.db").exists(),
+        "status creates no database"
+    );
+
+    let out = skychimpd(&["--root", root, "status", "alice/nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr_text().contains("no mailing `alice/nope`"));
 }
@@ -160,23 +173,20 @@ fn status_shows_next_occurrences_in_local_time_and_utc() {
 #[test]
 fn environment_overrides_reach_the_commands() {
     // The default zone comes from [daemon] timezone; the launch mailing names none.
-    let config = repo_root().join("config.toml");
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
     let out = skychimpd_env(
+        &["--root", root, "status", "alice/launch", "--format", "json"],
         &[
-            "--config",
-            config.to_str().unwrap(),
-            "status",
-            "alice/launch",
-            "--format",
-            "json",
+            ("SKYCHIMP_DAEMON_TIMEZONE", "Asia/Tokyo"),
+            ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
         ],
-        &[("SKYCHIMP_DAEMON_TIMEZONE", "Asia/Tokyo")],
     );
     let rows: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
     assert_eq!(rows[0]["timezone"], "Asia/Tokyo");
     assert_eq!(rows[0]["next_utc"], "2027-03-01T01:00:00Z");
     let out = skychimpd_env(
-        &["--config", config.to_str().unwrap(), "check"],
+        &["--root", root, "check"],
         &[("SKYCHIMP_DAEMON_TIMEZONE", "Mars/Base")],
     );
     assert_eq!(out.status.code(), Some(2));

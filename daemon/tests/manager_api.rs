@@ -684,3 +684,37 @@ fn one_click_unsubscribe_stops_mail_to_that_address() {
         .count();
     assert_eq!(last, 1, "the unsubscribed address got a second message");
 }
+
+/// A mailing deleted from the repository keeps its log and reports in the API (the CLI's
+/// `logs` and `report` read them too); an id with neither files nor history is a 404.
+#[test]
+fn a_deleted_mailing_keeps_its_log_and_reports() {
+    let repo = Repo::new(&["alice"], 3, &[("alice", "gone", &future("Gone"))]);
+    let out = Command::new(bin())
+        .args(["send", "alice/gone", "--root"])
+        .arg(repo.root())
+        .env("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")
+        .env("SKYCHIMP_SMTP_RATE", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_file(repo.root().join("mailings/alice/gone.toml")).unwrap();
+    let d = Daemon::start(repo.root(), &[]);
+    let gone = d.call("GET", "/v1/mailings/alice/gone", "");
+    assert_eq!(
+        gone.status, 404,
+        "the mailing itself is gone: {}",
+        gone.body
+    );
+
+    let runs = report(&d, "alice/gone");
+    assert_eq!(runs["runs"][0]["sent"], 3, "{runs}");
+    let logs = d.call("GET", "/v1/mailings/alice/gone/logs", "");
+    assert_eq!(logs.status, 200, "{}", logs.body);
+    assert_eq!(logs.json()["attempts"].as_array().unwrap().len(), 3);
+
+    for route in ["report", "logs"] {
+        let a = d.call("GET", &format!("/v1/mailings/alice/never/{route}"), "");
+        assert_eq!((a.status, a.code().as_str()), (404, "not_found"), "{route}");
+    }
+}

@@ -5,6 +5,7 @@
 
 mod manager_support;
 
+use std::io::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
@@ -49,7 +50,11 @@ impl Database {
             if std::env::var("SKYCHIMP_REQUIRE_POSTGRES").as_deref() == Ok("1") {
                 panic!("PostgreSQL at {admin} is required: {e}");
             }
-            println!("skipped: PostgreSQL at {admin} unreachable: {}", e.trim());
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: PostgreSQL at {admin} unreachable: {}",
+                e.trim()
+            );
             return None;
         }
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);

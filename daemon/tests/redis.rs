@@ -59,7 +59,10 @@ fn two_instances(rt: &tokio::runtime::Runtime, test: &str) -> Option<(Redis, Red
         Ok((a, b)) => Some((a, b, prefix)),
         Err(e) if required() => panic!("Redis at {url} is required but not reachable: {e}"),
         Err(e) => {
-            eprintln!("skipped: Redis not reachable at {url} ({e})");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: Redis not reachable at {url} ({e})"
+            );
             None
         }
     }
@@ -281,7 +284,10 @@ impl OwnRedis {
             Ok(child) => child,
             Err(e) if required() => panic!("redis-server is required but cannot start: {e}"),
             Err(e) => {
-                eprintln!("skipped: Redis not reachable: cannot start redis-server ({e})");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: Redis not reachable: cannot start redis-server ({e})"
+                );
                 return None;
             }
         };

@@ -14,6 +14,7 @@ mod sink;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -48,7 +49,10 @@ impl Database {
             if required {
                 panic!("PostgreSQL not reachable at {admin}: {why}");
             }
-            println!("skipped: PostgreSQL not reachable at {admin}: {why}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: PostgreSQL not reachable at {admin}: {why}"
+            );
             return None;
         }
         let name = format!(

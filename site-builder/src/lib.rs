@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Location, SiteError};
+pub use output::BUILD_MARKER;
 
 /// What to build and where.
 #[derive(Debug, Clone)]

@@ -26,9 +26,35 @@ pub(crate) struct Staging {
     committed: bool,
 }
 
+/// The file every build leaves in its output folder: the sign that the folder is a build,
+/// which the next build may replace. Any other folder is refused.
+pub const BUILD_MARKER: &str = ".skychimp-site";
+
+/// Refuses to replace `out_dir` unless it is missing, empty or a build (holds
+/// [`BUILD_MARKER`]): a mistyped `--out` must never wipe a repository or a home folder.
+fn check_replaceable(out_dir: &Path) -> Result<(), SiteError> {
+    let mut entries = match std::fs::read_dir(out_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(SiteError::io(out_dir, e)),
+    };
+    if entries.next().is_none() || out_dir.join(BUILD_MARKER).is_file() {
+        return Ok(());
+    }
+    Err(SiteError::invalid(
+        out_dir,
+        format!(
+            "not replacing this folder: it is not empty and not a site this builder made \
+             (no {BUILD_MARKER} in it); choose another output folder, or remove this one \
+             if it only holds an old build"
+        ),
+    ))
+}
+
 impl Staging {
     /// Creates the temp folder beside `out_dir` and copies `static_dir` into it.
     pub(crate) fn new(out_dir: &Path, static_dir: &Path) -> Result<Staging, SiteError> {
+        check_replaceable(out_dir)?;
         let parent = match out_dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -56,6 +82,12 @@ impl Staging {
         };
         remove_stale(&parent, &name);
         std::fs::create_dir_all(&staging.tmp).map_err(|e| SiteError::io(&staging.tmp, e))?;
+        let marker = staging.tmp.join(BUILD_MARKER);
+        std::fs::write(
+            &marker,
+            "Built by Skychimp's site builder: the next build replaces this whole folder.\n",
+        )
+        .map_err(|e| SiteError::io(&marker, e))?;
         if static_dir.is_dir() {
             let n = copy_tree(static_dir, &staging.tmp)?;
             staging.count.fetch_add(n, Ordering::Relaxed);

@@ -278,3 +278,40 @@ fn error_location_is_exposed() {
     assert!(loc.path.ends_with(Path::new("templates/index.html")));
     assert_eq!(loc.line, Some(2));
 }
+
+#[test]
+fn a_folder_that_is_not_a_build_is_never_replaced() {
+    let (tmp, first) = build_with(&[]);
+    first.expect("the first build");
+    let site = tmp.path().join("site");
+    let out = tmp.path().join("public");
+    assert!(out.join(skychimp_site::BUILD_MARKER).is_file());
+    let again = |out_dir: &Path| {
+        build(&BuildOptions {
+            site_dir: site.clone(),
+            out_dir: out_dir.to_path_buf(),
+            base_url: None,
+        })
+    };
+    // A build replaces a build, and fills an empty folder.
+    again(&out).expect("a second build over the first");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    again(&empty).expect("a build into an empty folder");
+
+    // A mistyped --out: the site's own sources, the folder above them, any other folder.
+    for wrong in [site.clone(), tmp.path().to_path_buf()] {
+        let message = again(&wrong).expect_err("refused").to_string();
+        assert!(message.contains("not replacing this folder"), "{message}");
+        assert!(site.join("config.toml").is_file(), "the sources are intact");
+        assert!(
+            site.join("content/post.md").is_file(),
+            "the sources are intact"
+        );
+    }
+    // A file where the folder would go.
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, "mine").unwrap();
+    again(&file).expect_err("refused");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+}

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::io::Write as _;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -114,7 +115,10 @@ where
         if required {
             panic!("PostgreSQL not reachable at {url}: {why}");
         }
-        println!("skipped: PostgreSQL not reachable at {url}: {why}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: PostgreSQL not reachable at {url}: {why}"
+        );
         return;
     }
     let admin = match sqlx::postgres::PgPoolOptions::new()
@@ -126,7 +130,10 @@ where
         Ok(pool) => pool,
         Err(e) if required => panic!("PostgreSQL not reachable at {url}: {e}"),
         Err(e) => {
-            println!("skipped: PostgreSQL not reachable at {url}: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: PostgreSQL not reachable at {url}: {e}"
+            );
             return;
         }
     };

@@ -241,16 +241,11 @@ impl<'a> Parts<'a> {
         input: &NoticeInput<'a>,
         list: Option<(&str, &str, &str)>,
     ) -> Result<(Parts<'a>, Address), ComposeError> {
-        reject_control("from", input.from)?;
+        let from = sender(input.from)?;
         reject_control("to_name", input.to_name)?;
         reject_control("to_address", input.to_address)?;
         reject_control("subject", input.subject)?;
 
-        let from: Mailbox = input.from.parse().map_err(|e| ComposeError::BadAddress {
-            field: "from",
-            value: input.from.to_owned(),
-            reason: format!("{e}"),
-        })?;
         let to_address: Address =
             input
                 .to_address
@@ -434,6 +429,17 @@ fn push_7bit_line(out: &mut Vec<u8>, line: &[u8]) -> Option<()> {
     }
     out.extend_from_slice(line);
     Some(())
+}
+
+/// The From mailbox (`Name <user@example.com>` or `user@example.com`), checked as every
+/// message checks it: the configuration is refused up front rather than every message failing.
+pub fn sender(from: &str) -> Result<Mailbox, ComposeError> {
+    reject_control("from", from)?;
+    from.parse().map_err(|e| ComposeError::BadAddress {
+        field: "from",
+        value: from.to_owned(),
+        reason: format!("{e}"),
+    })
 }
 
 fn reject_control(field: &'static str, value: &str) -> Result<(), ComposeError> {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::{Cli, Format, Setup};
+use super::{Cli, Format, Setup, counted};
 use crate::problem::Problem;
 
 #[derive(Serialize)]
@@ -41,15 +41,14 @@ pub fn run(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
             }
             let clients: usize = catalog.lists().values().map(|l| l.clients.len()).sum();
             errln!(
-                "checked {}: {} users, {} lists ({clients} clients), {} mailings; {} error{}, {} warning{}",
+                "checked {}: {}, {} ({}), {}; {}, {}",
                 super::shown(catalog.root()),
-                report.users,
-                report.lists,
-                report.mailings,
-                report.errors,
-                if report.errors == 1 { "" } else { "s" },
-                report.warnings,
-                if report.warnings == 1 { "" } else { "s" },
+                counted(report.users as i64, "user"),
+                counted(report.lists as i64, "list"),
+                counted(clients as i64, "client"),
+                counted(report.mailings as i64, "mailing"),
+                counted(report.errors as i64, "error"),
+                counted(report.warnings as i64, "warning"),
             );
         }
     }

@@ -615,7 +615,7 @@ fn print_human(action: &ManagerAction, v: &Value) -> anyhow::Result<()> {
                 .unwrap_or_default();
             if disabled {
                 outln!(
-                    "{mailing} disabled{why}; {} queued deliveries skipped",
+                    "{mailing} disabled{why}; {} queued or deferred deliveries skipped",
                     cell(&v["skipped"])
                 )?;
             } else {
@@ -663,7 +663,7 @@ fn print_human(action: &ManagerAction, v: &Value) -> anyhow::Result<()> {
                 .unwrap_or_default();
             if v["blocked"].as_bool() == Some(true) {
                 outln!(
-                    "{user} blocked{why}; {} queued deliveries skipped",
+                    "{user} blocked{why}; {} queued or deferred deliveries skipped",
                     cell(&v["skipped"])
                 )?;
             } else {

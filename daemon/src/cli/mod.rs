@@ -172,10 +172,27 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("skychimpd: {e:#}");
+            errln!("skychimpd: {}", said_once(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes, each said once: a cause whose text is already in what its
+/// parents said (a message that quotes its source) is not repeated.
+fn said_once(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// What every command starts from: the configuration, the root and the clock.
@@ -224,6 +241,14 @@ impl Setup {
     /// The database URL with a relative SQLite path resolved against the config's folder.
     pub fn database_url(&self) -> String {
         resolve_database_url(&self.config)
+    }
+
+    /// Whether the database is a SQLite file that does not exist yet: commands that only
+    /// read then answer from the files alone ([`crate::facts::fresh`]) rather than create it.
+    pub fn fresh_database(&self) -> bool {
+        self.database_url()
+            .strip_prefix("sqlite://")
+            .is_some_and(|path| !Path::new(path).exists())
     }
 
     /// Open the database and apply migrations.
@@ -278,6 +303,12 @@ pub(crate) fn write_out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to standard output"),
     }
+}
+
+/// `1 mailing`, `2 mailings`: a count with its noun (English plurals in `s`).
+pub(crate) fn counted(n: impl Into<i64>, noun: &str) -> String {
+    let n = n.into();
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// A path for people: relative to the working directory when it is below it.

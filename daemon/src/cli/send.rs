@@ -88,10 +88,12 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         let transport = delivery::transport_from_config(&setup.config)?;
         let dkim = delivery::dkim_from_config(&setup.config)?;
         let secret = TokenSecret::load(&setup.config)?;
-        let redis = crate::redis::from_config(&setup.config).await.unwrap_or_else(|why| {
-            errln!("skychimpd: warning: {why}");
-            None
-        });
+        let redis = crate::redis::from_config(&setup.config)
+            .await
+            .unwrap_or_else(|why| {
+                errln!("skychimpd: warning: {why}");
+                None
+            });
         let now = setup.clock.now();
         let mut occurrence = now;
         let run_id = loop {
@@ -103,7 +105,8 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
             occurrence += chrono::Duration::milliseconds(1);
         };
         let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(setup.config.smtp.rate));
-        let clock: Arc<dyn crate::clock::Clock> = Arc::from(crate::clock::from_env().map_err(anyhow::Error::msg)?);
+        let clock: Arc<dyn crate::clock::Clock> =
+            Arc::from(crate::clock::from_env().map_err(anyhow::Error::msg)?);
         let deliverer = Arc::new(Deliverer::new(
             store.clone(),
             transport,
@@ -128,7 +131,9 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move {
                 use std::sync::atomic::Ordering::Relaxed;
                 loop {
-                    let done = metrics.sent.load(Relaxed) + metrics.failed.load(Relaxed) + metrics.deferred.load(Relaxed);
+                    let done = metrics.sent.load(Relaxed)
+                        + metrics.failed.load(Relaxed)
+                        + metrics.deferred.load(Relaxed);
                     progress.set_position(done);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -139,16 +144,37 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         progress.finish_and_clear();
         result?;
         store.finish_runs(setup.clock.now()).await?;
-        let report = store.report(&mailing.id).await?.into_iter().find(|r| r.run_id == run_id);
-        let Some(r) = report else { anyhow::bail!("run {} is missing from the report", run_id.0) };
+        let report = store
+            .report(&mailing.id)
+            .await?
+            .into_iter()
+            .find(|r| r.run_id == run_id);
+        let Some(r) = report else {
+            anyhow::bail!("run {} is missing from the report", run_id.0)
+        };
         outln!(
-            "{}: run {} — {} recipients: {} sent, {} failed, {} deferred, {} skipped, {} unknown, {} queued",
-            mailing.id, run_id.0, r.recipients, r.sent, r.failed, r.deferred, r.skipped, r.unknown, r.queued + r.sending
+            "{}: run {} — {}: {} sent, {} failed, {} deferred, {} skipped, {} unknown, {} queued",
+            mailing.id,
+            run_id.0,
+            super::counted(r.recipients, "recipient"),
+            r.sent,
+            r.failed,
+            r.deferred,
+            r.skipped,
+            r.unknown,
+            r.queued + r.sending
         )?;
         if r.deferred > 0 {
-            outln!("deferred deliveries are retried by `skychimpd run`; `skychimpd logs {}` shows why", mailing.id)?;
+            outln!(
+                "deferred deliveries are retried by `skychimpd run`; `skychimpd logs {}` shows why",
+                mailing.id
+            )?;
         }
-        Ok(if r.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        Ok(if r.failed > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
     })
 }
 
@@ -222,7 +248,10 @@ async fn dry_run_report(
     if let Some(why) = refusal(setup, store, catalog, m).await? {
         out += &format!("note: a real send would be refused now: {why}\n");
     }
-    out += &format!("{count} messages would be sent, {skipped} skipped\n");
+    out += &format!(
+        "{} would be sent, {skipped} skipped\n",
+        super::counted(count as i64, "message")
+    );
     if let Some(first) = m.recipients().next() {
         out += "\nthe first message:\n\n";
         out += &render_preview(setup, catalog, m, first)?;

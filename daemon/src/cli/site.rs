@@ -12,18 +12,13 @@ pub fn build(cli: &Cli, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::Resu
     let setup = Setup::new(cli)?;
     let catalog = setup.catalog()?;
     let now = setup.clock.now();
-    let url = setup.database_url();
-    let fresh_sqlite = url
-        .strip_prefix("sqlite://")
-        .is_some_and(|p| !std::path::Path::new(p).exists());
-    let (facts, sent) = if fresh_sqlite {
-        Default::default()
+    let require_verification = setup.config.users.require_verification;
+    let (facts, sent) = if setup.fresh_database() {
+        (crate::facts::fresh(&catalog, require_verification), 0)
     } else {
         super::runtime()?.block_on(async {
             let store = setup.store().await?;
-            let facts =
-                crate::facts::load(&store, &catalog, setup.config.users.require_verification)
-                    .await?;
+            let facts = crate::facts::load(&store, &catalog, require_verification).await?;
             let sent = store.stats(now).await?.sent_total;
             anyhow::Ok((facts, sent))
         })?

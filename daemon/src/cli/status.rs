@@ -25,11 +25,7 @@ struct Row {
 
 fn row(m: &Mailing, facts: MailingFacts, now: DateTime<Utc>, catch_up: std::time::Duration) -> Row {
     let catch_up = m.catch_up.unwrap_or(catch_up);
-    let status = schedule::status(&m.schedule, m.enabled, &facts, now, catch_up);
-    // A due occurrence that has not run is "next": it goes as soon as the daemon sees it.
-    let next = schedule::due(&m.schedule, now, facts.last_run, catch_up)
-        .or_else(|| m.schedule.next_after(now));
-    let next = next.filter(|_| matches!(status, Status::Created | Status::Running));
+    let (status, next) = schedule::next_send(&m.schedule, m.enabled, &facts, now, catch_up);
     Row {
         id: m.id.clone(),
         title: m.title.clone(),
@@ -102,16 +98,14 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
 /// What the database knows of each mailing (last run, disabled, owner blocked or not
 /// verified). Without a database yet (a fresh SQLite clone), the files alone.
 fn facts(setup: &Setup, catalog: &Catalog) -> anyhow::Result<HashMap<String, MailingFacts>> {
-    let url = setup.database_url();
-    if let Some(path) = url.strip_prefix("sqlite://")
-        && !std::path::Path::new(path).exists()
-    {
-        return Ok(HashMap::new());
+    let require_verification = setup.config.users.require_verification;
+    if setup.fresh_database() {
+        return Ok(crate::facts::fresh(catalog, require_verification));
     }
     let rt = super::runtime()?;
     rt.block_on(async {
         let store = setup.store().await?;
-        Ok(crate::facts::load(&store, catalog, setup.config.users.require_verification).await?)
+        Ok(crate::facts::load(&store, catalog, require_verification).await?)
     })
 }
 

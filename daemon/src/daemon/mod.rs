@@ -28,10 +28,11 @@ use skychimp_storage::{Interrupted, Storage};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::catalog::{Catalog, LoadOptions};
-use crate::cli::Setup;
+use crate::cli::{Setup, counted};
 use crate::clock::Clock;
 use crate::delivery::{self, CatalogHandle, Deliverer, Scope, Settings};
 use crate::http::{HttpServer, HttpState};
+use crate::schedule::Status;
 use crate::tokens::TokenSecret;
 
 use self::scheduler::Scheduler;
@@ -526,34 +527,34 @@ async fn print_startup(
 ) {
     let catalog = handle.read().unwrap_or_else(|e| e.into_inner()).clone();
     let clients: usize = catalog.lists().values().map(|l| l.clients.len()).sum();
-    let holds = scheduler.holds().await.unwrap_or_default();
+    let facts = scheduler.facts().await.unwrap_or_default();
     let mut out = format!(
-        "skychimpd {}: {} users, {} lists ({clients} clients, {} unique), {} mailings; {} problems in the files\n",
+        "skychimpd {}: {}, {} ({}, {} unique), {}; {} in the files\n",
         env!("CARGO_PKG_VERSION"),
-        catalog.users().len(),
-        catalog.lists().len(),
+        counted(catalog.users().len() as i64, "user"),
+        counted(catalog.lists().len() as i64, "list"),
+        counted(clients as i64, "client"),
         catalog.unique_clients(),
-        catalog.mailings().len(),
-        catalog.problems().iter().filter(|p| p.is_error()).count(),
+        counted(catalog.mailings().len() as i64, "mailing"),
+        counted(
+            catalog.problems().iter().filter(|p| p.is_error()).count() as i64,
+            "problem"
+        ),
     );
     for m in catalog.mailings().values() {
-        let next = match holds.get(&m.id) {
-            Some(hold) => format!("held: {hold:?}").to_lowercase(),
-            None => m
-                .schedule
-                .first_at_or_after(now)
-                .or_else(|| m.schedule.latest_at_or_before(now))
-                .map_or_else(
-                    || "no occurrence left".into(),
-                    |t| {
-                        format!(
-                            "{} ({})",
-                            t.with_timezone(&m.schedule.timezone)
-                                .format("%Y-%m-%d %H:%M %Z"),
-                            t.format("%H:%M UTC")
-                        )
-                    },
-                ),
+        let f = facts.get(&m.id).copied().unwrap_or_default();
+        let catch_up = m.catch_up.unwrap_or(setup.config.daemon.catch_up.0);
+        let next = match crate::schedule::next_send(&m.schedule, m.enabled, &f, now, catch_up) {
+            (_, Some(t)) => format!(
+                "{} ({})",
+                t.with_timezone(&m.schedule.timezone)
+                    .format("%Y-%m-%d %H:%M %Z"),
+                t.format("%H:%M UTC")
+            ),
+            (Status::Created | Status::Running | Status::Finished, None) => {
+                "no occurrence left".into()
+            }
+            (held, None) => format!("held: {held}"),
         };
         out.push_str(&format!(
             "  {:<28} {:<24} {:>6} recipients  next: {next}\n",
@@ -568,5 +569,12 @@ async fn print_startup(
         crate::cli::redact(&setup.database_url())
     ));
     out.push_str(&format!("  listening on   http://{addr}\n"));
-    eprint!("{out}");
+    if setup.config.daemon.log_format == "json" {
+        // One event per line, so a log shipper sees JSON only.
+        for line in out.lines() {
+            tracing::info!("{}", line.trim());
+        }
+    } else {
+        eprint!("{out}");
+    }
 }

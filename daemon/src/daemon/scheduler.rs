@@ -65,19 +65,16 @@ impl Scheduler {
         }
     }
 
-    /// What stops each mailing now, from the database's user and mailing state.
-    pub async fn holds(&self) -> Result<HashMap<String, Hold>, skychimp_storage::StorageError> {
+    /// What the database knows of each mailing now ([`crate::facts::load`]).
+    pub async fn facts(
+        &self,
+    ) -> Result<HashMap<String, MailingFacts>, skychimp_storage::StorageError> {
         let catalog = self
             .catalog
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let facts = crate::facts::load(&self.store, &catalog, self.require_verification).await?;
-        Ok(catalog
-            .mailings()
-            .values()
-            .filter_map(|m| hold(m.enabled, facts.get(&m.id)?).map(|h| (m.id.clone(), h)))
-            .collect())
+        crate::facts::load(&self.store, &catalog, self.require_verification).await
     }
 
     /// One pass at the clock's now.

@@ -348,14 +348,12 @@ fn mailing_json(
     catch_up: Duration,
 ) -> Value {
     let catch_up = m.catch_up.unwrap_or(catch_up);
-    let status = schedule::status(&m.schedule, m.enabled, &f, now, catch_up);
-    let next = schedule::due(&m.schedule, now, f.last_run, catch_up)
-        .or_else(|| m.schedule.next_after(now));
+    let (status, next) = schedule::next_send(&m.schedule, m.enabled, &f, now, catch_up);
     json!({
         "id": m.id, "owner": m.owner, "title": m.title, "status": status,
         "schedule": m.schedule.repeat.to_string(), "timezone": m.schedule.timezone.to_string(),
         "enabled": m.enabled, "recipients": m.recipient_count(),
-        "next_occurrence": next.filter(|_| matches!(status, schedule::Status::Created | schedule::Status::Running)),
+        "next_occurrence": next,
         "last_run": last.map(report_json),
     })
 }
@@ -430,9 +428,13 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// Nothing in the database for `id`: a mailing of the repository that has not sent yet, or
+/// a 404. A mailing deleted from the repository keeps its log and reports.
+fn known(state: &HttpState, id: &str) -> Result<(), Reply> {
+    find(&catalog(state), id).map(drop)
+}
+
 fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
-    let catalog = catalog(state);
-    find(&catalog, id)?;
     let limit = match query_param(query, "limit") {
         Some(v) => v
             .parse::<u32>()
@@ -451,6 +453,9 @@ fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
         .runtime
         .block_on(state.store.logs(id, limit, before))
         .map_err(db_error)?;
+    if rows.is_empty() && before.is_none() {
+        known(state, id)?;
+    }
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|a| a.id.0))
         .flatten();
@@ -466,12 +471,13 @@ fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
 }
 
 fn report(state: &HttpState, id: &str) -> Answer {
-    let catalog = catalog(state);
-    find(&catalog, id)?;
     let runs = state
         .runtime
         .block_on(state.store.report(id))
         .map_err(db_error)?;
+    if runs.is_empty() {
+        known(state, id)?;
+    }
     Ok(Reply::json(
         200,
         &json!({ "mailing": id, "runs": runs.iter().map(report_json).collect::<Vec<_>>() }),

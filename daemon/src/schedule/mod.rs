@@ -271,9 +271,10 @@ pub fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
 /// The due rule: the occurrence that should run now, if any.
 ///
 /// The latest occurrence at or before `now` runs if no run exists for it yet. A mailing that
-/// has never run sends it whatever its age (a new mailing inside its interval sends at once,
-/// as the original Skychimp did); after downtime only the latest missed occurrence is
-/// considered, and only if it is no older than `catch_up`.
+/// has never run sends it whatever its age while its interval lasts (a new mailing sends at
+/// once, as the original Skychimp did); after downtime, or after the `end` of a mailing
+/// that never ran, only the latest missed occurrence is considered, and only if it is no
+/// older than `catch_up`.
 pub fn due(
     schedule: &Schedule,
     now: DateTime<Utc>,
@@ -281,13 +282,15 @@ pub fn due(
     catch_up: Duration,
 ) -> Option<DateTime<Utc>> {
     let latest = schedule.latest_at_or_before(now)?;
+    let on_time = (now - latest).to_std().unwrap_or_default() <= catch_up;
+    // A mailing that never ran sends its latest occurrence however late while its
+    // interval lasts (a new mailing, a `once` deployed after its time); after its `end`,
+    // like any missed occurrence, only within `catch_up`.
+    let open = schedule.end_instant().is_none_or(|end| now < end);
     match last_run {
-        None => Some(latest),
+        None => (open || on_time).then_some(latest),
         Some(last) if last >= latest => None,
-        Some(_) => {
-            let late = (now - latest).to_std().unwrap_or_default();
-            (late <= catch_up).then_some(latest)
-        }
+        Some(_) => on_time.then_some(latest),
     }
 }
 
@@ -337,6 +340,23 @@ pub struct MailingFacts {
     pub owner_unverified: bool,
     /// The occurrence of its latest scheduled run.
     pub last_run: Option<DateTime<Utc>>,
+}
+
+/// A mailing's status at `now` and what it sends next: a due occurrence that has not run
+/// (it goes as soon as the daemon sees it), else the next one; none unless it is `created`
+/// or `running`. What `status`, the API and the daemon's start-up lines show.
+pub fn next_send(
+    schedule: &Schedule,
+    enabled: bool,
+    facts: &MailingFacts,
+    now: DateTime<Utc>,
+    catch_up: Duration,
+) -> (Status, Option<DateTime<Utc>>) {
+    let status = status(schedule, enabled, facts, now, catch_up);
+    let next = matches!(status, Status::Created | Status::Running)
+        .then(|| due(schedule, now, facts.last_run, catch_up).or_else(|| schedule.next_after(now)))
+        .flatten();
+    (status, next)
 }
 
 /// A mailing's status at `now`. What stops a mailing wins over where it is in its timetable:

@@ -165,6 +165,28 @@ fn due_rule() {
     );
     // Before the start: nothing.
     assert_eq!(due(&s, utc(2026, 11, 30, 0, 0), None, DAY), None);
+
+    // Never ran, and its `end` has passed: the interval is over; its last occurrence
+    // (the 19th) goes only within catch_up, like any missed one.
+    let ended = Schedule {
+        end: Some(local(2026, 12, 20, 0, 0)),
+        ..s
+    };
+    let last = Some(utc(2026, 12, 19, 9, 0));
+    assert_eq!(due(&ended, utc(2026, 12, 19, 12, 0), None, DAY), last);
+    assert_eq!(due(&ended, utc(2026, 12, 20, 8, 0), None, DAY), last);
+    assert_eq!(due(&ended, utc(2026, 12, 20, 10, 0), None, DAY), None);
+    assert_eq!(due(&ended, utc(2027, 8, 1, 0, 0), None, DAY), None);
+    assert_eq!(
+        status(
+            &ended,
+            true,
+            &MailingFacts::default(),
+            utc(2027, 8, 1, 0, 0),
+            DAY
+        ),
+        Status::Finished
+    );
 }
 
 #[test]
@@ -313,7 +335,9 @@ proptest! {
         if inside {
             prop_assert!(d.is_some(), "not due at {now}");
         }
-        prop_assert_eq!(d, s.latest_at_or_before(now));
+        // After its end, an interval that never ran is over (catch_up is zero here).
+        let ended = s.end_instant().is_some_and(|e| now >= e);
+        prop_assert_eq!(d, s.latest_at_or_before(now).filter(|_| !ended));
     }
 }
 

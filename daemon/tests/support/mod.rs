@@ -14,6 +14,7 @@ pub mod sink;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::io::Write as _;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -115,7 +116,10 @@ where
                 if required {
                     panic!("PostgreSQL not reachable at {url}: {why}");
                 }
-                println!("skipped: PostgreSQL not reachable at {url}: {why}");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: PostgreSQL not reachable at {url}: {why}"
+                );
                 return;
             }
             let admin = match sqlx::postgres::PgPoolOptions::new()
@@ -127,7 +131,10 @@ where
                 Ok(pool) => pool,
                 Err(e) if required => panic!("PostgreSQL not reachable at {url}: {e}"),
                 Err(e) => {
-                    println!("skipped: PostgreSQL not reachable at {url}: {e}");
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "skipped: PostgreSQL not reachable at {url}: {e}"
+                    );
                     return;
                 }
             };

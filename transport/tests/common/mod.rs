@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,7 +55,7 @@ pub fn require_tools() -> bool {
     if std::env::var("SKYCHIMP_REQUIRE_SMTP_SINK").as_deref() == Ok("1") {
         panic!("smtp-sink unavailable and SKYCHIMP_REQUIRE_SMTP_SINK=1");
     }
-    println!("skipped: smtp-sink unavailable");
+    let _ = writeln!(std::io::stderr(), "skipped: smtp-sink unavailable");
     false
 }
 
