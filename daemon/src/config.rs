@@ -69,12 +69,27 @@ impl Default for DaemonConfig {
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (created on first start) or `postgres://…`.
     pub url: String,
+    /// PostgreSQL connections per process; `0`: `smtp.concurrency` + 4, at least 10.
+    pub connections: u32,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://var/skychimp.db".into(),
+            connections: 0,
+        }
+    }
+}
+
+impl Config {
+    /// The PostgreSQL pool's size: one connection per sending worker (each holds one for
+    /// a statement at a time) plus room for the scheduler, the manager API and recovery,
+    /// so none of them queues behind the workers.
+    pub fn database_connections(&self) -> u32 {
+        match self.database.connections {
+            0 => (self.smtp.concurrency + 4).max(10),
+            n => n,
         }
     }
 }
@@ -575,6 +590,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_pool_grows_with_the_workers() {
+        assert_eq!(parse("", &[]).unwrap().database_connections(), 12);
+        let c = parse("", &[("SKYCHIMP_SMTP_CONCURRENCY", "2")]).unwrap();
+        assert_eq!(c.database_connections(), 10);
+        let c = parse("", &[("SKYCHIMP_SMTP_CONCURRENCY", "32")]).unwrap();
+        assert_eq!(c.database_connections(), 36);
+        let c = parse("[database]\nconnections = 5\n", &[]).unwrap();
+        assert_eq!(c.database_connections(), 5);
     }
 
     #[test]

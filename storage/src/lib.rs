@@ -108,10 +108,23 @@ impl Store {
     /// created on first use; WAL mode; a busy timeout so writers wait instead of failing),
     /// `sqlite::memory:`, or `postgres://…` / `postgresql://…`. Does not migrate.
     pub async fn connect(url: &str) -> Result<Store, StorageError> {
+        Self::connect_sized(url, None).await
+    }
+
+    /// The same, with a PostgreSQL pool of `pg_connections` (default: a small pool). A
+    /// SQLite file has one writer, and its pool stays small whatever is asked.
+    pub async fn connect_sized(
+        url: &str,
+        pg_connections: Option<u32>,
+    ) -> Result<Store, StorageError> {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(SqliteStore::connect(url).await?))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(PgStore::connect(url).await?))
+            let store = match pg_connections {
+                Some(n) => PgStore::connect_sized(url, n).await?,
+                None => PgStore::connect(url).await?,
+            };
+            Ok(Store::Postgres(store))
         } else {
             Err(StorageError::UnsupportedUrl(error::redact_url(url)))
         }

@@ -34,8 +34,13 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `postgres://…` with the default pool size. Does not migrate.
     pub async fn connect(url: &str) -> Result<PgStore, StorageError> {
+        Self::connect_sized(url, MAX_CONNECTIONS).await
+    }
+
+    /// Connects with at most `max_connections` connections. Does not migrate.
+    pub async fn connect_sized(url: &str, max_connections: u32) -> Result<PgStore, StorageError> {
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await

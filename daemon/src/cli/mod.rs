@@ -256,7 +256,9 @@ impl Setup {
         use anyhow::Context as _;
         use skychimp_storage::Storage as _;
         let url = self.database_url();
-        let store = skychimp_storage::Store::connect(&url).await?;
+        let store =
+            skychimp_storage::Store::connect_sized(&url, Some(self.config.database_connections()))
+                .await?;
         store.migrate().await.context("applying migrations")?;
         Ok(store)
     }
