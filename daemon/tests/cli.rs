@@ -304,4 +304,26 @@ fn mistakes_on_the_command_line_are_named_once() {
         "{}",
         out.stdout_text()
     );
+
+    // A broken mailing: `status` shows the others, says why one is missing, and exits 1.
+    let standup = dir.path().join("mailings/bob/standup.toml");
+    let text = std::fs::read_to_string(&standup).unwrap();
+    std::fs::write(&standup, text.replace("45 8 * * MON-FRI", "45 8 * *")).unwrap();
+    let out = skychimpd_env(&["--root", root, "status"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains("alice/weekly"),
+        "{}",
+        out.stdout_text()
+    );
+    assert!(
+        !out.stdout_text().contains("bob/standup"),
+        "{}",
+        out.stdout_text()
+    );
+    assert!(
+        out.stderr_text().contains("1 error in the repository"),
+        "{}",
+        out.stderr_text()
+    );
 }

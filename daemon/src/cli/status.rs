@@ -86,11 +86,16 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
                 ]);
             }
             print_table(&table)?;
-            let problems = catalog.problems().iter().filter(|p| p.is_error()).count();
-            if problems > 0 {
-                errln!("{problems} error(s) in the repository: run `skychimpd check`");
-            }
         }
+    }
+    // Mailings with errors are left out of the table: say so, and exit 1 as `check` would.
+    let errors = catalog.problems().iter().filter(|p| p.is_error()).count();
+    if errors > 0 {
+        errln!(
+            "{} in the repository (those mailings are left out): run `skychimpd check`",
+            super::counted(errors as i64, "error")
+        );
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

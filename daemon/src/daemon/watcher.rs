@@ -66,6 +66,7 @@ pub fn watch(
 ) -> anyhow::Result<Watcher> {
     let root_owned = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let base = root_owned.clone();
+    let site_dir_watched = site_dir.clone();
     let mut debouncer =
         new_debouncer(
             debounce,
@@ -102,7 +103,23 @@ pub fn watch(
                 }
             },
         )?;
-    debouncer.watch(&root_owned, RecursiveMode::Recursive)?;
+    // Only the sources, not the daemon's own output (`var/outbox` gets a file per message,
+    // `public/` is replaced by every build): watching those costs an event per file and
+    // fills the log with the watcher's complaints about folders that vanished. While a
+    // source folder does not exist yet, the whole root is watched, so its creation counts.
+    let sources = [
+        root_owned.join("clients"),
+        root_owned.join("mailings"),
+        root_owned.join(&site_dir_watched),
+    ];
+    if sources.iter().all(|dir| dir.is_dir()) {
+        debouncer.watch(&root_owned, RecursiveMode::NonRecursive)?;
+        for dir in &sources {
+            debouncer.watch(dir, RecursiveMode::Recursive)?;
+        }
+    } else {
+        debouncer.watch(&root_owned, RecursiveMode::Recursive)?;
+    }
     Ok(Watcher {
         _debouncer: debouncer,
     })

@@ -524,8 +524,19 @@ fn audit(
         .runtime
         .block_on(state.store.audit(&entry))
         .map_err(db_error)?;
+    // The audit row keeps the whole reason; the log line its start (a body may be 64 KiB).
+    let reason = reason.map(|r| shortened(r, 200));
+    let reason = reason.as_deref();
     tracing::info!(key = key_id, action, target, reason, "manager action");
     Ok(())
+}
+
+/// `text` cut to at most `max` characters, with `…` when cut.
+fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
 }
 
 /// Which manager decision: what it is called in the audit log and the reply, and how the
@@ -672,4 +683,16 @@ fn stats(state: &HttpState) -> Answer {
 fn problems(state: &HttpState) -> Answer {
     let catalog = catalog(state);
     Ok(Reply::json(200, &json!({ "problems": catalog.problems() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortened;
+
+    #[test]
+    fn long_reasons_are_cut_for_the_log_only() {
+        assert_eq!(shortened("complaints", 200), "complaints");
+        assert_eq!(shortened("ééééé", 3), "ééé…");
+        assert_eq!(shortened(&" ".repeat(65_536), 200).chars().count(), 201);
+    }
 }
