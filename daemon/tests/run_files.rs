@@ -289,3 +289,42 @@ fn assert_position(line: &str, prefix: &str) {
         "no path:line:col in {line:?}"
     );
 }
+
+/// A SQLite file serves one daemon: a second `skychimpd run` on it says so and exits 2,
+/// while commands such as `report` still work beside the first; once the first stops, the
+/// file is free again.
+#[test]
+fn a_second_daemon_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    repository(root);
+    let first = Daemon::start("first", root, ENV);
+
+    let mut second = running::command(root, &["run"], ENV)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + running::DEADLINE;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > until {
+            let _ = second.kill();
+            panic!("a second daemon on the same SQLite file kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("another `skychimpd run` is using"), "{err}");
+
+    let (code, _) = skychimpd(root, &["migrate"], ENV);
+    assert_eq!(code, Some(0), "commands run beside the daemon");
+    let (status, log) = first.terminate();
+    assert!(status.success(), "{}", log.join("\n"));
+    let again = Daemon::start("again", root, ENV);
+    assert!(again.terminate().0.success());
+}

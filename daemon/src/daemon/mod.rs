@@ -66,6 +66,38 @@ pub fn run(setup: Setup) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(setup))
 }
 
+/// With a SQLite file, the lock that makes this the one daemon on it (held until the
+/// process ends): a second `skychimpd run` on the same file is refused with a sentence
+/// instead of contending for its single writer. Commands (`send`, `logs`…) do not take it.
+fn sqlite_daemon_lock(setup: &Setup) -> anyhow::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd as _;
+    let url = setup.database_url();
+    let Some(db) = url
+        .strip_prefix("sqlite://")
+        .filter(|p| !p.starts_with(':'))
+    else {
+        return Ok(None);
+    };
+    let path = std::path::PathBuf::from(format!("{db}.daemon-lock"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another `skychimpd run` is using {db} (a SQLite file serves one daemon; several \
+             daemons share a PostgreSQL database)"
+        );
+    }
+    Ok(Some(file))
+}
+
 /// Log the problems of a (re)loaded catalog; after a reload, only the new ones.
 fn log_problems(catalog: &Catalog, previous: Option<&Catalog>) {
     for p in catalog.problems() {
@@ -105,6 +137,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
     };
     let catalog = Catalog::load(&root, &options, None)?;
     log_problems(&catalog, None);
+    let _only_daemon = sqlite_daemon_lock(&setup)?;
     let store = setup.store().await?;
     let recovered = crate::cli::recover_dead_local(&setup, &store).await?
         + store
