@@ -417,7 +417,11 @@ impl Config {
                 toml::Value::Boolean(_) => toml::Value::Boolean(match value.trim() {
                     "true" | "1" | "yes" => true,
                     "false" | "0" | "no" => false,
-                    _ => return Err(env_err(format!("`{value}` is not true or false"))),
+                    _ => {
+                        return Err(env_err(format!(
+                            "`{value}` is not true or false (or 1/0, yes/no)"
+                        )));
+                    }
                 }),
                 _ => {
                     return Err(env_err(
@@ -467,23 +471,24 @@ impl Config {
                 ),
             ));
         }
-        if let Err(e) = skychimp_transport::compose::sender(&self.smtp.from) {
+        if skychimp_transport::compose::sender(&self.smtp.from).is_err() {
             return Err((
                 "smtp",
                 "from",
-                format!("{e} (write `Name <user@example.com>` or `user@example.com`)"),
+                format!(
+                    "`{}` is not an address (write `Name <user@example.com>` or \
+                     `user@example.com`, on one line)",
+                    self.smtp.from
+                ),
             ));
         }
-        if !(self.manager.public_url.starts_with("http://")
-            || self.manager.public_url.starts_with("https://"))
-            || self.manager.public_url.contains(char::is_whitespace)
-        {
+        if let Some(why) = base_url_problem(&self.manager.public_url) {
             return Err((
                 "manager",
                 "public_url",
                 format!(
-                    "`{}` is not an http:// or https:// URL (the base of unsubscribe and \
-                     verification links)",
+                    "`{}` {why} (it is the base of unsubscribe and verification links, \
+                     e.g. https://mail.example.com)",
                     self.manager.public_url
                 ),
             ));
@@ -515,6 +520,29 @@ impl Config {
         } else {
             self.base_dir.join(path)
         }
+    }
+}
+
+/// What is wrong with a base URL that links are built on by appending a path, if anything.
+fn base_url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Some("is not an http:// or https:// URL");
+    };
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    if host.is_empty() {
+        Some("has no host")
+    } else if url.contains(['?', '#']) {
+        Some("has a query or a fragment, which the appended paths would follow")
+    } else if !url
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != '<' && c != '>')
+    {
+        Some("has a space, `<`, `>` or a non-ASCII character")
+    } else {
+        None
     }
 }
 
@@ -576,6 +604,25 @@ mod tests {
         env_error("SKYCHIMP_SMTP_CONCURRENCY", "0");
         env_error("SKYCHIMP_SMTP_FROM", "not an address");
         env_error("SKYCHIMP_MANAGER_PUBLIC_URL", "not a url");
+        for bad in [
+            "http://",
+            "https://:8025",
+            "https://mail.example.com?x=1",
+            "http://a b",
+        ] {
+            env_error("SKYCHIMP_MANAGER_PUBLIC_URL", bad);
+        }
+        let from = env_error("SKYCHIMP_SMTP_FROM", "news at example");
+        assert_eq!(from.matches("from").count(), 0, "said once: {from}");
+        for good in [
+            "http://127.0.0.1:8025",
+            "https://mail.example.com/skychimp/",
+        ] {
+            assert!(
+                parse("", &[("SKYCHIMP_MANAGER_PUBLIC_URL", good)]).is_ok(),
+                "{good}"
+            );
+        }
 
         let text = "[smtp]\nrate = 5\n\n[manager]\nlisten = \"127.0.0.1:8025\"\n  public_url = \"ftp://x\"\n";
         match parse(text, &[]) {

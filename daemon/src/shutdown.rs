@@ -1,14 +1,23 @@
 //! Waiting for SIGTERM or SIGINT: the one signal every long-running task stops on.
 
-/// Resolves at the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
+use std::future::Future;
+
+/// Resolves at the first SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this
+/// is called, not when the future is first polled: call it before the work it must be
+/// able to stop begins, or a signal in between ends the process the default way, with
+/// nothing recorded. Needs a tokio runtime.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let streams = {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match streams {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -19,9 +28,9 @@ pub async fn signal() {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -305,6 +305,43 @@ fn mistakes_on_the_command_line_are_named_once() {
         out.stdout_text()
     );
 
+    // Pages: the hint comes only when a next page exists, and says how this was run.
+    let out = skychimpd_env(
+        &["--root", root, "logs", "alice/weekly", "--limit", "4"],
+        &env,
+    );
+    assert_eq!(
+        out.stdout_text().lines().count(),
+        5,
+        "{}",
+        out.stdout_text()
+    );
+    assert!(
+        !out.stderr_text().contains("more:"),
+        "{}",
+        out.stderr_text()
+    );
+    let out = skychimpd_env(
+        &["--root", root, "logs", "alice/weekly", "--limit", "3"],
+        &env,
+    );
+    assert!(
+        out.stderr_text().contains(&format!(
+            "more: skychimpd --root {root} logs alice/weekly --limit 3 --before "
+        )),
+        "{}",
+        out.stderr_text()
+    );
+    let out = skychimpd_env(
+        &["--root", root, "logs", "alice/weeky", "--before", "2"],
+        &env,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a mistyped id with --before too"
+    );
+
     // A broken mailing: `status` shows the others, says why one is missing, and exits 1.
     let standup = dir.path().join("mailings/bob/standup.toml");
     let text = std::fs::read_to_string(&standup).unwrap();

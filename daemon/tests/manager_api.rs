@@ -712,6 +712,17 @@ fn a_deleted_mailing_keeps_its_log_and_reports() {
     let logs = d.call("GET", "/v1/mailings/alice/gone/logs", "");
     assert_eq!(logs.status, 200, "{}", logs.body);
     assert_eq!(logs.json()["attempts"].as_array().unwrap().len(), 3);
+    // A full page that is the last one has no next.
+    let page = d
+        .call("GET", "/v1/mailings/alice/gone/logs?limit=3", "")
+        .json();
+    assert!(page["next_before"].is_null(), "{page}");
+    let page = d
+        .call("GET", "/v1/mailings/alice/gone/logs?limit=2", "")
+        .json();
+    assert!(page["next_before"].is_i64(), "{page}");
+    let a = d.call("GET", "/v1/mailings/alice/never/logs?before=2", "");
+    assert_eq!(a.status, 404, "{}", a.body);
 
     for route in ["report", "logs"] {
         let a = d.call("GET", &format!("/v1/mailings/alice/never/{route}"), "");

@@ -41,11 +41,10 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn sigterm_mid_run_loses_nothing_and_a_restart_sends_the_rest_once() {
-    let Some(sink) = Sink::start(&[]) else {
-        return;
-    };
+/// A sink, and a repository whose one mailing, `alice/blast`, goes to [`RECIPIENTS`]
+/// clients; `None` without smtp-sink (a skip).
+fn blast() -> Option<(Sink, tempfile::TempDir)> {
+    let sink = Sink::start(&[])?;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write(
@@ -67,17 +66,32 @@ fn sigterm_mid_run_loses_nothing_and_a_restart_sends_the_rest_once() {
         "title = \"Blast\"\nlists = [\"everyone\"]\nstart = 2026-11-26T10:00:00\nevery = \"once\"\n\n\
          [message]\nsubject = \"Hello {{ client.name }}\"\nbody = \"For {{ client.email }}.\"\n",
     );
-    let url = sink.url();
-    let env = [
+    Some((sink, dir))
+}
+
+/// The pinned clock, the sink, and mail held for nobody's verification.
+fn env(sink_url: &str) -> [(&'static str, &str); 3] {
+    [
         ("SKYCHIMP_NOW", "2026-11-26T12:00:00Z"),
         ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
-        ("SKYCHIMP_SMTP_URL", url.as_str()),
-    ];
-    let report = || {
-        let (code, out) = skychimpd(root, &["report", "alice/blast", "--format", "json"], &env);
-        assert_eq!(code, Some(0), "{out}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    };
+        ("SKYCHIMP_SMTP_URL", sink_url),
+    ]
+}
+
+/// `skychimpd report alice/blast` as JSON.
+fn report(root: &std::path::Path, env: &[(&str, &str)]) -> serde_json::Value {
+    let (code, out) = skychimpd(root, &["report", "alice/blast", "--format", "json"], env);
+    assert_eq!(code, Some(0), "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn sigterm_mid_run_loses_nothing_and_a_restart_sends_the_rest_once() {
+    let Some((sink, dir)) = blast() else { return };
+    let root = dir.path();
+    let url = sink.url();
+    let env = env(&url);
+    let report = || report(root, &env);
 
     let mut daemon = Daemon::start("first", root, &env);
     daemon.wait_for(&["run created", "mailing=alice/blast"]);
@@ -129,4 +143,48 @@ fn sigterm_mid_run_loses_nothing_and_a_restart_sends_the_rest_once() {
         before_restart.len(),
         RECIPIENTS - before_restart.len()
     );
+}
+
+/// Ctrl-C in the middle of `skychimpd send`: the messages in flight finish and are
+/// recorded (nothing `sending` or `unknown`), the rest stay queued, and `send` says so and
+/// exits 1.
+#[test]
+fn sigint_mid_send_records_what_went_and_leaves_the_rest_queued() {
+    let Some((sink, dir)) = blast() else { return };
+    let root = dir.path();
+    let url = sink.url();
+    let env = env(&url);
+    let mut send = running::command(root, &["send", "alice/blast"], &env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("300 messages at the sink", || received(&sink).len() >= 300);
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
+    let until = Instant::now() + running::DEADLINE;
+    let status = loop {
+        if let Some(status) = send.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < until, "send still running after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut send.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("left queued, which `skychimpd run` sends"),
+        "{out}"
+    );
+
+    let r = report(root, &env);
+    assert_eq!(r[0]["unknown"], 0, "{r}");
+    assert_eq!(r[0]["sending"], 0, "{r}");
+    assert_eq!(
+        r[0]["sent"].as_u64(),
+        Some(received(&sink).len() as u64),
+        "{r}"
+    );
+    assert!(r[0]["queued"].as_u64().unwrap() > 0, "{r}");
 }

@@ -19,9 +19,16 @@ pub fn logs(
     let setup = Setup::new(cli)?;
     let rt = super::runtime()?;
     rt.block_on(async {
-        let store = setup.store().await?;
-        let rows = store.logs(id, limit, before.map(AttemptId)).await?;
-        if rows.is_empty() && before.is_none() {
+        // One row more than asked tells whether there is a next page.
+        let mut rows = if setup.fresh_database() {
+            Vec::new()
+        } else {
+            let store = setup.store().await?;
+            store.logs(id, limit + 1, before.map(AttemptId)).await?
+        };
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        if rows.is_empty() {
             known(&setup, id)?;
         }
         match format {
@@ -60,15 +67,29 @@ pub fn logs(
                     ]);
                 }
                 print_table(&table)?;
-                if rows.len() == limit as usize
-                    && let Some(last) = rows.last()
-                {
-                    errln!("more: skychimpd logs {id} --before {}", last.id.0);
+                if more && let Some(last) = rows.last() {
+                    errln!("more: {}", next_page(cli, id, limit, last.id.0));
                 }
             }
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The command that prints the page after `before`, as run (`--config`, `--root`).
+fn next_page(cli: &Cli, id: &str, limit: u32, before: i64) -> String {
+    let mut command = String::from("skychimpd");
+    if let Some(config) = &cli.config {
+        command += &format!(" --config {}", config.display());
+    }
+    if let Some(root) = &cli.root {
+        command += &format!(" --root {}", root.display());
+    }
+    command += &format!(" logs {id}");
+    if limit != 50 {
+        command += &format!(" --limit {limit}");
+    }
+    command + &format!(" --before {before}")
 }
 
 /// Nothing in the database for `id`: fine for a mailing of the repository that has not
@@ -84,8 +105,11 @@ pub fn report(cli: &Cli, id: &str, format: Format) -> anyhow::Result<ExitCode> {
     let setup = Setup::new(cli)?;
     let rt = super::runtime()?;
     rt.block_on(async {
-        let store = setup.store().await?;
-        let runs = store.report(id).await?;
+        let runs = if setup.fresh_database() {
+            Vec::new()
+        } else {
+            setup.store().await?.report(id).await?
+        };
         if runs.is_empty() {
             known(&setup, id)?;
         }

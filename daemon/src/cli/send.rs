@@ -79,6 +79,8 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
             errln!("skychimpd: not sending: {why}");
             return Ok(ExitCode::from(1));
         }
+        // Before the run exists: a Ctrl-C from then on stops it cleanly.
+        let stopped = crate::shutdown::signal();
         let recovered = recover_dead_local(&setup, &store).await?;
         if recovered > 0 {
             errln!("recovered {recovered} deliveries of a process that died mid-send");
@@ -119,7 +121,7 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            crate::shutdown::signal().await;
+            stopped.await;
             errln!("\nstopping: finishing the messages in flight…");
             let _ = stop_tx.send(true);
         });
@@ -170,7 +172,11 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
                 mailing.id
             )?;
         }
-        Ok(if r.failed > 0 {
+        let left = r.queued + r.sending;
+        if left > 0 {
+            outln!("stopped before the end: {left} left queued, which `skychimpd run` sends")?;
+        }
+        Ok(if r.failed > 0 || left > 0 {
             ExitCode::from(1)
         } else {
             ExitCode::SUCCESS

@@ -113,6 +113,8 @@ fn log_problems(catalog: &Catalog, previous: Option<&Catalog>) {
 }
 
 async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
+    // From here on SIGTERM/SIGINT stop the daemon cleanly, even during start-up.
+    let stopped = crate::shutdown::signal();
     let clock: Arc<dyn Clock> = Arc::from(crate::clock::from_env().map_err(anyhow::Error::msg)?);
     let config = setup.config.clone();
     let root = setup.root.clone();
@@ -491,7 +493,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
     };
 
     let ended_early = tokio::select! {
-        _ = crate::shutdown::signal() => None,
+        _ = stopped => None,
         r = &mut delivery_task => Some(r),
     };
     tracing::info!("stopping: finishing the SMTP transactions in flight");

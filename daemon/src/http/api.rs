@@ -451,14 +451,15 @@ fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
     };
     let rows = state
         .runtime
-        .block_on(state.store.logs(id, limit, before))
+        .block_on(state.store.logs(id, limit + 1, before))
         .map_err(db_error)?;
-    if rows.is_empty() && before.is_none() {
+    // The row past the page only tells that there is a next one.
+    let more = rows.len() > limit as usize;
+    let rows = &rows[..rows.len().min(limit as usize)];
+    if rows.is_empty() {
         known(state, id)?;
     }
-    let next = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|a| a.id.0))
-        .flatten();
+    let next = more.then(|| rows.last().map(|a| a.id.0)).flatten();
     let attempts: Vec<Value> = rows
         .iter()
         .map(|a| json!({"id": a.id.0, "run": a.run_id.0, "at": a.at, "address": a.address, "outcome": a.outcome.as_str(),

@@ -272,9 +272,9 @@ pub fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
 ///
 /// The latest occurrence at or before `now` runs if no run exists for it yet. A mailing that
 /// has never run sends it whatever its age while its interval lasts (a new mailing sends at
-/// once, as the original Skychimp did); after downtime, or after the `end` of a mailing
-/// that never ran, only the latest missed occurrence is considered, and only if it is no
-/// older than `catch_up`.
+/// once, as the original Skychimp did), and nothing once its `end` has passed; after
+/// downtime only the latest missed occurrence is considered, and only if it is no older
+/// than `catch_up`.
 pub fn due(
     schedule: &Schedule,
     now: DateTime<Utc>,
@@ -282,15 +282,18 @@ pub fn due(
     catch_up: Duration,
 ) -> Option<DateTime<Utc>> {
     let latest = schedule.latest_at_or_before(now)?;
-    let on_time = (now - latest).to_std().unwrap_or_default() <= catch_up;
-    // A mailing that never ran sends its latest occurrence however late while its
-    // interval lasts (a new mailing, a `once` deployed after its time); after its `end`,
-    // like any missed occurrence, only within `catch_up`.
-    let open = schedule.end_instant().is_none_or(|end| now < end);
     match last_run {
-        None => (open || on_time).then_some(latest),
+        // Never ran: its latest occurrence goes however late while its interval lasts (a
+        // new mailing, a `once` deployed after its time); after its `end`, never.
+        None => schedule
+            .end_instant()
+            .is_none_or(|end| now < end)
+            .then_some(latest),
         Some(last) if last >= latest => None,
-        Some(_) => on_time.then_some(latest),
+        Some(_) => {
+            let late = (now - latest).to_std().unwrap_or_default();
+            (late <= catch_up).then_some(latest)
+        }
     }
 }
 

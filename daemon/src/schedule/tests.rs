@@ -166,16 +166,35 @@ fn due_rule() {
     // Before the start: nothing.
     assert_eq!(due(&s, utc(2026, 11, 30, 0, 0), None, DAY), None);
 
-    // Never ran, and its `end` has passed: the interval is over; its last occurrence
-    // (the 19th) goes only within catch_up, like any missed one.
+    // Never ran: inside its interval the latest occurrence goes; once its `end` has
+    // passed, nothing, however recent the last occurrence (the 19th, here).
     let ended = Schedule {
         end: Some(local(2026, 12, 20, 0, 0)),
         ..s
     };
     let last = Some(utc(2026, 12, 19, 9, 0));
     assert_eq!(due(&ended, utc(2026, 12, 19, 12, 0), None, DAY), last);
-    assert_eq!(due(&ended, utc(2026, 12, 20, 8, 0), None, DAY), last);
-    assert_eq!(due(&ended, utc(2026, 12, 20, 10, 0), None, DAY), None);
+    assert_eq!(due(&ended, utc(2026, 12, 20, 1, 0), None, DAY), None);
+    assert_eq!(
+        status(
+            &ended,
+            true,
+            &MailingFacts::default(),
+            utc(2026, 12, 20, 1, 0),
+            DAY
+        ),
+        Status::Finished
+    );
+    // One that ran keeps the downtime rule: the 19th, missed, within catch_up.
+    assert_eq!(
+        due(
+            &ended,
+            utc(2026, 12, 20, 1, 0),
+            Some(utc(2026, 12, 18, 9, 0)),
+            DAY
+        ),
+        last
+    );
     assert_eq!(due(&ended, utc(2027, 8, 1, 0, 0), None, DAY), None);
     assert_eq!(
         status(
@@ -335,7 +354,7 @@ proptest! {
         if inside {
             prop_assert!(d.is_some(), "not due at {now}");
         }
-        // After its end, an interval that never ran is over (catch_up is zero here).
+        // After its end, an interval that never ran is over.
         let ended = s.end_instant().is_some_and(|e| now >= e);
         prop_assert_eq!(d, s.latest_at_or_before(now).filter(|_| !ended));
     }
