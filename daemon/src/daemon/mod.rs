@@ -592,10 +592,10 @@ async fn print_startup(
             (held, None) => format!("held: {held}"),
         };
         out.push_str(&format!(
-            "  {:<28} {:<24} {:>6} recipients  next: {next}\n",
+            "  {:<28} {:<24} {:>17}  next: {next}\n",
             m.id,
             m.schedule.repeat.to_string(),
-            m.recipient_count()
+            counted(m.recipient_count() as i64, "recipient")
         ));
     }
     out.push_str(&format!("  mail goes to   {}\n", transport.url()));
