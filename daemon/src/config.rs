@@ -471,6 +471,25 @@ impl Config {
                 ),
             ));
         }
+        if let Err(e) = skychimp_transport::TransportUrl::parse(&self.smtp.url) {
+            return Err(("smtp", "url", e.to_string()));
+        }
+        let listen_ok = self
+            .manager
+            .listen
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !listen_ok {
+            return Err((
+                "manager",
+                "listen",
+                format!(
+                    "`{}` is not HOST:PORT (e.g. 127.0.0.1:8025, or 0.0.0.0:8025 for every \
+                     interface)",
+                    self.manager.listen
+                ),
+            ));
+        }
         if skychimp_transport::compose::sender(&self.smtp.from).is_err() {
             return Err((
                 "smtp",
@@ -612,6 +631,10 @@ mod tests {
         ] {
             env_error("SKYCHIMP_MANAGER_PUBLIC_URL", bad);
         }
+        env_error("SKYCHIMP_SMTP_URL", "carrier-pigeon://loft");
+        env_error("SKYCHIMP_MANAGER_LISTEN", "nonsense");
+        env_error("SKYCHIMP_MANAGER_LISTEN", "127.0.0.1:99999");
+        assert!(parse("", &[("SKYCHIMP_MANAGER_LISTEN", "[::1]:8025")]).is_ok());
         let from = env_error("SKYCHIMP_SMTP_FROM", "news at example");
         assert_eq!(from.matches("from").count(), 0, "said once: {from}");
         for good in [
