@@ -243,12 +243,18 @@ impl Setup {
         resolve_database_url(&self.config)
     }
 
+    /// The SQLite file the database URL names (none for PostgreSQL or `sqlite://:memory:`).
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        self.database_url()
+            .strip_prefix("sqlite://")
+            .filter(|path| !path.starts_with(':'))
+            .map(PathBuf::from)
+    }
+
     /// Whether the database is a SQLite file that does not exist yet: commands that only
     /// read then answer from the files alone ([`crate::facts::fresh`]) rather than create it.
     pub fn fresh_database(&self) -> bool {
-        self.database_url()
-            .strip_prefix("sqlite://")
-            .is_some_and(|path| !Path::new(path).exists())
+        self.sqlite_file().is_some_and(|path| !path.exists())
     }
 
     /// Open the database and apply migrations.

@@ -71,14 +71,10 @@ pub fn run(setup: Setup) -> anyhow::Result<ExitCode> {
 /// instead of contending for its single writer. Commands (`send`, `logs`…) do not take it.
 fn sqlite_daemon_lock(setup: &Setup) -> anyhow::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd as _;
-    let url = setup.database_url();
-    let Some(db) = url
-        .strip_prefix("sqlite://")
-        .filter(|p| !p.starts_with(':'))
-    else {
+    let Some(db) = setup.sqlite_file() else {
         return Ok(None);
     };
-    let path = std::path::PathBuf::from(format!("{db}.daemon-lock"));
+    let path = std::path::PathBuf::from(format!("{}.daemon-lock", db.display()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -91,8 +87,9 @@ fn sqlite_daemon_lock(setup: &Setup) -> anyhow::Result<Option<std::fs::File>> {
     // SAFETY: flock(2) on a descriptor this function owns; no memory is shared.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         anyhow::bail!(
-            "another `skychimpd run` is using {db} (a SQLite file serves one daemon; several \
-             daemons share a PostgreSQL database)"
+            "another `skychimpd run` is using {} (a SQLite file serves one daemon; several \
+             daemons share a PostgreSQL database)",
+            db.display()
         );
     }
     Ok(Some(file))
