@@ -10,15 +10,21 @@
 #   inflight.sql         claim-then-mark without marking rows: one row per worker in a table
 #                        `inflight` lists its chunk in flight (not crash-safe as written: a
 #                        model of the database's cost only)
+#   queue.sql            claim-then-mark on queue-schema.sql: what is due and its lease in a
+#                        narrow table `due`, `status` in no index of deliveries, so the mark
+#                        and the outcome are HOT updates and an outcome deletes from `due`
+#   queue-inflight.sql   queue.sql with inflight.sql's list instead of the mark
 #   since.sql            claim-then-mark with `sending` kept in a column no index reads
 #                        (since-schema.sql), so the mark is a HOT update like the lease
 #   noattempts.sql       claim-then-mark without the attempt log: what the log costs (a
 #                        diagnostic; every attempt must be logged)
-#   (these two are written below as edits of claim-then-mark.sql, not as files)
+#   (since and noattempts are written below as edits of claim-then-mark.sql, queue-inflight
+#   as one of queue.sql and inflight.sql, not as files)
 # Usage: bench/claim-model/run.sh [SCRIPT-N…]  (default: claim-then-mark-16 claim-sending-16
 # claim-then-mark-64 claim-sending-64; N divides 512). Prints chunks per second (pgbench's
 # tps); rows per second is that times N; and the CPU seconds PostgreSQL used for the
 # 100,000 rows (bench/cpu.py; a server on this machine). Needs psql and pgbench on the server.
+# KEEPDB=1 leaves the last script's database (skychimp_claim_model) for inspection.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 migrations="$here/../../storage/migrations/postgres"
@@ -27,7 +33,7 @@ psql_() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP
 scripts=("$@")
 [[ ${#scripts[@]} -gt 0 ]] || scripts=(claim-then-mark-16 claim-sending-16 claim-then-mark-64 claim-sending-64)
 cpu="$(mktemp -d)"
-trap 'psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true; rm -rf "$cpu"' EXIT
+[[ -n "${KEEPDB:-}" ]] || trap 'psql_ -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true; rm -rf "$cpu"' EXIT
 # The variants that differ from claim-then-mark.sql by a few clauses, made from it so that
 # its statements are written once: the script's text on stdout.
 variant() { # variant FILE
@@ -37,6 +43,12 @@ variant() { # variant FILE
             -e "s/lease_until = NULL, updated_at = o.at/lease_until = NULL, sending_since = NULL, updated_at = o.at/" \
             -e "s/m AS (UPDATE deliveries SET status = 'sending', updated_at = now()/m AS (UPDATE deliveries SET sending_since = now()/" \
             "$base" ;;
+        queue-inflight.sql) # queue.sql's mark (line 15) and result (16) as inflight.sql's
+            { sed -n '1,14p' "$here/queue.sql"
+              sed -n '/^m AS (INSERT INTO inflight/p; /^SELECT (SELECT count/p' "$here/inflight.sql" |
+                  sed -e 's/ FROM deliveries WHERE id = ANY/ FROM due WHERE id = ANY/' \
+                      -e "s/ AND status NOT IN ('sending', 'sent', 'failed', 'skipped', 'unknown') ON CONFLICT/ ON CONFLICT/"
+              sed -n '17,$p' "$here/queue.sql"; } ;;
         noattempts.sql) sed -e 's/^a AS (INSERT INTO attempts .*$/a AS (SELECT 1 FROM u),/' "$base" ;;
         *) cat "$here/$1" ;;
     esac
@@ -48,6 +60,7 @@ for script in "${scripts[@]}"; do
     for m in "$migrations"/*.sql; do psql_ -d "$DB" -f "$m" >/dev/null; done
     [[ "$file" != hot.sql ]] || psql_ -d "$DB" -f "$here/hot-schema.sql" >/dev/null
     [[ "$file" != since.sql ]] || psql_ -d "$DB" -f "$here/since-schema.sql" >/dev/null
+    [[ "$file" != queue*.sql ]] || psql_ -d "$DB" -f "$here/queue-schema.sql" >/dev/null
     psql_ -d "$DB" -c "CREATE TABLE inflight (worker TEXT PRIMARY KEY, ids BIGINT[] NOT NULL)" >/dev/null
     psql_ -d "$DB" >/dev/null <<'SQL'
 INSERT INTO runs (mailing_id, owner, occurrence, kind, created_at, mailing_blob, subject, body)
@@ -57,6 +70,7 @@ SELECT 1, 'client' || lpad(g::text, 7, '0') || '@example.com', 'client' || g || 
        'Client ' || g, NULL, 'queued', 0, now(), now()
 FROM generate_series(1, 100000) g;
 SQL
+    [[ "$file" != queue*.sql ]] || psql_ -d "$DB" -c "INSERT INTO due (id, at) SELECT id, next_attempt_at FROM deliveries" >/dev/null
     # 100,000 rows / 8 clients / N rows per transaction.
     per_client=$((100000 / 8 / chunk))
     printf '%-20s ' "$script"
