@@ -49,28 +49,37 @@ pub(super) enum Good {
 #[derive(Debug)]
 pub(super) struct MailingDraft {
     id: String,
-    owner: String,
     name: String,
     title: String,
-    lists: Vec<(String, Pos)>,
+    refs: References,
     schedule: Schedule,
     enabled: bool,
     catch_up: Option<Duration>,
-    message: DraftMessage,
-    path: PathBuf,
+    /// The `[message]` table; `None` when the mailing names a message file instead.
+    inline: Option<Arc<Message>>,
     blob: String,
 }
 
-#[derive(Debug)]
-enum DraftMessage {
-    Inline(Arc<Message>),
-    File { name: String, pos: Pos },
+/// What a mailing file names in other files: its lists and its message file. Known as soon
+/// as the file parses, so that `check` reports a broken mailing's missing lists together
+/// with its own errors rather than after they are fixed.
+#[derive(Debug, Clone)]
+pub(super) struct References {
+    owner: String,
+    path: PathBuf,
+    lists: Vec<(String, Pos)>,
+    /// `message = "name"`: `mailings/<owner>/messages/<name>.toml`.
+    message_file: Option<(String, Pos)>,
 }
 
 struct Parsed {
     rel: PathBuf,
     good: Option<Good>,
     problems: Vec<Problem>,
+    /// A broken file's owner (lists, mailings, messages), to say whether users.toml has it.
+    owner: Option<String>,
+    /// A broken mailing's references, checked like a good one's.
+    references: Option<References>,
 }
 
 pub(super) fn load(
@@ -93,10 +102,14 @@ pub(super) fn load(
 
     let mut good: HashMap<PathBuf, Good> = HashMap::new();
     let mut broken_files: HashSet<PathBuf> = HashSet::new();
+    let mut broken_owned: Vec<(PathBuf, String, Option<References>)> = Vec::new();
     let mut users_broken = false;
     for p in parsed {
         let broken = p.problems.iter().any(Problem::is_error);
         problems.extend(p.problems);
+        if let Some(owner) = p.owner.filter(|_| broken) {
+            broken_owned.push((p.rel.clone(), owner, p.references));
+        }
         let kept = match p.good {
             Some(g) if !broken => Some(g),
             _ => previous.and_then(|prev| prev.good.get(&p.rel).cloned()),
@@ -163,12 +176,20 @@ pub(super) fn load(
                 }
             }
             Good::Mailing(d) => {
-                if catalog.users.contains_key(&d.owner) {
+                if catalog.users.contains_key(&d.refs.owner) {
                     drafts.push(d.clone());
                 } else {
-                    owner_missing(rel, &d.owner, &mut problems);
+                    owner_missing(rel, &d.refs.owner, &mut problems);
                 }
             }
+        }
+    }
+    // A broken file is not used, but what it says about other files is checked all the same.
+    for (rel, owner, references) in &broken_owned {
+        if !catalog.users.contains_key(owner) {
+            owner_missing(rel, owner, &mut problems);
+        } else if let Some(refs) = references {
+            problems.extend(find_references(refs, &catalog, &messages, &broken_files).2);
         }
     }
 
@@ -180,7 +201,7 @@ pub(super) fn load(
                 Err(errors) => {
                     // The mailing's previous good version, if it still resolves, stays in use.
                     let fallback = previous
-                        .and_then(|prev| match prev.good.get(&draft.path) {
+                        .and_then(|prev| match prev.good.get(&draft.refs.path) {
                             Some(Good::Mailing(old)) if !Arc::ptr_eq(old, draft) => {
                                 Some(old.clone())
                             }
@@ -222,63 +243,14 @@ fn resolve(
     messages: &HashMap<(String, String), Arc<Message>>,
     broken_files: &HashSet<PathBuf>,
 ) -> Result<Mailing, Vec<Problem>> {
-    // A referenced file that exists but has errors is named as such, not as missing.
-    let missing = |what: &str, name: &str, path: String| {
-        if broken_files.contains(Path::new(&path)) {
-            format!("{what} `{name}` cannot be used: {path} has errors")
-        } else {
-            format!("no {what} `{name}`: expected {path}")
-        }
-    };
-    let mut errors = Vec::new();
-    let mut lists = Vec::new();
-    let mut seen_lists = HashSet::new();
-    for (name, pos) in &draft.lists {
-        let (owner, list) = match name.split_once('/') {
-            Some((o, l)) => (o, l),
-            None => (draft.owner.as_str(), name.as_str()),
-        };
-        if owner != draft.owner {
-            errors.push(Problem::error(
-                &draft.path,
-                *pos,
-                format!("`{name}` is another owner's list: a mailing of `{}` may only use lists in clients/{}/", draft.owner, draft.owner),
-            ));
-            continue;
-        }
-        let id = format!("{owner}/{list}");
-        match catalog.lists.get(&id) {
-            Some(l) => {
-                if seen_lists.insert(id) {
-                    lists.push(l.clone());
-                }
-            }
-            None => errors.push(Problem::error(
-                &draft.path,
-                *pos,
-                missing("list", list, format!("clients/{owner}/{list}.toml")),
-            )),
-        }
-    }
-    let message = match &draft.message {
-        DraftMessage::Inline(m) => Some(m.clone()),
-        DraftMessage::File { name, pos } => {
-            let found = messages.get(&(draft.owner.clone(), name.clone())).cloned();
-            if found.is_none() {
-                errors.push(Problem::error(
-                    &draft.path,
-                    *pos,
-                    missing(
-                        "message",
-                        name,
-                        format!("mailings/{}/messages/{name}.toml", draft.owner),
-                    ),
-                ));
-            }
-            found
-        }
-    };
-    let Some(message) = message.filter(|_| errors.is_empty()) else {
+    let (lists, file_message, errors) =
+        find_references(&draft.refs, catalog, messages, broken_files);
+    let Some(message) = draft
+        .inline
+        .clone()
+        .or(file_message)
+        .filter(|_| errors.is_empty())
+    else {
         return Err(errors);
     };
     let capacity = lists.iter().map(|l| l.clients.len()).sum();
@@ -293,7 +265,7 @@ fn resolve(
     }
     Ok(Mailing {
         id: draft.id.clone(),
-        owner: draft.owner.clone(),
+        owner: draft.refs.owner.clone(),
         name: draft.name.clone(),
         title: draft.title.clone(),
         lists,
@@ -301,10 +273,72 @@ fn resolve(
         enabled: draft.enabled,
         catch_up: draft.catch_up,
         message,
-        path: draft.path.clone(),
+        path: draft.refs.path.clone(),
         blob: draft.blob.clone(),
         recipients,
     })
+}
+
+/// The lists and the message file a mailing names, and an error for each one that is not
+/// there, is another owner's or has errors of its own.
+fn find_references(
+    refs: &References,
+    catalog: &Catalog,
+    messages: &HashMap<(String, String), Arc<Message>>,
+    broken_files: &HashSet<PathBuf>,
+) -> (Vec<Arc<ClientList>>, Option<Arc<Message>>, Vec<Problem>) {
+    // A referenced file that exists but has errors is named as such, not as missing.
+    let missing = |what: &str, name: &str, path: String| {
+        if broken_files.contains(Path::new(&path)) {
+            format!("{what} `{name}` cannot be used: {path} has errors")
+        } else {
+            format!("no {what} `{name}`: expected {path}")
+        }
+    };
+    let mut errors = Vec::new();
+    let mut lists = Vec::new();
+    let mut seen_lists = HashSet::new();
+    let owner = refs.owner.as_str();
+    for (name, pos) in &refs.lists {
+        let (list_owner, list) = name.split_once('/').unwrap_or((owner, name.as_str()));
+        if list_owner != owner {
+            errors.push(Problem::error(
+                &refs.path,
+                *pos,
+                format!("`{name}` is another owner's list: a mailing of `{owner}` may only use lists in clients/{owner}/"),
+            ));
+            continue;
+        }
+        let id = format!("{owner}/{list}");
+        match catalog.lists.get(&id) {
+            Some(l) => {
+                if seen_lists.insert(id) {
+                    lists.push(l.clone());
+                }
+            }
+            None => errors.push(Problem::error(
+                &refs.path,
+                *pos,
+                missing("list", list, format!("clients/{owner}/{list}.toml")),
+            )),
+        }
+    }
+    let message = refs.message_file.as_ref().and_then(|(name, pos)| {
+        let found = messages.get(&(owner.to_string(), name.clone())).cloned();
+        if found.is_none() {
+            errors.push(Problem::error(
+                &refs.path,
+                *pos,
+                missing(
+                    "message",
+                    name,
+                    format!("mailings/{owner}/messages/{name}.toml"),
+                ),
+            ));
+        }
+        found
+    });
+    (lists, message, errors)
 }
 
 /// One file's text and the problems found in it, with positions computed on demand.
@@ -390,10 +424,18 @@ impl<'a> FileCtx<'a> {
 
 fn parse_file(entry: &Entry, options: &LoadOptions) -> Parsed {
     let rel = entry.rel.clone();
+    let owner = match &entry.kind {
+        Kind::Users => None,
+        Kind::List { owner, .. } | Kind::Mailing { owner, .. } | Kind::Message { owner, .. } => {
+            Some(owner.clone())
+        }
+    };
     let fail = |problem: Problem| Parsed {
         rel: entry.rel.clone(),
         good: None,
         problems: vec![problem],
+        owner: owner.clone(),
+        references: None,
     };
     let bytes = match std::fs::read(&entry.abs) {
         Ok(b) => b,
@@ -422,6 +464,7 @@ fn parse_file(entry: &Entry, options: &LoadOptions) -> Parsed {
     }
     let blob = blob_id(&bytes);
     let mut ctx = FileCtx::new(&rel, text);
+    let mut references = None;
     let good = match &entry.kind {
         Kind::Users => parse_users(&mut ctx).map(|u| Good::Users(Arc::new(u))),
         Kind::List { owner, name } => {
@@ -433,15 +476,23 @@ fn parse_file(entry: &Entry, options: &LoadOptions) -> Parsed {
             .and_then(|raw| check_message(&mut ctx, raw, Some(name.clone()), blob))
             .map(|m| Good::Message(Arc::new(m))),
         Kind::Mailing { owner, name } => {
-            parse_mailing(&mut ctx, owner, name, blob, options).map(|d| Good::Mailing(Arc::new(d)))
+            match parse_mailing(&mut ctx, owner, name, blob, options) {
+                Some(Ok(draft)) => Some(Good::Mailing(Arc::new(draft))),
+                Some(Err(refs)) => {
+                    references = Some(refs);
+                    None
+                }
+                None => None,
+            }
         }
     };
     let good = good.filter(|_| !ctx.has_errors());
-    let problems = ctx.problems;
     Parsed {
         rel: entry.rel.clone(),
         good,
-        problems,
+        problems: ctx.problems,
+        owner,
+        references,
     }
 }
 
@@ -601,13 +652,15 @@ fn local_datetime(
     Some(date.and_time(time))
 }
 
+/// A mailing file: `None` when it does not parse, its references alone when it has errors
+/// of its own.
 fn parse_mailing(
     ctx: &mut FileCtx,
     owner: &str,
     name: &str,
     blob: String,
     options: &LoadOptions,
-) -> Option<MailingDraft> {
+) -> Option<Result<MailingDraft, References>> {
     let raw: RawMailing = toml::from_str(ctx.text)
         .map_err(|e| ctx.toml_error(&e))
         .ok()?;
@@ -620,12 +673,17 @@ fn parse_mailing(
             "`lists` is empty: name at least one list of clients/<owner>/",
         );
     }
-    let lists: Vec<(String, Pos)> = raw
-        .lists
-        .get_ref()
-        .iter()
-        .map(|l| (l.get_ref().clone(), ctx.pos(&l.span())))
-        .collect();
+    let mut refs = References {
+        owner: owner.to_string(),
+        path: ctx.rel.to_path_buf(),
+        lists: raw
+            .lists
+            .get_ref()
+            .iter()
+            .map(|l| (l.get_ref().clone(), ctx.pos(&l.span())))
+            .collect(),
+        message_file: None,
+    };
     let timezone = match &raw.timezone {
         Some(tz) => match tz.get_ref().parse() {
             Ok(tz) => Some(tz),
@@ -696,23 +754,23 @@ fn parse_mailing(
                 None
             }
         });
-    let message = match raw.message.get_ref() {
+    let inline = match raw.message.get_ref() {
         RawMessageRef::File(file) => {
-            if !valid_name(file) {
+            if valid_name(file) {
+                refs.message_file = Some((file.clone(), ctx.pos(&raw.message.span())));
+            } else {
                 ctx.error(&raw.message, name_problem("message", file));
             }
-            Some(DraftMessage::File {
-                name: file.clone(),
-                pos: ctx.pos(&raw.message.span()),
-            })
+            None
         }
-        RawMessageRef::Inline(inline) => check_message(ctx, inline.clone(), None, blob.clone())
-            .map(|m| DraftMessage::Inline(Arc::new(m))),
+        RawMessageRef::Inline(inline) => {
+            check_message(ctx, inline.clone(), None, blob.clone()).map(Arc::new)
+        }
     };
-    let (Some(timezone), Some(start), Some(repeat), Some(message)) =
-        (timezone, start, repeat, message)
+    let (Some(timezone), Some(start), Some(repeat), false) =
+        (timezone, start, repeat, ctx.has_errors())
     else {
-        return None;
+        return Some(Err(refs));
     };
     let schedule = Schedule {
         start,
@@ -731,17 +789,15 @@ fn parse_mailing(
             format!("this `once` mailing's start ({at}) has passed: deploying it sends it at once"),
         );
     }
-    Some(MailingDraft {
+    Some(Ok(MailingDraft {
         id: format!("{owner}/{name}"),
-        owner: owner.to_string(),
         name: name.to_string(),
         title: raw.title.into_inner(),
-        lists,
+        refs,
         schedule,
         enabled,
         catch_up,
-        message,
-        path: ctx.rel.to_path_buf(),
+        inline,
         blob,
-    })
+    }))
 }
