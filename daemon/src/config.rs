@@ -39,6 +39,10 @@ pub struct Config {
     /// The folder relative paths resolve against: the config file's folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// What loading noticed but could go on without: a `SKYCHIMP_*` variable that looks
+    /// like a setting and names none. Said when a command starts.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[daemon]`
@@ -348,7 +352,9 @@ impl Config {
         let mut config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().to_string()))?;
         config.base_dir = base_dir;
-        let from_env = config.apply_env(env)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let from_env = config.apply_env(env.iter().cloned())?;
+        config.warnings = config.unknown_variables(env.iter().map(|(var, _)| var.as_str()));
         config.validate().map_err(|(section, key, message)| {
             match from_env.iter().find(|(s, k, _)| s == section && k == key) {
                 Some((_, _, var)) => ConfigError::Env {
@@ -450,6 +456,59 @@ impl Config {
             self.base_dir = base_dir;
         }
         Ok(applied)
+    }
+
+    /// A warning for each `SKYCHIMP_*` variable that looks like a setting but names none
+    /// (its section is one, or it is a letter or two away from a setting's variable), so a
+    /// misspelt override does not leave its setting at the default without a word. The
+    /// secrets the configuration names (`smtp.password_env`, …), the site builder's
+    /// `SKYCHIMP_SITE_TIMINGS` and other variables of the prefix (`SKYCHIMP_NOW`, …) pass.
+    fn unknown_variables<'v>(&self, vars: impl Iterator<Item = &'v str>) -> Vec<String> {
+        let Ok(table) = toml::Table::try_from(self) else {
+            return Vec::new();
+        };
+        let settings: Vec<String> = table
+            .iter()
+            .filter_map(|(section, keys)| Some((section, keys.as_table()?)))
+            .flat_map(|(section, keys)| {
+                keys.keys()
+                    .map(move |key| format!("SKYCHIMP_{section}_{key}").to_ascii_uppercase())
+            })
+            .collect();
+        let mut secrets = vec![
+            self.smtp.password_env.as_str(),
+            self.manager.token_secret_env.as_str(),
+            "SKYCHIMP_SITE_TIMINGS",
+        ];
+        secrets.extend(self.manager.keys.values().map(|k| k.secret_env.as_str()));
+        let mut warnings: Vec<String> = vars
+            .filter_map(|var| {
+                let rest = var.strip_prefix("SKYCHIMP_")?;
+                if settings.iter().any(|s| s == var) || secrets.contains(&var) {
+                    return None;
+                }
+                let nearest = settings
+                    .iter()
+                    .map(|s| (strsim::levenshtein(s, var), s))
+                    .min()
+                    .filter(|(distance, _)| *distance <= 2);
+                let section = rest.split_once('_').map(|(s, _)| s.to_ascii_lowercase());
+                let in_a_section = section.is_some_and(|s| table.contains_key(&s));
+                if nearest.is_none() && !in_a_section {
+                    return None;
+                }
+                Some(match nearest {
+                    Some((_, setting)) => format!(
+                        "environment variable {var} names no setting and is ignored; did you mean {setting}?"
+                    ),
+                    None => format!(
+                        "environment variable {var} names no setting and is ignored (README: Configuration)"
+                    ),
+                })
+            })
+            .collect();
+        warnings.sort();
+        warnings
     }
 
     /// The checks types cannot make: (section, key, what is wrong).
@@ -602,6 +661,43 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(parse(text, &[]).unwrap(), want);
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_a_warning_with_the_nearest_setting() {
+        let env = [
+            ("SKYCHIMP_SMTP_URLL", "smtp://mx.example.com"),
+            ("SKYCHIMP_SMPT_RATE", "5"),
+            ("SKYCHIMP_DELIVERY_RETRIES", "3"),
+            // Settings, secrets the configuration names, and the prefix's other variables.
+            ("SKYCHIMP_SMTP_URL", "smtp://mx.example.com"),
+            ("SKYCHIMP_SMTP_PASSWORD", "secret"),
+            ("SKYCHIMP_MANAGER_KEY_OPS", "secret"),
+            ("SKYCHIMP_SITE_TIMINGS", "1"),
+            ("SKYCHIMP_NOW", "2026-12-01T00:00:00Z"),
+            ("SKYCHIMP_URL", "http://127.0.0.1:8025"),
+            ("SKYCHIMP_TEST_POSTGRES_URL", "postgres://x"),
+        ];
+        let config = parse("", &env).unwrap();
+        assert_eq!(
+            config.warnings,
+            [
+                "environment variable SKYCHIMP_DELIVERY_RETRIES names no setting and is ignored (README: Configuration)",
+                "environment variable SKYCHIMP_SMPT_RATE names no setting and is ignored; did you mean SKYCHIMP_SMTP_RATE?",
+                "environment variable SKYCHIMP_SMTP_URLL names no setting and is ignored; did you mean SKYCHIMP_SMTP_URL?",
+            ]
+        );
+        assert_eq!(config.smtp.rate, Config::default().smtp.rate);
+        // A key whose secret comes from another variable makes that one known too.
+        let keyed = "[manager.keys.next]\nsecret_env = \"SKYCHIMP_MANAGER_KEY_NEXT\"\n";
+        let config = parse(keyed, &[("SKYCHIMP_MANAGER_KEY_NEXT", "secret")]).unwrap();
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        assert!(
+            !parse("", &[("SKYCHIMP_MANAGER_KEY_NEXT", "s")])
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
     }
 
     #[test]

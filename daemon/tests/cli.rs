@@ -45,6 +45,28 @@ fn the_example_repository_checks_clean() {
 }
 
 #[test]
+fn a_misspelt_setting_variable_is_named_and_the_command_goes_on() {
+    let config = repo_root().join("config.toml");
+    let args = ["--config", config.to_str().unwrap(), "check"];
+    let out = skychimpd_env(&args, &[("SKYCHIMP_SMTP_CONCURENCY", "16")]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().starts_with(
+            "warning: environment variable SKYCHIMP_SMTP_CONCURENCY names no setting and is \
+             ignored; did you mean SKYCHIMP_SMTP_CONCURRENCY?\n"
+        ),
+        "{}",
+        out.stderr_text()
+    );
+    let out = skychimpd_env(&args, &[("SKYCHIMP_SMTP_CONCURRENCY", "16")]);
+    assert!(
+        !out.stderr_text().contains("warning:"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[test]
 fn check_exits_2_when_it_cannot_run() {
     let out = skychimpd(&["check", "--root", "/nonexistent/skychimp"]);
     assert_eq!(out.status.code(), Some(2));

@@ -211,6 +211,12 @@ impl Setup {
             (None, None) => (PathBuf::from("config.toml"), false),
         };
         let config = Config::load(&path, required)?;
+        // The daemon logs them once its log is set up (as JSON when so configured).
+        if !matches!(cli.command, Command::Run) {
+            for warning in &config.warnings {
+                errln!("warning: {warning}");
+            }
+        }
         let root = cli.root.clone().unwrap_or_else(|| config.base_dir.clone());
         let clock = crate::clock::from_env().map_err(anyhow::Error::msg)?;
         Ok(Setup {

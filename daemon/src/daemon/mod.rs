@@ -62,6 +62,9 @@ pub fn init_logging(json: bool) {
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(setup: Setup) -> anyhow::Result<ExitCode> {
     init_logging(setup.config.daemon.log_format == "json");
+    for warning in &setup.config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = crate::cli::runtime()?;
     runtime.block_on(serve(setup))
 }
