@@ -220,6 +220,29 @@ fn environment_overrides_reach_the_commands() {
 }
 
 #[test]
+fn a_dry_run_on_a_fresh_clone_creates_no_database() {
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let out = skychimpd(&["--root", root, "send", "alice/weekly", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    let text = out.stdout_text();
+    assert!(text.contains("dry run, nothing is sent"), "{text}");
+    assert!(
+        text.contains("4 messages would be sent, 0 skipped"),
+        "{text}"
+    );
+    // Verification is required by default and nobody has confirmed anything yet.
+    assert!(
+        text.contains("note: a real send would be refused now: owner `alice` has not verified"),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("var/skychimp.db").exists(),
+        "a dry run creates no database"
+    );
+}
+
+#[test]
 fn a_reader_that_stops_early_ends_the_output_not_the_command() {
     // `skychimpd check | head -1`, `… 2>&1 | head -1`: the reader is gone before the command
     // writes. Each command still does its work and exits as it would have, never with a

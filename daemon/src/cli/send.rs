@@ -15,14 +15,22 @@ use crate::delivery::{self, Deliverer, Scope, Settings};
 use crate::message::{ClientVars, MailingVars, OwnerVars};
 use crate::tokens::{self, TokenSecret};
 
-/// Why a mailing may not send now, as a sentence; `None` when it may.
+/// Why a mailing may not send now, as a sentence; `None` when it may. Without a store (a
+/// database not created yet) nothing is disabled or blocked and nobody verified.
 pub(crate) async fn refusal(
     setup: &Setup,
-    store: &skychimp_storage::Store,
+    store: Option<&skychimp_storage::Store>,
     catalog: &Catalog,
     m: &Mailing,
 ) -> anyhow::Result<Option<String>> {
-    if let Some(state) = store.mailing_state(&m.id).await?
+    let (mailing_state, user_state) = match store {
+        Some(store) => (
+            store.mailing_state(&m.id).await?,
+            store.user_state(&m.owner).await?,
+        ),
+        None => (None, None),
+    };
+    if let Some(state) = mailing_state
         && state.disabled
     {
         let why = state.reason.map(|r| format!(" ({r})")).unwrap_or_default();
@@ -31,7 +39,6 @@ pub(crate) async fn refusal(
             m.id
         )));
     }
-    let user_state = store.user_state(&m.owner).await?;
     if let Some(s) = &user_state
         && s.blocked
     {
@@ -71,11 +78,17 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
     let mailing = setup.find_mailing(&catalog, id)?.clone();
     let rt = super::runtime()?;
     rt.block_on(async {
-        let store = setup.store().await?;
         if dry_run {
-            return dry_run_report(&setup, &store, &catalog, &mailing).await;
+            // A dry run changes nothing, not even by creating the SQLite file.
+            let store = if setup.fresh_database() {
+                None
+            } else {
+                Some(setup.store().await?)
+            };
+            return dry_run_report(&setup, store.as_ref(), &catalog, &mailing).await;
         }
-        if let Some(why) = refusal(&setup, &store, &catalog, &mailing).await? {
+        let store = setup.store().await?;
+        if let Some(why) = refusal(&setup, Some(&store), &catalog, &mailing).await? {
             errln!("skychimpd: not sending: {why}");
             return Ok(ExitCode::from(1));
         }
@@ -233,7 +246,7 @@ fn process_alive(pid: i32) -> bool {
 
 async fn dry_run_report(
     setup: &Setup,
-    store: &skychimp_storage::Store,
+    store: Option<&skychimp_storage::Store>,
     catalog: &Catalog,
     m: &Mailing,
 ) -> anyhow::Result<ExitCode> {
@@ -243,7 +256,11 @@ async fn dry_run_report(
     // the process with a panic.
     let mut out = format!("{}: {} — dry run, nothing is sent\n", m.id, m.title);
     for c in m.recipients() {
-        if store.is_unsubscribed(&m.owner, &c.email).await? {
+        let unsubscribed = match store {
+            Some(store) => store.is_unsubscribed(&m.owner, &c.email).await?,
+            None => false,
+        };
+        if unsubscribed {
             skipped += 1;
             out += &format!("  skip  {} <{}> (unsubscribed)\n", c.name, c.email);
         } else {
