@@ -42,8 +42,11 @@ pub async fn load(
         .filter(|s| s.disabled)
         .map(|s| s.mailing_id)
         .collect();
-    let mut out = HashMap::with_capacity(catalog.mailings().len());
-    for m in catalog.mailings().values() {
+    let mailings: Vec<_> = catalog.mailings().values().collect();
+    let ids: Vec<String> = mailings.iter().map(|m| m.id.clone()).collect();
+    let last_runs = store.last_occurrences(&ids).await?;
+    let mut out = HashMap::with_capacity(mailings.len());
+    for (m, last_run) in mailings.into_iter().zip(last_runs) {
         let user = users.get(&m.owner);
         let email = catalog
             .users()
@@ -56,7 +59,7 @@ pub async fn load(
                 owner_blocked: user.is_some_and(|u| u.blocked),
                 owner_unverified: require_verification
                     && !user.is_some_and(|u| u.is_verified_for(email)),
-                last_run: store.last_occurrence(&m.id).await?,
+                last_run,
             },
         );
     }

@@ -210,8 +210,9 @@ storage_interface! {
     /// The runs of a mailing, newest occurrence first.
     fn runs_of(&self, mailing_id: &str) -> Vec<Run>;
 
-    /// The occurrence of the mailing's latest scheduled run: what the due rule compares with.
-    fn last_occurrence(&self, mailing_id: &str) -> Option<DateTime<Utc>>;
+    /// The occurrence of each mailing's latest scheduled run (what the due rule compares
+    /// with), in the order of `mailing_ids`; one statement for them all on PostgreSQL.
+    fn last_occurrences(&self, mailing_ids: &[String]) -> Vec<Option<DateTime<Utc>>>;
 
     /// The deliveries of a run in creation order (for `skychimpd send`'s progress and for
     /// inspection).

@@ -351,15 +351,18 @@ impl Storage for PgStore {
             .collect()
     }
 
-    async fn last_occurrence(
+    async fn last_occurrences(
         &self,
-        mailing_id: &str,
-    ) -> Result<Option<DateTime<Utc>>, StorageError> {
+        mailing_ids: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StorageError> {
+        // One index lookup per mailing, in one round trip.
         Ok(sqlx::query_scalar(
-            "SELECT max(occurrence) FROM runs WHERE mailing_id = $1 AND kind = 'scheduled'",
+            "SELECT (SELECT max(occurrence) FROM runs r \
+                     WHERE r.mailing_id = m.id AND r.kind = 'scheduled') \
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS m(id, ord) ORDER BY m.ord",
         )
-        .bind(mailing_id)
-        .fetch_one(&self.pool)
+        .bind(mailing_ids)
+        .fetch_all(&self.pool)
         .await?)
     }
 

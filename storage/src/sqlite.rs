@@ -423,21 +423,28 @@ impl Storage for SqliteStore {
             .collect()
     }
 
-    async fn last_occurrence(
+    async fn last_occurrences(
         &self,
-        mailing_id: &str,
-    ) -> Result<Option<DateTime<Utc>>, StorageError> {
-        let v: Option<i64> = sqlx::query_scalar(
-            "SELECT max(occurrence) FROM runs WHERE mailing_id = ? AND kind = 'scheduled'",
-        )
-        .bind(mailing_id)
-        .fetch_one(&self.pool)
-        .await?;
-        v.map(|v| {
-            DateTime::from_timestamp_millis(v)
-                .ok_or_else(|| StorageError::corrupt("runs.occurrence", v))
-        })
-        .transpose()
+        mailing_ids: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StorageError> {
+        // In process, a statement per mailing costs no round trip.
+        let mut out = Vec::with_capacity(mailing_ids.len());
+        for mailing_id in mailing_ids {
+            let v: Option<i64> = sqlx::query_scalar(
+                "SELECT max(occurrence) FROM runs WHERE mailing_id = ? AND kind = 'scheduled'",
+            )
+            .bind(mailing_id)
+            .fetch_one(&self.pool)
+            .await?;
+            out.push(
+                v.map(|v| {
+                    DateTime::from_timestamp_millis(v)
+                        .ok_or_else(|| StorageError::corrupt("runs.occurrence", v))
+                })
+                .transpose()?,
+            );
+        }
+        Ok(out)
     }
 
     async fn deliveries_of(&self, run_id: RunId) -> Result<Vec<Delivery>, StorageError> {

@@ -386,20 +386,26 @@ async fn run_is_created_once(store: Store) {
             .expect("manual")
             .is_some()
     );
+    let weekly_and_other = ["alice/weekly".to_string(), "bob/other".to_string()];
     assert_eq!(
-        store.last_occurrence("alice/weekly").await.expect("last"),
-        Some(t0())
+        store
+            .last_occurrences(&weekly_and_other)
+            .await
+            .expect("last"),
+        [Some(t0()), None]
     );
     let later = create(&store, "alice/weekly", t0() + secs(7 * 86400), 1).await;
     assert!(later.0 > first.0);
+    // In the order asked, a mailing with no run included.
+    let other_and_weekly = ["bob/other".to_string(), "alice/weekly".to_string()];
     assert_eq!(
-        store.last_occurrence("alice/weekly").await.expect("last"),
-        Some(t0() + secs(7 * 86400))
+        store
+            .last_occurrences(&other_and_weekly)
+            .await
+            .expect("last"),
+        [None, Some(t0() + secs(7 * 86400))]
     );
-    assert_eq!(
-        store.last_occurrence("bob/other").await.expect("none"),
-        None
-    );
+    assert_eq!(store.last_occurrences(&[]).await.expect("none"), []);
     let runs = store.runs_of("alice/weekly").await.expect("runs_of");
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[0].id, later, "newest occurrence first");
