@@ -4,6 +4,7 @@
 //! [`cli`], built on the catalog (what the files say), the schedule (when things send) and
 //! the configuration.
 
+pub mod attempts;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

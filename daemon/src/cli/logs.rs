@@ -19,28 +19,19 @@ pub fn logs(
     let setup = Setup::new(cli)?;
     let rt = super::runtime()?;
     rt.block_on(async {
-        // One row more than asked tells whether there is a next page.
-        let mut rows = if setup.fresh_database() {
-            Vec::new()
+        let (rows, next_before) = if setup.fresh_database() {
+            (Vec::new(), None)
         } else {
             let store = setup.store().await?;
-            store.logs(id, limit + 1, before.map(AttemptId)).await?
+            let page = crate::attempts::page(&store, id, limit, before.map(AttemptId)).await?;
+            (page.attempts, page.next_before)
         };
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
         if rows.is_empty() {
             known(&setup, id)?;
         }
         match format {
             Format::Json => {
-                let rows: Vec<_> = rows
-                    .iter()
-                    .map(|a| {
-                        json!({"id": a.id.0, "run": a.run_id.0, "at": a.at, "address": a.address,
-                            "outcome": a.outcome.as_str(), "code": a.smtp_code, "reply": a.reply,
-                            "duration_ms": a.duration_ms})
-                    })
-                    .collect();
+                let rows: Vec<_> = rows.iter().map(crate::attempts::json).collect();
                 outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             }
             Format::Text => {
@@ -67,8 +58,8 @@ pub fn logs(
                     ]);
                 }
                 print_table(&table)?;
-                if more && let Some(last) = rows.last() {
-                    errln!("more: {}", next_page(cli, id, limit, last.id.0));
+                if let Some(next) = next_before {
+                    errln!("more: {}", next_page(cli, id, limit, next.0));
                 }
             }
         }

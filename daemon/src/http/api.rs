@@ -449,22 +449,15 @@ fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
         })?)),
         None => None,
     };
-    let rows = state
+    let page = state
         .runtime
-        .block_on(state.store.logs(id, limit + 1, before))
+        .block_on(crate::attempts::page(&state.store, id, limit, before))
         .map_err(db_error)?;
-    // The row past the page only tells that there is a next one.
-    let more = rows.len() > limit as usize;
-    let rows = &rows[..rows.len().min(limit as usize)];
-    if rows.is_empty() {
+    if page.attempts.is_empty() {
         known(state, id)?;
     }
-    let next = more.then(|| rows.last().map(|a| a.id.0)).flatten();
-    let attempts: Vec<Value> = rows
-        .iter()
-        .map(|a| json!({"id": a.id.0, "run": a.run_id.0, "at": a.at, "address": a.address, "outcome": a.outcome.as_str(),
-                        "code": a.smtp_code, "reply": a.reply, "duration_ms": a.duration_ms}))
-        .collect();
+    let attempts: Vec<Value> = page.attempts.iter().map(crate::attempts::json).collect();
+    let next = page.next_before.map(|a| a.0);
     Ok(Reply::json(
         200,
         &json!({ "mailing": id, "attempts": attempts, "next_before": next }),
