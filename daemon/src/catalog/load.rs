@@ -529,10 +529,23 @@ fn parse_users(ctx: &mut FileCtx) -> Option<Vec<User>> {
 }
 
 fn check_one_line(ctx: &mut FileCtx, value: &Spanned<String>, what: &str) {
-    if value.get_ref().trim().is_empty() {
-        ctx.error(value, format!("`{what}` is empty"));
-    } else if value.get_ref().contains(['\r', '\n']) {
-        ctx.error(value, format!("`{what}` must be one line"));
+    if let Some(problem) = one_line_problem(value.get_ref(), what) {
+        ctx.error(value, problem);
+    }
+}
+
+/// What is wrong with a value that goes into a header (a name, a title, a subject): empty,
+/// or a line break or other control character, which composing refuses (it could add a
+/// header), so the file is refused here first.
+fn one_line_problem(value: &str, what: &str) -> Option<String> {
+    if value.trim().is_empty() {
+        Some(format!("`{what}` is empty"))
+    } else if value.chars().any(char::is_control) {
+        Some(format!(
+            "`{what}` must be one line of text: no line breaks or other control characters"
+        ))
+    } else {
+        None
     }
 }
 
@@ -556,10 +569,8 @@ fn parse_list(ctx: &mut FileCtx, owner: &str, name: &str, blob: String) -> Optio
                 ),
             ));
         }
-        if c.name.get_ref().trim().is_empty() {
-            problems_at.push((c.name.span(), "`name` is empty".to_string()));
-        } else if c.name.get_ref().contains(['\r', '\n']) {
-            problems_at.push((c.name.span(), "`name` must be one line".to_string()));
+        if let Some(problem) = one_line_problem(c.name.get_ref(), "name") {
+            problems_at.push((c.name.span(), problem));
         }
     }
     for (span, m) in problems_at {
@@ -664,9 +675,7 @@ fn parse_mailing(
     let raw: RawMailing = toml::from_str(ctx.text)
         .map_err(|e| ctx.toml_error(&e))
         .ok()?;
-    if raw.title.get_ref().trim().is_empty() {
-        ctx.error(&raw.title, "`title` is empty");
-    }
+    check_one_line(ctx, &raw.title, "title");
     if raw.lists.get_ref().is_empty() {
         ctx.error(
             &raw.lists,
