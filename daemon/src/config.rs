@@ -513,6 +513,9 @@ impl Config {
 
     /// The checks types cannot make: (section, key, what is wrong).
     fn validate(&self) -> Result<(), (&'static str, &'static str, String)> {
+        if let Some(problem) = database_url_problem(&self.database.url) {
+            return Err(("database", "url", problem));
+        }
         if self.daemon.timezone.parse::<chrono_tz::Tz>().is_err() {
             return Err((
                 "daemon",
@@ -644,6 +647,33 @@ fn key_offset(text: &str, section: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// What is wrong with `[database] url`, if anything. Only the spellings the storage and the
+/// daemon's SQLite lock understand the same way pass: `sqlite:var/x.db` would open a file
+/// relative to the working folder and slip past the lock of `sqlite://var/x.db`. The URL
+/// itself is not repeated (a PostgreSQL one may hold a password).
+fn database_url_problem(url: &str) -> Option<String> {
+    const FORMS: &str = "use sqlite://PATH (relative to the config file's folder), \
+                         sqlite::memory: or postgres://…";
+    if url == "sqlite::memory:"
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        return None;
+    }
+    match url.strip_prefix("sqlite://") {
+        Some("") => Some(format!("sqlite:// names no file: {FORMS}")),
+        Some(_) => None,
+        None if url.starts_with("sqlite:") => {
+            Some(format!("`{url}` is not a form skychimpd reads: {FORMS}"))
+        }
+        None => {
+            let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
+            let scheme: String = scheme.chars().take(20).collect();
+            Some(format!("unsupported database `{scheme}`: {FORMS}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,6 +758,27 @@ mod tests {
             env_error("SKYCHIMP_MANAGER_PUBLIC_URL", bad);
         }
         env_error("SKYCHIMP_SMTP_URL", "carrier-pigeon://loft");
+        for bad in [
+            "sqlite:var/x.db",
+            "sqlite:/tmp/x.db",
+            "sqlite://",
+            "mysql://u:p@h/db",
+        ] {
+            let message = env_error("SKYCHIMP_DATABASE_URL", bad);
+            assert!(message.contains("sqlite://PATH"), "{bad}: {message}");
+            assert!(!message.contains("u:p"), "{message}");
+        }
+        for good in [
+            "sqlite://var/x.db",
+            "sqlite:///tmp/x.db",
+            "sqlite::memory:",
+            "postgres://h/db",
+        ] {
+            assert!(
+                parse("", &[("SKYCHIMP_DATABASE_URL", good)]).is_ok(),
+                "{good}"
+            );
+        }
         env_error("SKYCHIMP_MANAGER_LISTEN", "nonsense");
         env_error("SKYCHIMP_MANAGER_LISTEN", "127.0.0.1:99999");
         assert!(parse("", &[("SKYCHIMP_MANAGER_LISTEN", "[::1]:8025")]).is_ok());
