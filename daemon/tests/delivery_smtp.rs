@@ -356,7 +356,8 @@ async fn no_server_listening_defers_and_nothing_is_lost(db: Db) {
 /// known only in memory (the database still says queued, as it does for rows marked in the
 /// moment between the decision and the skip), so every row is marked and then skipped at
 /// its turn: nothing reaches the server and no attempt is logged. Allowed again, the next
-/// run goes out.
+/// run goes out. A halted row takes no rate-limit slot (at a low rate, waiting for slots
+/// for rows that will never be sent held back every other mailing).
 async fn a_halt_skips_marked_deliveries_before_their_smtp_transaction(db: Db) {
     let Some(sink) = Sink::start(&[]) else {
         return;
@@ -364,7 +365,15 @@ async fn a_halt_skips_marked_deliveries_before_their_smtp_transaction(db: Db) {
     let repo = few();
     let catalog = repo.catalog();
     let clock = Arc::new(FixedClock::new(start_time()));
-    let d = deliverer(&db.store, sink.port, &catalog, clock.clone(), 2);
+    let rate = Arc::new(CountingRate::default());
+    let d = deliverer_with_rate(
+        &db.store,
+        sink.port,
+        &catalog,
+        clock.clone(),
+        2,
+        rate.clone(),
+    );
     let halted = [
         ("mailing", "mailing disabled by a manager: complaints"),
         ("owner", "owner blocked by a manager"),
@@ -393,6 +402,7 @@ async fn a_halt_skips_marked_deliveries_before_their_smtp_transaction(db: Db) {
             "{what}: mail reached the server"
         );
         assert!(attempts_by_delivery(&db.store).await.is_empty(), "{what}");
+        assert_eq!(rate.slots(), 0, "{what}: rate slots taken for halted rows");
         d.halts().mailing("alice/news", None);
         d.halts().owner("alice", None);
         clock.advance(chrono::Duration::minutes(1));
@@ -401,4 +411,22 @@ async fn a_halt_skips_marked_deliveries_before_their_smtp_transaction(db: Db) {
     let tally = deliver_run(&d, run).await;
     assert_eq!(tally.sent, 4);
     assert_eq!(sink.wait_for_messages(4).len(), 4);
+    assert_eq!(rate.slots(), 4, "one slot per message sent");
+}
+
+/// No limit, but counts the slots taken.
+#[derive(Debug, Default)]
+struct CountingRate(std::sync::atomic::AtomicUsize);
+
+impl CountingRate {
+    fn slots(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl skychimp_transport::RateLimit for CountingRate {
+    fn acquire(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::ready(()))
+    }
 }

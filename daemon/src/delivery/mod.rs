@@ -627,7 +627,9 @@ impl Deliverer {
     }
 
     /// The next rows to mark: the first of `rest` once a rate slot is free, then more while
-    /// slots are free at once, up to `chunk`. Empty when `rest` is.
+    /// slots are free at once, up to `chunk`. Empty when `rest` is. A row whose mailing or
+    /// owner is halted takes no slot: it is skipped at its turn, never sent, and waiting
+    /// for it at the rate would hold back this worker (and, with Redis, every daemon).
     async fn next_chunk<'s, 'c>(
         &'s self,
         rest: &mut &'c [ClaimedDelivery],
@@ -636,12 +638,19 @@ impl Deliverer {
         if rest.is_empty() {
             return &[];
         }
-        match slots.waiting.take() {
-            Some(slot) => slot.await,
-            None => self.rate.acquire().await,
+        let halted = |d: &ClaimedDelivery| self.halts.why(&d.mailing_id).is_some();
+        if !halted(&rest[0]) {
+            match slots.waiting.take() {
+                Some(slot) => slot.await,
+                None => self.rate.acquire().await,
+            }
         }
         let mut n = 1;
         while n < rest.len().min(self.settings.chunk.max(1)) {
+            if halted(&rest[n]) {
+                n += 1;
+                continue;
+            }
             let mut slot = self.rate.acquire();
             let free = tokio::select! {
                 biased;

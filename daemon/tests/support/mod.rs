@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use skychimp_storage::{Attempt, Delivery, PgConnectOptions, RunId, RunKind, Storage, Store};
-use skychimp_transport::{RetryPolicy, Transport, TransportUrl, Unlimited};
+use skychimp_transport::{RateLimit, RetryPolicy, Transport, TransportUrl, Unlimited};
 use skychimpd::catalog::{Catalog, LoadOptions};
 use skychimpd::clock::FixedClock;
 use skychimpd::delivery::{Deliverer, Scope, Settings, Tally, new_run};
@@ -345,11 +345,30 @@ pub fn deliverer(
     clock: Arc<FixedClock>,
     concurrency: usize,
 ) -> Arc<Deliverer> {
+    deliverer_with_rate(
+        store,
+        port,
+        catalog,
+        clock,
+        concurrency,
+        Arc::new(Unlimited),
+    )
+}
+
+/// [`deliverer`] with another rate limit.
+pub fn deliverer_with_rate(
+    store: &Store,
+    port: u16,
+    catalog: &Catalog,
+    clock: Arc<FixedClock>,
+    concurrency: usize,
+    rate: Arc<dyn RateLimit>,
+) -> Arc<Deliverer> {
     let url = TransportUrl::parse(&format!("smtp://127.0.0.1:{port}?tls=none")).expect("url");
     Arc::new(Deliverer::new(
         store.clone(),
         Transport::new(url, sink::fast_options()),
-        Arc::new(Unlimited),
+        rate,
         settings(concurrency),
         TokenSecret::from_bytes(SECRET),
         clock,
