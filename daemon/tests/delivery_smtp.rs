@@ -23,6 +23,7 @@ on_both_backends!(
     a_5xx_fails_at_once_and_is_never_retried,
     no_server_listening_defers_and_nothing_is_lost,
     a_halt_skips_marked_deliveries_before_their_smtp_transaction,
+    rows_skipped_by_another_process_take_no_rate_slots,
 );
 
 /// 120 clients in list `a`, 120 in `b`, 40 of them shared (half of those spelled in
@@ -414,19 +415,66 @@ async fn a_halt_skips_marked_deliveries_before_their_smtp_transaction(db: Db) {
     assert_eq!(rate.slots(), 4, "one slot per message sent");
 }
 
-/// No limit, but counts the slots taken.
+/// A disable or a block by another process (`skychimpd manager`, another daemon) skips this
+/// worker's leased rows in the database only. Once a chunk comes back with rows it could
+/// not mark, the worker asks which of the rest went the same way, and those take no
+/// rate-limit slot: only the first chunk's 16 were taken, not one per row (40).
+async fn rows_skipped_by_another_process_take_no_rate_slots(db: Db) {
+    let Some(sink) = Sink::start(&[]) else {
+        return;
+    };
+    let repo = Repo::new(&clients(0, 40), &[]);
+    let catalog = repo.catalog();
+    let clock = Arc::new(FixedClock::new(start_time()));
+    let rate = Arc::new(CountingRate {
+        skip_first: Some((db.store.clone(), clock.now())),
+        ..CountingRate::default()
+    });
+    let d = deliverer_with_rate(
+        &db.store,
+        sink.port,
+        &catalog,
+        clock.clone(),
+        1,
+        rate.clone(),
+    );
+    let run = create_run(&db.store, &catalog, &clock).await;
+    let tally = deliver_run(&d, run).await;
+    assert_eq!((tally.sent, tally.failed, tally.deferred), (0, 0, 0));
+    let rows = deliveries(&db.store, run).await;
+    assert_eq!(rows.len(), 40);
+    assert!(
+        rows.iter().all(|r| r.status == DeliveryStatus::Skipped),
+        "{rows:?}"
+    );
+    assert!(sink.messages().is_empty());
+    assert_eq!(rate.slots(), 16);
+}
+
+/// No limit, but counts the slots taken; with `skip_first`, the first slot is given only
+/// after the mailing's queued rows were skipped, as another process disabling it would.
 #[derive(Debug, Default)]
-struct CountingRate(std::sync::atomic::AtomicUsize);
+struct CountingRate {
+    slots: std::sync::atomic::AtomicUsize,
+    skip_first: Option<(skychimp_storage::Store, chrono::DateTime<chrono::Utc>)>,
+}
 
 impl CountingRate {
     fn slots(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
+        self.slots.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 impl skychimp_transport::RateLimit for CountingRate {
     fn acquire(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(std::future::ready(()))
+        let first = self.slots.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        Box::pin(async move {
+            if let Some((store, at)) = self.skip_first.as_ref().filter(|_| first) {
+                store
+                    .skip_queued_for_mailing("alice/news", "disabled elsewhere", *at)
+                    .await
+                    .expect("skip");
+            }
+        })
     }
 }

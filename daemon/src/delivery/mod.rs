@@ -13,7 +13,7 @@
 
 pub mod render;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -572,8 +572,14 @@ impl Deliverer {
     ) -> Result<Vec<Outcome>, DeliveryError> {
         let mut slots = Slots::default();
         let mut rest = claimed;
-        let first = self.next_chunk(&mut rest, &mut slots).await;
+        // Rows of this batch skipped or finished by another process meanwhile (a disable
+        // or a block through `skychimpd manager` or another daemon): they take no rate slot.
+        let mut gone: HashSet<DeliveryId> = HashSet::new();
+        let first = self.next_chunk(&mut rest, &mut slots, &gone).await;
         let mut ready = self.record_and_mark(worker, &carry, first, stop).await?;
+        if ready.len() < first.len() {
+            self.find_gone(worker, rest, &mut gone).await?;
+        }
         let mut outcomes: Vec<Outcome> = Vec::new();
         // The claim set the lease; a slow server or the rate limit can make a batch outlast
         // it, and another instance would then take over rows this one is still sending
@@ -592,11 +598,17 @@ impl Deliverer {
             let previous = std::mem::take(&mut outcomes);
             let sending = self.send_chunk(worker, &ready, desk, stop);
             let marking = async {
-                let next = self.next_chunk(&mut rest, &mut slots).await;
-                self.record_and_mark(worker, &previous, next, stop).await
+                let next = self.next_chunk(&mut rest, &mut slots, &gone).await;
+                let asked = next.iter().filter(|d| !gone.contains(&d.id)).count();
+                let marked = self.record_and_mark(worker, &previous, next, stop).await?;
+                Ok::<_, DeliveryError>((asked, marked))
             };
             let (sent, next) = tokio::join!(sending, marking);
-            let next = next?;
+            let (asked, next) = next?;
+            if next.len() < asked {
+                self.find_gone(worker, rest, &mut gone).await?;
+                renewed = std::time::Instant::now();
+            }
             let (sent, unsent) = match sent {
                 Ok(sent) => sent,
                 Err(e) => {
@@ -626,19 +638,43 @@ impl Deliverer {
         Ok(outcomes)
     }
 
+    /// Some rows could not be marked: find which of `rest` went the same way (skipped or
+    /// finished by another process), renewing the lease of the others.
+    async fn find_gone(
+        &self,
+        worker: &str,
+        rest: &[ClaimedDelivery],
+        gone: &mut HashSet<DeliveryId>,
+    ) -> Result<(), DeliveryError> {
+        let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let held: HashSet<DeliveryId> = self
+            .store
+            .renew_lease(&ids, worker, self.settings.lease, self.clock.now())
+            .await?
+            .into_iter()
+            .collect();
+        gone.extend(ids.into_iter().filter(|id| !held.contains(id)));
+        Ok(())
+    }
+
     /// The next rows to mark: the first of `rest` once a rate slot is free, then more while
     /// slots are free at once, up to `chunk`. Empty when `rest` is. A row whose mailing or
-    /// owner is halted takes no slot: it is skipped at its turn, never sent, and waiting
-    /// for it at the rate would hold back this worker (and, with Redis, every daemon).
+    /// owner is halted, or that is `gone`, takes no slot: it is never sent, and waiting for
+    /// it at the rate would hold back this worker (and, with Redis, every daemon).
     async fn next_chunk<'s, 'c>(
         &'s self,
         rest: &mut &'c [ClaimedDelivery],
         slots: &mut Slots<'s>,
+        gone: &HashSet<DeliveryId>,
     ) -> &'c [ClaimedDelivery] {
         if rest.is_empty() {
             return &[];
         }
-        let halted = |d: &ClaimedDelivery| self.halts.why(&d.mailing_id).is_some();
+        let halted =
+            |d: &ClaimedDelivery| gone.contains(&d.id) || self.halts.why(&d.mailing_id).is_some();
         if !halted(&rest[0]) {
             match slots.waiting.take() {
                 Some(slot) => slot.await,
