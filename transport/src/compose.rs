@@ -284,7 +284,7 @@ impl<'a> Parts<'a> {
         let mut headers = Headers::new();
         headers.set(header::From::from(Mailboxes::from(self.from.clone())));
         headers.set(header::To::from(Mailboxes::from(self.to.clone())));
-        headers.set(header::Subject::from(self.subject.to_owned()));
+        headers.set(SubjectHeader(self.subject.to_owned()));
         headers.set(header::Date::new(self.date));
         headers.set(header::MessageId::from(self.message_id.clone()));
         if let Some(list) = &self.list {
@@ -304,7 +304,7 @@ impl<'a> Parts<'a> {
             .envelope(envelope)
             .from(self.from.clone())
             .to(self.to.clone())
-            .subject(self.subject)
+            .header(SubjectHeader(self.subject.to_owned()))
             .date(self.date)
             .message_id(Some(self.message_id.clone()));
         if let Some(list) = &self.list {
@@ -476,6 +476,58 @@ fn new_message_id(domain: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("<{nanos:x}.{:016x}@{domain}>", fastrand::u64(..))
+}
+
+/// `Subject`. Printable ASCII goes as lettre writes it (folded at spaces). Anything else,
+/// or text that looks like an encoded word (`=?`), is written as RFC 2047 encoded words
+/// (`=?utf-8?b?…?=`) carrying every character, spaces included: lettre 0.11 encodes word
+/// by word, and since decoders drop the whitespace between two encoded words, a subject
+/// like `Привет  Дмитрий` (two spaces) or a long one folded between non-ASCII words reached
+/// the reader with words run together.
+#[derive(Debug, Clone)]
+struct SubjectHeader(String);
+
+impl Header for SubjectHeader {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Subject")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(s.to_owned()))
+    }
+    fn display(&self) -> HeaderValue {
+        let text = &self.0;
+        if text.chars().all(|c| c.is_ascii() && !c.is_ascii_control()) && !text.contains("=?") {
+            return HeaderValue::new(Self::name(), text.clone());
+        }
+        HeaderValue::dangerous_new_pre_encoded(Self::name(), text.clone(), encoded_words(text))
+    }
+}
+
+/// `text` as base64 encoded words of at most 45 bytes of UTF-8 each (75 characters, RFC
+/// 2047's limit, with the `=?utf-8?b?` and `?=`), never splitting a character, one per
+/// folded line.
+fn encoded_words(text: &str) -> String {
+    use base64::Engine as _;
+    const MAX_BYTES: usize = 45;
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = start;
+        for (i, c) in text[start..].char_indices() {
+            if i + c.len_utf8() > MAX_BYTES {
+                break;
+            }
+            end = start + i + c.len_utf8();
+        }
+        if !out.is_empty() {
+            out.push_str("\r\n ");
+        }
+        out.push_str("=?utf-8?b?");
+        base64::engine::general_purpose::STANDARD.encode_string(&text[start..end], &mut out);
+        out.push_str("?=");
+        start = end;
+    }
+    out
 }
 
 /// `List-Id` (RFC 2919). The value is built from sanitised labels, so it is plain ASCII.
@@ -743,6 +795,34 @@ mod tests {
         let headers = &t[..t.find("\r\n\r\n").unwrap()];
         assert!(headers.is_ascii(), "{headers}");
         assert!(headers.contains("=?utf-8?"), "{headers}");
+    }
+
+    #[test]
+    fn subjects_reach_the_reader_as_written() {
+        use mailparse::MailHeaderMap;
+        let long = "Très long sujet — ".repeat(30) + "Дмитрий";
+        for subject in [
+            "Привет  Дмитрий",
+            "Привет Дмитрий \"Дима\" Петров",
+            long.as_str(),
+            "a =?utf-8?q?x?= b",
+            "two  spaces, ASCII",
+            "plain ASCII, nothing to encode",
+        ] {
+            let mut i = input();
+            i.subject = subject;
+            let m = compose(&i).unwrap();
+            let t = text_of(&m);
+            let headers = &t[..t.find("\r\n\r\n").unwrap()];
+            assert!(headers.is_ascii(), "{headers}");
+            assert!(headers.lines().all(|l| l.len() <= 998), "{headers}");
+            let parsed = mailparse::parse_mail(&m.bytes).unwrap();
+            assert_eq!(
+                parsed.headers.get_first_value("Subject").as_deref(),
+                Some(subject),
+                "{headers}"
+            );
+        }
     }
 
     #[test]
