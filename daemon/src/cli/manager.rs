@@ -691,15 +691,19 @@ fn print_human(action: &ManagerAction, v: &Value) -> anyhow::Result<()> {
             if problems.is_empty() {
                 outln!("no problems")?;
             }
+            // As `skychimpd check` prints them.
             for p in problems {
-                outln!(
-                    "{}:{}:{}: {}: {}",
-                    cell(&p["path"]),
-                    cell(&p["line"]),
-                    cell(&p["column"]),
-                    cell(&p["severity"]),
-                    cell(&p["message"])
-                )?;
+                let problem = crate::problem::Problem {
+                    path: cell(&p["path"]).into(),
+                    line: p["line"].as_u64().unwrap_or(0) as usize,
+                    column: p["column"].as_u64().unwrap_or(0) as usize,
+                    severity: match p["severity"].as_str() {
+                        Some("warning") => crate::problem::Severity::Warning,
+                        _ => crate::problem::Severity::Error,
+                    },
+                    message: cell(&p["message"]),
+                };
+                outln!("{problem}")?;
             }
         }
     }
