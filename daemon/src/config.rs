@@ -552,6 +552,37 @@ impl Config {
                 ),
             ));
         }
+        let dkim = [
+            ("selector", &self.dkim.selector),
+            ("domain", &self.dkim.domain),
+            ("private_key_file", &self.dkim.private_key_file),
+        ];
+        if dkim.iter().any(|(_, v)| !v.is_empty()) {
+            if let Some((key, _)) = dkim.iter().find(|(_, v)| v.is_empty()) {
+                let set: Vec<&str> = dkim
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, _)| *k)
+                    .collect();
+                return Err((
+                    "dkim",
+                    key,
+                    format!(
+                        "is empty while {} is set: DKIM signing needs selector, domain and \
+                         private_key_file together (or none of them)",
+                        set.join(" and ")
+                    ),
+                ));
+            }
+            let path = self.resolve(&self.dkim.private_key_file);
+            if let Err(e) = std::fs::File::open(&path) {
+                return Err((
+                    "dkim",
+                    "private_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
         if skychimp_transport::compose::sender(&self.smtp.from).is_err() {
             return Err((
                 "smtp",
@@ -758,6 +789,27 @@ mod tests {
             env_error("SKYCHIMP_MANAGER_PUBLIC_URL", bad);
         }
         env_error("SKYCHIMP_SMTP_URL", "carrier-pigeon://loft");
+        // DKIM: all three settings or none, and a key file that can be read.
+        let partial = parse("", &[("SKYCHIMP_DKIM_SELECTOR", "s1")]).unwrap_err();
+        assert!(
+            partial
+                .to_string()
+                .contains("dkim.domain: is empty while selector is set: DKIM signing needs"),
+            "{partial}"
+        );
+        match parse(
+            "[dkim]\nselector = \"s1\"\ndomain = \"example.com\"\n",
+            &[("SKYCHIMP_DKIM_PRIVATE_KEY_FILE", "/nonexistent/dkim.pem")],
+        ) {
+            Err(ConfigError::Env { var, message }) => {
+                assert_eq!(var, "SKYCHIMP_DKIM_PRIVATE_KEY_FILE");
+                assert!(
+                    message.contains("cannot read /nonexistent/dkim.pem"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         for bad in [
             "sqlite:var/x.db",
             "sqlite:/tmp/x.db",
