@@ -214,6 +214,10 @@ storage_interface! {
     /// with), in the order of `mailing_ids`; one statement for them all on PostgreSQL.
     fn last_occurrences(&self, mailing_ids: &[String]) -> Vec<Option<DateTime<Utc>>>;
 
+    /// The mailings with a run not finished yet (deliveries queued, deferred or in flight),
+    /// sorted.
+    fn mailings_sending(&self) -> Vec<String>;
+
     /// The deliveries of a run in creation order (for `skychimpd send`'s progress and for
     /// inspection).
     fn deliveries_of(&self, run_id: RunId) -> Vec<Delivery>;

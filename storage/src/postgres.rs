@@ -366,6 +366,14 @@ impl Storage for PgStore {
         .await?)
     }
 
+    async fn mailings_sending(&self) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT mailing_id FROM runs WHERE finished_at IS NULL ORDER BY mailing_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn deliveries_of(&self, run_id: RunId) -> Result<Vec<Delivery>, StorageError> {
         let sql =
             format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id = $1 ORDER BY id");

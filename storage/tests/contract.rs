@@ -903,7 +903,10 @@ async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
             .len(),
         2
     );
+    let sending = store.mailings_sending().await.expect("sending");
+    assert_eq!(sending, ["alice/weekly"]);
     assert_eq!(store.finish_runs(retry).await.expect("finish"), vec![run]);
+    assert!(store.mailings_sending().await.expect("none").is_empty());
     assert_eq!(
         store
             .run(run)

@@ -303,7 +303,7 @@ pub fn due(
 pub enum Status {
     /// Nothing sent yet.
     Created,
-    /// Has run and has occurrences left (or one due).
+    /// Has run and has occurrences left (or one due), or a run still going out.
     Running,
     /// No occurrence left.
     Finished,
@@ -343,6 +343,8 @@ pub struct MailingFacts {
     pub owner_unverified: bool,
     /// The occurrence of its latest scheduled run.
     pub last_run: Option<DateTime<Utc>>,
+    /// A run of it is still going out (even with no occurrence left).
+    pub sending: bool,
 }
 
 /// A mailing's status at `now` and what it sends next: a due occurrence that has not run
@@ -379,7 +381,8 @@ pub fn status(
         Status::Unverified
     } else if !enabled {
         Status::Paused
-    } else if schedule.next_after(now).is_none()
+    } else if !facts.sending
+        && schedule.next_after(now).is_none()
         && due(schedule, now, facts.last_run, catch_up).is_none()
     {
         Status::Finished

@@ -225,6 +225,15 @@ fn statuses() {
         ..none
     };
     assert_eq!(status(&once, true, &ran, after, DAY), Status::Finished);
+    // Its one run still going out: running, not finished yet.
+    let ran_sending = MailingFacts {
+        sending: true,
+        ..ran
+    };
+    assert_eq!(
+        status(&once, true, &ran_sending, after, DAY),
+        Status::Running
+    );
     assert_eq!(status(&once, false, &none, before, DAY), Status::Paused);
     let daily = schedule(Repeat::Daily, local(2026, 12, 1, 9, 0), chrono_tz::UTC);
     assert_eq!(status(&daily, true, &ran, after, DAY), Status::Running);
