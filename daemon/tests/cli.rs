@@ -243,6 +243,42 @@ fn a_dry_run_on_a_fresh_clone_creates_no_database() {
 }
 
 #[test]
+fn a_missing_dkim_key_passes_check_and_a_dry_run_says_a_send_would_stop() {
+    // A content repository's CI runs `check` without the production key; `send` reads it.
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let dkim = [
+        ("SKYCHIMP_DKIM_SELECTOR", "s1"),
+        ("SKYCHIMP_DKIM_DOMAIN", "example.com"),
+        ("SKYCHIMP_DKIM_PRIVATE_KEY_FILE", "/nonexistent/dkim.pem"),
+    ];
+    let out = skychimpd_env(&["--root", root, "check"], &dkim);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    let out = skychimpd_env(
+        &["--root", root, "send", "alice/weekly", "--dry-run"],
+        &dkim,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains(
+            "note: a real send would stop before starting: [dkim] private_key_file \
+             /nonexistent/dkim.pem"
+        ),
+        "{}",
+        out.stdout_text()
+    );
+    let mut unverified = dkim.to_vec();
+    unverified.push(("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"));
+    let out = skychimpd_env(&["--root", root, "send", "alice/weekly"], &unverified);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        out.stderr_text().contains("/nonexistent/dkim.pem"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[test]
 fn a_reader_that_stops_early_ends_the_output_not_the_command() {
     // `skychimpd check | head -1`, `… 2>&1 | head -1`: the reader is gone before the command
     // writes. Each command still does its work and exits as it would have, never with a

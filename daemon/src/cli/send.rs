@@ -271,6 +271,13 @@ async fn dry_run_report(
     if let Some(why) = refusal(setup, store, catalog, m).await? {
         out += &format!("note: a real send would be refused now: {why}\n");
     }
+    // What a real send reads before it creates the run.
+    if let Err(why) = delivery::transport_from_config(&setup.config)
+        .map(drop)
+        .and_then(|()| delivery::dkim_from_config(&setup.config).map(drop))
+    {
+        out += &format!("note: a real send would stop before starting: {why}\n");
+    }
     out += &format!(
         "{} would be sent, {skipped} skipped\n",
         super::counted(count as i64, "message")
