@@ -22,6 +22,14 @@ fn example_copy() -> tempfile::TempDir {
     dir
 }
 
+/// The test fixture's valid repository with one mailing file added, in a temporary folder.
+fn base_with_mailing(name: &str, text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    std::fs::write(dir.path().join(format!("mailings/alice/{name}.toml")), text).unwrap();
+    dir
+}
+
 #[test]
 fn the_example_repository_checks_clean() {
     let out = skychimpd(&[
@@ -102,13 +110,10 @@ fn check_exits_2_when_it_cannot_run() {
 
 #[test]
 fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("base"), dir.path());
-    std::fs::write(
-        dir.path().join("mailings/alice/late.toml"),
+    let dir = base_with_mailing(
+        "late",
         "title = \"Late\"\nlists = [\"newsletter\"]\nstart = 2026-01-01T09:00:00\nevery = \"once\"\nmessage = \"digest\"\n",
-    )
-    .unwrap();
+    );
     let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
     assert_eq!(
@@ -130,14 +135,11 @@ fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
 
 #[test]
 fn a_list_named_twice_is_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("base"), dir.path());
-    std::fs::write(
-        dir.path().join("mailings/alice/twice.toml"),
+    let dir = base_with_mailing(
+        "twice",
         "title = \"Twice\"\nlists = [\"newsletter\", \"customers\", \"alice/newsletter\"]\n\
          start = 2027-01-01T09:00:00\nevery = \"weekly\"\nmessage = \"digest\"\n",
-    )
-    .unwrap();
+    );
     let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
     assert_eq!(
