@@ -30,6 +30,8 @@
 #                         and print what the busy backends were doing (the database's side)
 #   KEEP=0                1: keep the generated repository and database for inspection
 #   BIN=target/release/skychimpd   the binary to time (to compare two builds)
+#   SINKOPTS=             more smtp-sink options, e.g. '-w 1' (wait a second before
+#                         answering DATA: a slow relay)
 #
 # Requires: psql (trust auth on $PG), python3 (Django is pip-installed into
 # target/bench-venv on first use), /usr/bin/time, apt-get (scripts/smtp-sink.sh fetches
@@ -122,7 +124,8 @@ free_port() {
 # --- the sink -------------------------------------------------------------------------
 scripts/smtp-sink.sh path >/dev/null || die "no smtp-sink (see scripts/smtp-sink.sh)"
 port="$(free_port)"
-scripts/smtp-sink.sh start "$port" -c >"$work/sink.log" 2>&1 &
+# shellcheck disable=SC2086 # SINKOPTS is a list of options
+scripts/smtp-sink.sh start "$port" -c ${SINKOPTS:-} >"$work/sink.log" 2>&1 &
 sink_pid=$!
 for _ in $(seq 50); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
@@ -130,7 +133,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load:$(uptime | sed 's/.*load average://')"
-echo "# smtp-sink pid $sink_pid on 127.0.0.1:$port; N=$N C=$C M=$M backend=$BACKEND batch=${BATCH:-default} chunk=${CHUNK:-default}"
+echo "# smtp-sink ${SINKOPTS:-} pid $sink_pid on 127.0.0.1:$port; N=$N C=$C M=$M backend=$BACKEND batch=${BATCH:-default} chunk=${CHUNK:-default}"
 
 # --- a content repository with one owner, one list of $1 recipients, one mailing -----
 gen_repo() { # gen_repo N DIR

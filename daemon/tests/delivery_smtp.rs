@@ -24,6 +24,7 @@ on_both_backends!(
     no_server_listening_defers_and_nothing_is_lost,
     a_halt_skips_marked_deliveries_before_their_smtp_transaction,
     rows_skipped_by_another_process_take_no_rate_slots,
+    a_run_smaller_than_a_batch_goes_out_over_several_connections,
 );
 
 /// 120 clients in list `a`, 120 in `b`, 40 of them shared (half of those spelled in
@@ -477,4 +478,34 @@ impl skychimp_transport::RateLimit for CountingRate {
             }
         })
     }
+}
+
+async fn a_run_smaller_than_a_batch_goes_out_over_several_connections(db: Db) {
+    // 40 recipients, a batch of 64, four workers: the first claim takes the whole run,
+    // keeps its share and gives the rest back, so more than one SMTP session carries it
+    // (one, when the claim kept all 40).
+    let Some(sink) = Sink::start(&[]) else { return };
+    let repo = Repo::new(&clients(0, 40), &[]);
+    let catalog = repo.catalog();
+    let clock = Arc::new(FixedClock::new(start_time()));
+    let run = create_run(&db.store, &catalog, &clock).await;
+    let d = deliverer(&db.store, sink.port, &catalog, clock.clone(), 4);
+    assert!(settings(4).batch > 40);
+
+    let tally = deliver_run(&d, run).await;
+    assert_eq!((tally.sent, tally.failed, tally.deferred), (40, 0, 0));
+    assert_eq!(sink.wait_for_messages(40).len(), 40);
+    // Each worker closes its session when the run is done; smtp-sink counts the ends.
+    let (sessions, _, messages) = sink.counters_until(|(_, _, m)| m >= 40);
+    assert_eq!(messages, 40);
+    assert!(
+        sessions >= 2,
+        "the run went out over {sessions} SMTP session(s)"
+    );
+    let deliveries = deliveries(&db.store, run).await;
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Sent && d.attempts == 1)
+    );
 }

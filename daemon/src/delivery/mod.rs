@@ -296,6 +296,9 @@ struct Desk {
 struct Crew {
     /// Workers holding claimed rows, or outcomes not yet recorded.
     busy: AtomicUsize,
+    /// Workers delivering a batch (the others are claiming or idle): how many a claim
+    /// that took all that was due can share it with.
+    delivering: AtomicUsize,
     /// [`Scope::Run`] only: the database said the run has nothing `queued` or `sending`
     /// left. That stays true (a row becomes `queued` only when its run is created or when
     /// it was `sending`), so the other workers stop without asking again.
@@ -510,6 +513,11 @@ impl Deliverer {
                 }
                 continue;
             }
+            let claimed = match self.share(&worker, claimed, &crew).await {
+                Ok(c) => c,
+                Err(e) => break Err(e),
+            };
+            crew.delivering.fetch_add(1, Ordering::SeqCst);
             let delivered = self
                 .deliver(
                     &worker,
@@ -519,6 +527,7 @@ impl Deliverer {
                     std::mem::take(&mut carry),
                 )
                 .await;
+            crew.delivering.fetch_sub(1, Ordering::SeqCst);
             match delivered {
                 Ok(last) => carry = last,
                 Err(e) => break Err(e),
@@ -545,6 +554,33 @@ impl Deliverer {
         self.wake();
         desk.sender.close().await;
         result.map(|()| desk.tally)
+    }
+
+    /// A claim that took all that was due (less than a batch) keeps only its share of it
+    /// and gives the rest back for the workers that are not delivering: a run smaller than
+    /// a batch would otherwise go out over one SMTP connection while the others wait. A
+    /// worker that takes the rest shares it again, so it spreads in a few round trips.
+    async fn share(
+        &self,
+        worker: &str,
+        mut claimed: Vec<ClaimedDelivery>,
+        crew: &Crew,
+    ) -> Result<Vec<ClaimedDelivery>, DeliveryError> {
+        let free = self
+            .settings
+            .concurrency
+            .saturating_sub(crew.delivering.load(Ordering::SeqCst))
+            .max(1);
+        if claimed.len() >= self.settings.batch || free == 1 {
+            return Ok(claimed);
+        }
+        let keep = claimed.len().div_ceil(free);
+        let rest: Vec<DeliveryId> = claimed.split_off(keep).iter().map(|d| d.id).collect();
+        if !rest.is_empty() {
+            self.store.release(worker, &rest).await?;
+            self.wake();
+        }
+        Ok(claimed)
     }
 
     /// Send one claimed batch in chunks; stop between messages when asked.
