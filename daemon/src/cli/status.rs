@@ -116,19 +116,63 @@ fn facts(setup: &Setup, catalog: &Catalog) -> anyhow::Result<HashMap<String, Mai
 
 /// Left-aligned columns separated by two spaces.
 pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) -> anyhow::Result<()> {
+    for line in table(rows) {
+        outln!("{line}")?;
+    }
+    Ok(())
+}
+
+/// The lines of [`print_table`], aligned by the width a terminal gives each cell (a CJK
+/// character takes two columns, a combining accent none), not by its count of chars.
+fn table<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
+    use unicode_width::UnicodeWidthStr;
     let mut widths = [0usize; N];
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
-    for r in rows {
-        let line: Vec<String> = r
+    rows.iter()
+        .map(|r| {
+            let mut line = String::new();
+            for (c, w) in r.iter().zip(widths) {
+                line.push_str(c);
+                line.extend(std::iter::repeat_n(' ', w - c.width() + 2));
+            }
+            line.trim_end().to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use unicode_width::UnicodeWidthStr;
+
+    #[test]
+    fn columns_line_up_on_screen_whatever_the_script() {
+        let rows = [
+            [
+                "alice/news".to_string(),
+                "Новости".to_string(),
+                "x".to_string(),
+            ],
+            [
+                "bob/jp".to_string(),
+                "お知らせ".to_string(),
+                "y".to_string(),
+            ],
+            // "Café" with a combining acute accent: five chars, four columns.
+            [
+                "carol/cafe".to_string(),
+                "Cafe\u{301}".to_string(),
+                "z".to_string(),
+            ],
+        ];
+        let lines = super::table(&rows);
+        let third: Vec<usize> = lines
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|l| l[..l.rfind(' ').unwrap() + 1].width())
             .collect();
-        outln!("{}", line.join("  ").trim_end())?;
+        assert_eq!(third, [22, 22, 22], "{lines:#?}");
     }
-    Ok(())
 }
