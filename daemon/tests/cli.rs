@@ -22,14 +22,6 @@ fn example_copy() -> tempfile::TempDir {
     dir
 }
 
-/// The test fixture's valid repository with one mailing file added, in a temporary folder.
-fn base_with_mailing(name: &str, text: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("base"), dir.path());
-    std::fs::write(dir.path().join(format!("mailings/alice/{name}.toml")), text).unwrap();
-    dir
-}
-
 #[test]
 fn the_example_repository_checks_clean() {
     let out = skychimpd(&[
@@ -110,10 +102,13 @@ fn check_exits_2_when_it_cannot_run() {
 
 #[test]
 fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
-    let dir = base_with_mailing(
-        "late",
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    std::fs::write(
+        dir.path().join("mailings/alice/late.toml"),
         "title = \"Late\"\nlists = [\"newsletter\"]\nstart = 2026-01-01T09:00:00\nevery = \"once\"\nmessage = \"digest\"\n",
-    );
+    )
+    .unwrap();
     let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
     assert_eq!(
@@ -135,11 +130,14 @@ fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
 
 #[test]
 fn a_list_named_twice_is_a_warning() {
-    let dir = base_with_mailing(
-        "twice",
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    std::fs::write(
+        dir.path().join("mailings/alice/twice.toml"),
         "title = \"Twice\"\nlists = [\"newsletter\", \"customers\", \"alice/newsletter\"]\n\
          start = 2027-01-01T09:00:00\nevery = \"weekly\"\nmessage = \"digest\"\n",
-    );
+    )
+    .unwrap();
     let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
     assert_eq!(
