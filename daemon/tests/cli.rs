@@ -129,24 +129,6 @@ fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
 }
 
 #[test]
-fn a_list_named_twice_is_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("base"), dir.path());
-    std::fs::write(
-        dir.path().join("mailings/alice/twice.toml"),
-        "title = \"Twice\"\nlists = [\"newsletter\", \"customers\", \"alice/newsletter\"]\n\
-         start = 2027-01-01T09:00:00\nevery = \"weekly\"\nmessage = \"digest\"\n",
-    )
-    .unwrap();
-    let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
-    assert_eq!(
-        out.stdout_text().trim(),
-        "mailings/alice/twice.toml:2:37: warning: list `alice/newsletter` is named twice; it is used once"
-    );
-}
-
-#[test]
 fn status_shows_next_occurrences_in_local_time_and_utc() {
     // A copy: the checkout's own `var/` database (after the quick start) is not the test's.
     let dir = example_copy();

@@ -314,12 +314,6 @@ fn find_references(
             Some(l) => {
                 if seen_lists.insert(id) {
                     lists.push(l.clone());
-                } else {
-                    errors.push(Problem::warning(
-                        &refs.path,
-                        *pos,
-                        format!("list `{owner}/{list}` is named twice; it is used once"),
-                    ));
                 }
             }
             None => errors.push(Problem::error(
