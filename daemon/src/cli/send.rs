@@ -272,10 +272,9 @@ async fn dry_run_report(
         out += &format!("note: a real send would be refused now: {why}\n");
     }
     // What a real send reads before it creates the run.
-    if let Err(why) = delivery::transport_from_config(&setup.config)
-        .map(drop)
-        .and_then(|()| delivery::dkim_from_config(&setup.config).map(drop))
-    {
+    let ready = delivery::transport_from_config(&setup.config)
+        .and_then(|_| delivery::dkim_from_config(&setup.config));
+    if let Err(why) = ready {
         out += &format!("note: a real send would stop before starting: {why}\n");
     }
     out += &format!(
