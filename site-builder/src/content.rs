@@ -661,6 +661,23 @@ fn sort_pages(section: &mut Section, pages: &[Page]) -> Result<(), SiteError> {
     Ok(())
 }
 
+/// Refuses a front-matter path (`path`, an alias, `paginate_path`) with a `.` or `..`
+/// segment: the output folder is the site, and nothing a post says may write beside it.
+fn stays_inside(file: &Path, field: &str, value: &str) -> Result<(), SiteError> {
+    if value
+        .split(['/', '\\'])
+        .any(|seg| seg == ".." || seg == ".")
+    {
+        return Err(SiteError::invalid(
+            file,
+            format!(
+                "`{field}` = {value:?}: `.` and `..` segments are not allowed in an output path"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads and parses one Markdown file of `content/`.
 fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded, SiteError> {
     let text = std::fs::read_to_string(file).map_err(|e| SiteError::io(file, e))?;
@@ -690,6 +707,10 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
                 file,
                 "paginate_path must be a single path segment",
             ));
+        }
+        stays_inside(file, "paginate_path", &meta.paginate_path)?;
+        for alias in &meta.aliases {
+            stays_inside(file, "aliases", alias)?;
         }
         return Ok(Loaded::Section(Box::new(Section {
             file: file.to_path_buf(),
@@ -767,6 +788,12 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
             file,
             "the page's slug is empty; set `slug` in front matter",
         ));
+    }
+    if let Some(p) = &meta.path {
+        stays_inside(file, "path", p)?;
+    }
+    for alias in &meta.aliases {
+        stays_inside(file, "aliases", alias)?;
     }
     let path = match &meta.path {
         Some(p) => {

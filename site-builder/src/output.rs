@@ -4,7 +4,7 @@
 //! half-written site.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -110,6 +110,16 @@ impl Staging {
                         "two outputs would be written to {} (check `aliases` and `path`)",
                         f.rel
                     ),
+                ));
+            }
+            // Front matter is checked when it is read; this is the last line of defence.
+            let inside = Path::new(&f.rel)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+            if !inside {
+                return Err(SiteError::invalid(
+                    blame,
+                    format!("{} would be written outside the output folder", f.rel),
                 ));
             }
             let to = self.tmp.join(&f.rel);

@@ -315,3 +315,45 @@ fn a_folder_that_is_not_a_build_is_never_replaced() {
     again(&file).expect_err("refused");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
 }
+
+#[test]
+fn a_path_or_alias_that_leaves_the_output_folder_is_refused() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "content/escape.md",
+            "+++\ntitle = \"E\"\npath = \"../../escape\"\n+++\n",
+            "`path`",
+        ),
+        (
+            "content/escape.md",
+            "+++\ntitle = \"E\"\naliases = [\"../alias-escape/x.html\"]\n+++\n",
+            "`aliases`",
+        ),
+        (
+            "content/blog/_index.md",
+            "+++\ntitle = \"Blog\"\naliases = [\"/old/../../up\"]\n+++\n",
+            "`aliases`",
+        ),
+        (
+            "content/_index.md",
+            "+++\ntitle = \"Home\"\npaginate_by = 1\npaginate_path = \"..\"\n+++\n",
+            "`paginate_path`",
+        ),
+    ];
+    for (rel, text, field) in cases {
+        let (tmp, result) = build_with(&[(rel, text)]);
+        let msg = match result {
+            Ok(r) => panic!("{rel} should be refused, built {r:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert_names(&msg, rel);
+        assert!(msg.contains(field), "{field} not named in: {msg}");
+        // Nothing was written beside the site: the temp dir holds only what the test made.
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .expect("read tempdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["site"], "{rel} wrote outside the output folder");
+    }
+}
