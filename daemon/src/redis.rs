@@ -40,8 +40,8 @@ use crate::http::api::{MemoryCache, MemoryReplayStore, ReplayStore, ResponseCach
 /// What every key starts with in production; tests use their own prefix per test.
 pub const DEFAULT_PREFIX: &str = "skychimp:";
 
-/// How long a cached response lives in Redis. Keys carry the database generation, so this
-/// only bounds memory and the rare entry written just after an invalidation.
+/// How long a cached response lives in Redis. Keys carry the catalog's stamp and the
+/// database's change token, so this only bounds memory.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// The longest any one call may wait for Redis before its caller falls back.

@@ -322,6 +322,25 @@ fn refusals_have_a_status_and_a_code() {
         400,
         "bad_query",
     );
+    for (i, query) in [
+        "before=0",
+        "before=-1",
+        "before=",
+        "limit=+5",
+        "limit=5&limit=6",
+        "limt=5",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = format!("/v1/mailings/alice/later/logs?{query}");
+        check(
+            query,
+            ok(PINNED_TS + 90 + i as i64, &path),
+            400,
+            "bad_query",
+        );
+    }
     for (i, trick) in [
         "/v1/mailings/alice/../alice/later",
         "/v1/mailings/alice/./later",
@@ -683,6 +702,34 @@ fn one_click_unsubscribe_stops_mail_to_that_address() {
         .filter(|m| m.contains("alice-c0@example.net"))
         .count();
     assert_eq!(last, 1, "the unsubscribed address got a second message");
+}
+
+/// Cached reads follow the repository: a mailing added to it shows in `/v1/stats` at the
+/// next reload, not when something is next sent.
+#[test]
+fn cached_statistics_follow_the_repository() {
+    let repo = Repo::new(&["alice"], 3, &[("alice", "later", &future("Later"))]);
+    let d = Daemon::start(repo.root(), &[]);
+    // A new timestamp for each call: two identical requests in one second are a replay.
+    let start = chrono::Utc::now().timestamp();
+    let calls = std::cell::Cell::new(0);
+    let stats = |d: &Daemon| {
+        calls.set(calls.get() + 1);
+        let ts = start + calls.get();
+        signed(d.port, "ops", SECRET, ts, "GET", "/v1/stats", b"").json()
+    };
+    let first = stats(&d);
+    assert_eq!(
+        (&first["mailings"], &first["unique_clients"]),
+        (&1.into(), &3.into())
+    );
+    // Served twice from one computation: the second call is a cache hit.
+    assert_eq!(stats(&d), first);
+    std::fs::write(repo.root().join("mailings/alice/more.toml"), future("More")).unwrap();
+    wait_for("the reload", Duration::from_secs(20), || {
+        d.log_text().contains("catalog reloaded")
+    });
+    assert_eq!(stats(&d)["mailings"], 2, "the first call after the reload");
 }
 
 /// A mailing deleted from the repository keeps its log and reports in the API (the CLI's

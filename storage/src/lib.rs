@@ -246,9 +246,13 @@ storage_interface! {
     /// Deliveries of a run still `queued` or `sending`: `skychimpd send` is done at 0.
     fn run_pending(&self, run_id: RunId) -> i64;
 
-    /// A number that grows whenever a run is created or an attempt is logged: caches of
-    /// logs, reports and statistics key on it, so they are dropped exactly when a run changes.
-    fn generation(&self) -> i64;
+    /// A token that changes whenever a write commits, by this process or any other: caches
+    /// of logs, reports and statistics key on it, so an entry is never served after the
+    /// rows behind it changed. Between two writes it stays the same. PostgreSQL: the
+    /// transaction snapshot (`txid_current_snapshot()`), which is the same for every
+    /// process on the database, so daemons sharing a cache share entries. SQLite: a count
+    /// of the changes this store has seen, prefixed by a number drawn when it was opened.
+    fn generation(&self) -> String;
 
     /// [`Storage::record_outcomes`] for one chunk and [`Storage::mark_sending`] for the next,
     /// in one transaction: a sender pipelining its chunks commits once per chunk instead of

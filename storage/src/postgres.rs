@@ -477,12 +477,12 @@ impl Storage for PgStore {
             .await?)
     }
 
-    async fn generation(&self) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COALESCE((SELECT max(id) FROM attempts), 0) + COALESCE((SELECT max(id) FROM runs), 0)",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+    async fn generation(&self) -> Result<String, StorageError> {
+        // xmin:xmax:in-progress ids. The set of committed transactions is a function of it,
+        // so equal snapshots see equal data, and every commit (of any writer) changes it.
+        Ok(sqlx::query_scalar("SELECT txid_current_snapshot()::text")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn record_and_mark_sending(

@@ -9,14 +9,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 
 use crate::error::redact_url;
 use crate::model::*;
@@ -41,6 +42,30 @@ const MAX_CONNECTIONS: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// For [`Storage::generation`]; `None` for an in-memory database, whose only
+    /// connection is the pool's.
+    watch: Option<Arc<Watch>>,
+    /// Drawn at open: tells this store's generations from another process's.
+    nonce: u64,
+}
+
+/// A connection of its own that never writes, opened on first use: `PRAGMA data_version`
+/// on it changes whenever any other connection, in this process or another, commits.
+#[derive(Debug)]
+struct Watch {
+    options: SqliteConnectOptions,
+    /// The connection and the number drawn when it was opened (a reopened connection
+    /// counts from scratch, so its readings must not match the old one's).
+    conn: tokio::sync::Mutex<Option<(u64, SqliteConnection)>>,
+}
+
+/// A number unlikely to repeat across processes and reopenings: the process id and the
+/// wall clock's nanoseconds.
+fn draw() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
 }
 
 impl SqliteStore {
@@ -94,6 +119,12 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
         };
+        let watch = (!in_memory).then(|| {
+            Arc::new(Watch {
+                options: options.clone(),
+                conn: tokio::sync::Mutex::new(None),
+            })
+        });
         let pool =
             pool_options
                 .connect_with(options)
@@ -102,7 +133,11 @@ impl SqliteStore {
                     url: redact_url(url),
                     source,
                 })?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            watch,
+            nonce: draw(),
+        })
     }
 
     /// The pool, for tests and tools that need a raw query.
@@ -577,12 +612,30 @@ impl Storage for SqliteStore {
             .await?)
     }
 
-    async fn generation(&self) -> Result<i64, StorageError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COALESCE((SELECT max(id) FROM attempts), 0) + COALESCE((SELECT max(id) FROM runs), 0)",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+    async fn generation(&self) -> Result<String, StorageError> {
+        let Some(watch) = &self.watch else {
+            // In memory, every write goes through the pool's one connection, which counts them.
+            let n: i64 = sqlx::query_scalar("SELECT total_changes()")
+                .fetch_one(&self.pool)
+                .await?;
+            return Ok(format!("{:x}.{n}", self.nonce));
+        };
+        // One reading at a time, so readings come in order; a key is a reading itself, and
+        // a commit makes every later reading differ from every earlier one.
+        // A connection that failed is dropped and the next call opens a new one.
+        let mut guard = watch.conn.lock().await;
+        let (drawn, mut conn) = match guard.take() {
+            Some(open) => open,
+            None => (
+                draw(),
+                SqliteConnection::connect_with(&watch.options).await?,
+            ),
+        };
+        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut conn)
+            .await?;
+        *guard = Some((drawn, conn));
+        Ok(format!("{drawn:x}.{version}"))
     }
 
     async fn record_and_mark_sending(

@@ -71,7 +71,7 @@ contract!(
     release_gives_back_unstarted_rows,
     marked_rows_of_a_halted_mailing_are_skipped,
     dead_workers_are_taken_over,
-    generation_grows_with_runs_and_attempts,
+    generation_changes_with_every_write,
     record_and_mark_in_one_transaction,
     in_flight_lookups_read_only_rows_in_flight,
 );
@@ -1825,33 +1825,61 @@ async fn in_flight_lookups_read_only_rows_in_flight(store: Store) {
     }
 }
 
-async fn generation_grows_with_runs_and_attempts(store: Store) {
-    let g0 = store.generation().await.expect("generation");
+async fn generation_changes_with_every_write(store: Store) {
+    // Every write, whichever table it touches, gives a new token; reads give the same one.
+    let first = store.generation().await.expect("generation");
+    assert_eq!(
+        store.generation().await.expect("generation"),
+        first,
+        "nothing was written"
+    );
+    let mut seen = vec![first];
+    let mut changed = |what: &str, token: String| {
+        assert!(!seen.contains(&token), "{what}: {token} was seen before");
+        seen.push(token);
+    };
     let run = create(&store, "alice/weekly", t0(), 2).await;
-    let g1 = store.generation().await.expect("generation");
-    assert!(g1 > g0, "a new run");
+    changed("a new run", store.generation().await.expect("generation"));
     let claimed = store
         .claim("w", 1, Duration::from_secs(60), t0(), None)
         .await
         .expect("claim");
-    assert_eq!(
-        store.generation().await.expect("generation"),
-        g1,
-        "claiming changes nothing visible"
-    );
+    changed("a claim", store.generation().await.expect("generation"));
     store
         .mark_sending(&[claimed[0].id], "w", t0())
         .await
         .expect("mark");
+    changed("sending", store.generation().await.expect("generation"));
     store
         .record_outcomes(&[outcome(claimed[0].id, OutcomeStatus::Sent, 250, "ok", t0())])
         .await
         .expect("record");
-    assert!(
-        store.generation().await.expect("generation") > g1,
-        "an attempt"
-    );
+    changed("an attempt", store.generation().await.expect("generation"));
     assert_eq!(store.run_pending(run).await.expect("pending"), 1);
+    store
+        .skip_queued_for_mailing("alice/weekly", "disabled", t0())
+        .await
+        .expect("skip");
+    changed("a skip", store.generation().await.expect("generation"));
+    store
+        .set_mailing_disabled("alice/weekly", true, Some("complaints"), t0())
+        .await
+        .expect("disable");
+    changed("a disable", store.generation().await.expect("generation"));
+    store
+        .unsubscribe("alice", "nobody@example.com", None, t0())
+        .await
+        .expect("unsubscribe");
+    changed(
+        "an unsubscribe",
+        store.generation().await.expect("generation"),
+    );
+    let now = store.generation().await.expect("generation");
+    assert_eq!(
+        store.generation().await.expect("generation"),
+        now,
+        "reads only"
+    );
 }
 
 async fn record_and_mark_in_one_transaction(store: Store) {

@@ -39,7 +39,8 @@ pub(super) type GoodFiles = Arc<HashMap<PathBuf, Good>>;
 /// A file's checked content, before cross-file resolution.
 #[derive(Debug, Clone)]
 pub(super) enum Good {
-    Users(Arc<Vec<User>>),
+    /// The users and users.toml's blob id.
+    Users(Arc<Vec<User>>, String),
     List(Arc<ClientList>),
     Mailing(Arc<MailingDraft>),
     Message(Arc<Message>),
@@ -137,7 +138,7 @@ pub(super) fn load(
         ..Catalog::default()
     };
     for g in good.values() {
-        if let Good::Users(users) = g {
+        if let Good::Users(users, _) = g {
             for u in users.iter() {
                 catalog.users.insert(u.id.clone(), Arc::new(u.clone()));
             }
@@ -158,7 +159,7 @@ pub(super) fn load(
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     for (rel, g) in sorted {
         match g {
-            Good::Users(_) => {}
+            Good::Users(..) => {}
             Good::List(list) => {
                 if catalog.users.contains_key(&list.owner) {
                     catalog.lists.insert(list.id.clone(), list.clone());
@@ -225,8 +226,40 @@ pub(super) fn load(
     });
     problems.dedup();
     catalog.problems = problems;
+    catalog.stamp = stamp(&good);
     catalog.good = Arc::new(good);
     Ok(catalog)
+}
+
+/// What identifies a catalog's content: the blob id of every file version in use, by path.
+/// Two loads of the same files (in one daemon or in two) have the same stamp; a file that
+/// changed, or a broken one whose previous version stays in use, makes a different one.
+fn stamp(good: &HashMap<PathBuf, Good>) -> String {
+    use sha1::{Digest, Sha1};
+    let mut files: Vec<(&PathBuf, &str)> = good.iter().map(|(p, g)| (p, g.blob())).collect();
+    files.sort_unstable();
+    let mut h = Sha1::new();
+    for (path, blob) in files {
+        h.update(path.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(blob.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Good {
+    fn blob(&self) -> &str {
+        match self {
+            Good::Users(_, blob) => blob,
+            Good::List(list) => &list.blob,
+            Good::Mailing(draft) => &draft.blob,
+            Good::Message(message) => &message.blob,
+        }
+    }
 }
 
 fn owner_of(rel: &Path) -> String {
@@ -466,7 +499,7 @@ fn parse_file(entry: &Entry, options: &LoadOptions) -> Parsed {
     let mut ctx = FileCtx::new(&rel, text);
     let mut references = None;
     let good = match &entry.kind {
-        Kind::Users => parse_users(&mut ctx).map(|u| Good::Users(Arc::new(u))),
+        Kind::Users => parse_users(&mut ctx).map(|u| Good::Users(Arc::new(u), blob)),
         Kind::List { owner, name } => {
             parse_list(&mut ctx, owner, name, blob).map(|l| Good::List(Arc::new(l)))
         }

@@ -149,6 +149,8 @@ pub struct Catalog {
     unique_clients: std::sync::OnceLock<usize>,
     /// The version of each file in use, kept for the next reload's fallback.
     good: load::GoodFiles,
+    /// A short digest of those versions (see [`Catalog::stamp`]).
+    stamp: String,
 }
 
 impl Catalog {
@@ -195,6 +197,13 @@ impl Catalog {
     /// Whether any problem is an error.
     pub fn has_errors(&self) -> bool {
         self.problems.iter().any(Problem::is_error)
+    }
+
+    /// A digest of every file version in use: equal for two loads of the same files, in one
+    /// daemon or in several, and different once anything in use changed. Cached responses
+    /// that depend on the catalog carry it in their key.
+    pub fn stamp(&self) -> &str {
+        &self.stamp
     }
 
     /// HEAD's commit when the root is a git checkout.

@@ -235,12 +235,16 @@ pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
     let result = match segments.as_slice() {
         ["v1", "mailings"] if get => mailings(state),
         ["v1", "mailings", owner, name] if get => mailing(state, &format!("{owner}/{name}")),
-        ["v1", "mailings", owner, name, "logs"] if get => cached(state, req.path_and_query, || {
-            logs(state, &format!("{owner}/{name}"), query)
-        }),
+        ["v1", "mailings", owner, name, "logs"] if get => {
+            logs_query(query).and_then(|(limit, before)| {
+                cached(state, req.path_and_query, Window::None, |catalog| {
+                    logs(state, catalog, &format!("{owner}/{name}"), limit, before)
+                })
+            })
+        }
         ["v1", "mailings", owner, name, "report"] if get => {
-            cached(state, req.path_and_query, || {
-                report(state, &format!("{owner}/{name}"))
+            cached(state, req.path_and_query, Window::None, |catalog| {
+                report(state, catalog, &format!("{owner}/{name}"))
             })
         }
         [
@@ -260,7 +264,9 @@ pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
         ["v1", "users", user, action @ ("block" | "unblock")] if post => {
             set_user(state, req, &key_id, user, *action == "block")
         }
-        ["v1", "stats"] if get => cached(state, req.path_and_query, || stats(state)),
+        ["v1", "stats"] if get => cached(state, req.path_and_query, Window::Minute, |catalog| {
+            stats(state, catalog)
+        }),
         ["v1", "problems"] if get => problems(state),
         ["v1", "mailings"]
         | ["v1", "mailings", _, _]
@@ -291,18 +297,42 @@ fn db_error(e: impl std::fmt::Display) -> Reply {
     Reply::error(503, "unavailable", "the database did not answer; try again")
 }
 
-/// Serve from the cache when nothing changed since: the key carries the database's
-/// generation (it grows with every run and attempt), so a changed run is never served stale.
-fn cached(state: &HttpState, path: &str, compute: impl FnOnce() -> Answer) -> Answer {
+/// Whether a cached response also depends on the clock.
+#[derive(Clone, Copy)]
+enum Window {
+    /// Only on the data: the database and the catalog.
+    None,
+    /// Also on counts over the last 24 hours or 30 days: recomputed every minute.
+    Minute,
+}
+
+/// Serve from the cache when nothing changed since. The key carries everything the response
+/// is computed from: the catalog's stamp (any file version in use), the database's
+/// generation (it grows with every run and attempt) and, for a [`Window::Minute`] route, the
+/// minute by the daemon's clock. State kept in rows that are updated in place (blocks,
+/// disables, unsubscribes, verifications) invalidates the cache where it is written.
+/// `compute` gets the catalog the key was made from, so an entry is never stored under a
+/// newer catalog's key.
+fn cached(
+    state: &HttpState,
+    path: &str,
+    window: Window,
+    compute: impl FnOnce(&crate::catalog::Catalog) -> Answer,
+) -> Answer {
+    let catalog = catalog(state);
     let generation = state
         .runtime
         .block_on(state.store.generation())
         .map_err(db_error)?;
-    let key = format!("{generation}:{path}");
+    let minute = match window {
+        Window::None => String::new(),
+        Window::Minute => format!("{}:", state.clock.now().timestamp().div_euclid(60)),
+    };
+    let key = format!("{}:{generation}:{minute}{path}", catalog.stamp());
     if let Some(body) = state.cache.get(&key) {
         return Ok(Reply::raw_json(200, body));
     }
-    let reply = compute()?;
+    let reply = compute(&catalog)?;
     if reply.status == 200 {
         state.cache.put(&key, &reply.body);
     }
@@ -422,39 +452,67 @@ fn mailing(state: &HttpState, id: &str) -> Answer {
     Ok(Reply::json(200, &value))
 }
 
-fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+/// The logs route's query: `limit` (1 to 1000, default 50) and `before` (an attempt id),
+/// each at most once, as plain decimal numbers; any other parameter is refused rather than
+/// ignored, so a misspelt one is not mistaken for the default.
+fn logs_query(query: &str) -> Result<(u32, Option<AttemptId>), Reply> {
+    let bad = |message: String| Reply::error(400, "bad_query", &message);
+    let (mut limit, mut before) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| value.parse::<i64>().ok())
+                .flatten()
+        };
+        match name {
+            "limit" if limit.is_none() => {
+                limit = Some(
+                    number()
+                        .filter(|l| (1..=1000).contains(l))
+                        .ok_or_else(|| bad("limit must be 1 to 1000".into()))?,
+                );
+            }
+            "before" if before.is_none() => {
+                before = Some(
+                    number()
+                        .filter(|&id| id >= 1)
+                        .ok_or_else(|| bad("before must be an attempt id".into()))?,
+                );
+            }
+            "limit" | "before" => return Err(bad(format!("{name} is given twice"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown parameter {name:?}: logs takes limit and before"
+                )));
+            }
+        }
+    }
+    let limit = limit.map_or(50, |l| u32::try_from(l).unwrap_or(50));
+    Ok((limit, before.map(AttemptId)))
 }
 
 /// Nothing in the database for `id`: a mailing of the repository that has not sent yet, or
 /// a 404. A mailing deleted from the repository keeps its log and reports.
-fn known(state: &HttpState, id: &str) -> Result<(), Reply> {
-    find(&catalog(state), id).map(drop)
+fn known(catalog: &crate::catalog::Catalog, id: &str) -> Result<(), Reply> {
+    find(catalog, id).map(drop)
 }
 
-fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
-    let limit = match query_param(query, "limit") {
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| Reply::error(400, "bad_query", "limit must be 1 to 1000"))?,
-        None => 50,
-    };
-    let before = match query_param(query, "before") {
-        Some(v) => Some(AttemptId(v.parse().map_err(|_| {
-            Reply::error(400, "bad_query", "before must be an attempt id")
-        })?)),
-        None => None,
-    };
+fn logs(
+    state: &HttpState,
+    catalog: &crate::catalog::Catalog,
+    id: &str,
+    limit: u32,
+    before: Option<AttemptId>,
+) -> Answer {
     let page = state
         .runtime
         .block_on(crate::attempts::page(&state.store, id, limit, before))
         .map_err(db_error)?;
     if page.attempts.is_empty() {
-        known(state, id)?;
+        known(catalog, id)?;
     }
     let attempts: Vec<Value> = page.attempts.iter().map(crate::attempts::json).collect();
     let next = page.next_before.map(|a| a.0);
@@ -464,13 +522,13 @@ fn logs(state: &HttpState, id: &str, query: &str) -> Answer {
     ))
 }
 
-fn report(state: &HttpState, id: &str) -> Answer {
+fn report(state: &HttpState, catalog: &crate::catalog::Catalog, id: &str) -> Answer {
     let runs = state
         .runtime
         .block_on(state.store.report(id))
         .map_err(db_error)?;
     if runs.is_empty() {
-        known(state, id)?;
+        known(catalog, id)?;
     }
     Ok(Reply::json(
         200,
@@ -655,15 +713,14 @@ fn users(state: &HttpState) -> Answer {
     Ok(Reply::json(200, &json!({ "users": list })))
 }
 
-fn stats(state: &HttpState) -> Answer {
-    let catalog = catalog(state);
-    let facts = facts(state, &catalog)?;
+fn stats(state: &HttpState, catalog: &crate::catalog::Catalog) -> Answer {
+    let facts = facts(state, catalog)?;
     let now = state.clock.now();
     let s = state
         .runtime
         .block_on(state.store.stats(now))
         .map_err(db_error)?;
-    let site = crate::site::stats(&catalog, &facts, s.sent_total, now, state.catch_up);
+    let site = crate::site::stats(catalog, &facts, s.sent_total, now, state.catch_up);
     Ok(Reply::json(
         200,
         &json!({

@@ -256,6 +256,7 @@ fn metrics(state: &HttpState) -> Reply {
 fn verify(state: &HttpState, token: &str) -> Reply {
     match state.runtime.block_on(state.verifier.open(token)) {
         Ok(Verified::Confirmed { email, .. }) => {
+            state.cache.invalidate();
             state.state_changed.notify_waiters();
             Reply::html(
                 200,
