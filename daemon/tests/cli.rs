@@ -445,3 +445,57 @@ fn mistakes_on_the_command_line_are_named_once() {
         out.stderr_text()
     );
 }
+
+#[test]
+fn a_paused_mailing_is_not_sent_by_hand() {
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let file = dir.path().join("mailings/alice/launch.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("enabled = false\n{text}")).unwrap();
+    let env = [("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")];
+    let out = skychimpd_env(&["--root", root, "send", "alice/launch"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout_text());
+    assert!(
+        out.stderr_text().contains(
+            "mailing `alice/launch` is paused (enabled = false in mailings/alice/launch.toml)"
+        ),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        !dir.path().join("var/outbox").exists(),
+        "nothing was written to the outbox"
+    );
+    let out = skychimpd_env(&["--root", root, "send", "alice/launch", "--dry-run"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text()
+            .contains("note: a real send would be refused now: mailing `alice/launch` is paused"),
+        "{}",
+        out.stdout_text()
+    );
+}
+
+#[test]
+fn a_list_named_twice_is_a_warning_and_the_mailing_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    let file = dir.path().join("mailings/alice/weekly.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "lists = [\"newsletter\", \"customers\"]",
+        "lists = [\"newsletter\", \"customers\", \"alice/newsletter\"]",
+    );
+    std::fs::write(&file, text).unwrap();
+    let root = dir.path().to_str().unwrap();
+    let out = skychimpd(&["--root", root, "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    let said = format!("{}{}", out.stdout_text(), out.stderr_text());
+    assert!(
+        said.contains(
+            "mailings/alice/weekly.toml:2:37: warning: `alice/newsletter` names list `newsletter` a second time"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("2 mailings; 0 errors, 1 warning"), "{said}");
+}

@@ -466,10 +466,9 @@ fn report(d: &Daemon, id: &str) -> serde_json::Value {
     a.json()
 }
 
-/// Disable mid-run: the queued deliveries are skipped, nothing more leaves; the audit row
-/// is written; enable: the next occurrence sends again. The CLI shows it all.
-#[test]
-fn disable_stops_sending_and_enable_resumes() {
+/// `alice/flood`, sending every minute to 40 clients at 2 a second, early in a minute (no
+/// second run during a test), once its first two messages are out.
+fn flood_going_out() -> (Repo, Daemon) {
     let repo = Repo::new(
         &["alice"],
         40,
@@ -480,6 +479,14 @@ fn disable_stops_sending_and_enable_resumes() {
     wait_for("two messages", Duration::from_secs(30), || {
         d.sent().len() >= 2
     });
+    (repo, d)
+}
+
+/// Disable mid-run: the queued deliveries are skipped, nothing more leaves; the audit row
+/// is written; enable: the next occurrence sends again. The CLI shows it all.
+#[test]
+fn disable_stops_sending_and_enable_resumes() {
+    let (repo, d) = flood_going_out();
 
     let out = d.manager(
         repo.root(),
@@ -702,6 +709,82 @@ fn one_click_unsubscribe_stops_mail_to_that_address() {
         .filter(|m| m.contains("alice-c0@example.net"))
         .count();
     assert_eq!(last, 1, "the unsubscribed address got a second message");
+}
+
+/// A mailing deleted from the repository mid-run, or paused with `enabled = false`, holds
+/// its run: the workers give its rows back and nothing more of it leaves. Back in the
+/// repository (and enabled), the run goes on where it stopped; deleted again, a manager's
+/// disable skips what is left. Each recipient gets the run at most once throughout.
+#[test]
+fn a_dropped_mailing_holds_its_run_until_it_is_back_or_disabled() {
+    let (repo, d) = flood_going_out();
+    let db = repo.root().join("var/skychimp.db");
+    let file = repo.root().join("mailings/alice/flood.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let holds = |d: &Daemon| d.log_text().matches("its unfinished run is held").count();
+    // Rows leased to a worker or being sent: none once the workers gave the held run back.
+    let busy = || {
+        sqlite(
+            &db,
+            "SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL OR status = 'sending'",
+        )
+    };
+
+    std::fs::remove_file(&file).unwrap();
+    wait_for("the hold", Duration::from_secs(20), || holds(&d) == 1);
+    wait_for("the rows given back", Duration::from_secs(10), || {
+        busy() == "0\n"
+    });
+    let held_at = d.sent().len();
+    assert!(held_at < 40, "the run ended before the hold");
+    let run = &report(&d, "alice/flood")["runs"][0];
+    assert_eq!(run["sent"].as_u64().unwrap() as usize, held_at, "{run}");
+    assert_eq!(
+        run["queued"].as_u64().unwrap() as usize,
+        40 - held_at,
+        "{run}"
+    );
+
+    // Back, but paused: still held. Then enabled: it goes on.
+    std::fs::write(&file, format!("enabled = false\n{text}")).unwrap();
+    wait_for("the paused reload", Duration::from_secs(20), || {
+        d.log_text().matches("catalog reloaded").count() >= 2
+    });
+    assert_eq!(busy(), "0\n", "a paused mailing's rows were claimed");
+    std::fs::write(&file, &text).unwrap();
+    wait_for("the run going on", Duration::from_secs(20), || {
+        d.log_text().contains("its held run goes on")
+    });
+    wait_for("more messages", Duration::from_secs(20), || {
+        d.sent().len() >= held_at + 2
+    });
+
+    // Deleted again, and disabled by a manager: what is left is skipped, not sent.
+    std::fs::remove_file(&file).unwrap();
+    wait_for("the second hold", Duration::from_secs(20), || {
+        holds(&d) == 2
+    });
+    let out = d.manager(repo.root(), &["disable", "alice/flood", "--reason", "gone"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the rows given back", Duration::from_secs(10), || {
+        busy() == "0\n"
+    });
+    let run = &report(&d, "alice/flood")["runs"][0];
+    let sent = run["sent"].as_u64().unwrap() as usize;
+    assert!(sent < 40, "{run}");
+    assert_eq!(sent, d.sent().len(), "one message per sent row: {run}");
+    assert_eq!(
+        run["skipped"].as_u64().unwrap() as usize,
+        40 - sent,
+        "{run}"
+    );
+    assert_eq!(run["queued"], 0, "{run}");
+    let unique: std::collections::HashSet<String> =
+        sqlite(&db, "SELECT address FROM attempts WHERE outcome = 'sent'")
+            .lines()
+            .map(str::to_string)
+            .collect();
+    assert_eq!(unique.len(), sent, "a recipient got the run twice");
 }
 
 /// Cached reads follow the repository: a mailing added to it shows in `/v1/stats` at the

@@ -76,7 +76,7 @@ async fn worker(store: Store, name: String, batch: usize, now: DateTime<Utc>) ->
     loop {
         let t = Instant::now();
         let claimed = match store
-            .claim(&name, batch, Duration::from_secs(300), now, None)
+            .claim(&name, batch, Duration::from_secs(300), now, None, &[])
             .await
         {
             Ok(c) => c,

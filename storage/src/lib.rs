@@ -228,7 +228,8 @@ storage_interface! {
     /// claim need not be durable (PostgreSQL's does not wait for the WAL flush): nothing
     /// is sent on a lease alone, and the durable mark that follows makes it durable too.
     /// With `only_run`, only that run's deliveries are taken (`skychimpd send` delivers
-    /// its own run and leaves the rest to the daemon).
+    /// its own run and leaves the rest to the daemon). The deliveries of the `held` runs
+    /// are left where they are (a mailing deleted from the repository or paused).
     fn claim(
         &self,
         worker: &str,
@@ -236,6 +237,7 @@ storage_interface! {
         lease: Duration,
         now: DateTime<Utc>,
         only_run: Option<RunId>,
+        held: &[RunId],
     ) -> Vec<ClaimedDelivery>;
 
     /// Gives leased deliveries back before their lease ends: a worker stopping (SIGTERM)
@@ -250,8 +252,10 @@ storage_interface! {
     /// of logs, reports and statistics key on it, so an entry is never served after the
     /// rows behind it changed. Between two writes it stays the same. PostgreSQL: the
     /// transaction snapshot (`txid_current_snapshot()`), which is the same for every
-    /// process on the database, so daemons sharing a cache share entries. SQLite: a count
-    /// of the changes this store has seen, prefixed by a number drawn when it was opened.
+    /// process on the database, so daemons sharing a cache share entries (any commit on the
+    /// server changes it, in other databases too). SQLite:
+    /// `PRAGMA data_version` on a connection of its own (in memory: `total_changes()`),
+    /// prefixed by a number drawn when that connection was opened.
     fn generation(&self) -> String;
 
     /// [`Storage::record_outcomes`] for one chunk and [`Storage::mark_sending`] for the next,

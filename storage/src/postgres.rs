@@ -393,11 +393,13 @@ impl Storage for PgStore {
         lease: Duration,
         now: DateTime<Utc>,
         only_run: Option<RunId>,
+        held: &[RunId],
     ) -> Result<Vec<ClaimedDelivery>, StorageError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let now = to_millis(now);
+        let held: Vec<i64> = held.iter().map(|r| r.0).collect();
         let mut tx = self.pool.begin().await?;
         // See `statements::CLAIM`: only an ordered walk of the due index stops after `limit`
         // rows; without `enable_sort` the planner may sort every due row on each claim.
@@ -414,14 +416,24 @@ impl Storage for PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query(statements::CLAIM)
+        // The usual claim holds nothing back and keeps the statement the planner knows.
+        let query = if held.is_empty() {
+            sqlx::query(statements::CLAIM)
+        } else {
+            sqlx::query(statements::CLAIM_HOLDING)
+        };
+        let query = query
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(worker)
             .bind(to_millis(lease_until(now, lease)))
-            .bind(only_run.map(|r| r.0))
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(only_run.map(|r| r.0));
+        let query = if held.is_empty() {
+            query
+        } else {
+            query.bind(held)
+        };
+        let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let mut claimed = rows
             .iter()
@@ -1061,6 +1073,27 @@ impl<'o> OutcomeColumns<'o> {
     }
 }
 
+/// The claim statement, with `$hold` (a condition on `run_id`, or nothing) among its filters.
+macro_rules! claim {
+    ($hold:literal) => {
+        concat!(
+            "UPDATE deliveries d SET lease_owner = $3, lease_until = $4 \
+             FROM runs r \
+             WHERE r.id = d.run_id AND d.id = ANY(ARRAY( \
+                 SELECT id FROM deliveries \
+                 WHERE status IN ('queued', 'deferred') AND next_attempt_at <= $1 \
+                   AND (lease_until IS NULL OR lease_until <= $1) \
+                   AND ($5::BIGINT IS NULL OR run_id = $5) ",
+            $hold,
+            "ORDER BY next_attempt_at, id \
+                 LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED)) \
+             RETURNING d.id, d.run_id, r.mailing_id, d.address, d.email, d.name, d.comment, \
+                       d.attempts, d.status"
+        )
+    };
+}
+
 /// Statement texts whose plans matter enough to be checked by a test (`EXPLAIN` in
 /// `storage/tests/contract.rs`).
 #[doc(hidden)]
@@ -1087,18 +1120,10 @@ pub mod statements {
     /// per claim at 20,000 due rows, growing with the run. The caller runs this statement
     /// with `enable_sort = off` for its transaction, which leaves the ordered index scan as
     /// the only cheap plan.
-    pub const CLAIM: &str = "UPDATE deliveries d SET lease_owner = $3, lease_until = $4 \
-         FROM runs r \
-         WHERE r.id = d.run_id AND d.id = ANY(ARRAY( \
-             SELECT id FROM deliveries \
-             WHERE status IN ('queued', 'deferred') AND next_attempt_at <= $1 \
-               AND (lease_until IS NULL OR lease_until <= $1) \
-               AND ($5::BIGINT IS NULL OR run_id = $5) \
-             ORDER BY next_attempt_at, id \
-             LIMIT $2 \
-             FOR UPDATE SKIP LOCKED)) \
-         RETURNING d.id, d.run_id, r.mailing_id, d.address, d.email, d.name, d.comment, \
-                   d.attempts, d.status";
+    pub const CLAIM: &str = claim!("");
+
+    /// [`CLAIM`] leaving the deliveries of the runs in `$6` alone.
+    pub const CLAIM_HOLDING: &str = claim!("AND run_id <> ALL($6::BIGINT[]) ");
 
     /// Records one chunk's outcomes and marks the next chunk `sending`, in one statement
     /// (one round trip, its own transaction unless run in one): `$1`–`$7` the outcomes as

@@ -508,31 +508,44 @@ impl Storage for SqliteStore {
         lease: Duration,
         now: DateTime<Utc>,
         only_run: Option<RunId>,
+        held: &[RunId],
     ) -> Result<Vec<ClaimedDelivery>, StorageError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(
+        // Held runs are few (usually none); their ids are bound one by one.
+        let holding = if held.is_empty() {
+            String::new()
+        } else {
+            format!("AND run_id NOT IN ({}) ", placeholders(held.len()))
+        };
+        let sql = format!(
             "UPDATE deliveries SET lease_owner = ?, lease_until = ? \
              WHERE id IN ( \
                  SELECT id FROM deliveries \
                  WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ? \
                    AND (lease_until IS NULL OR lease_until <= ?) \
                    AND (? IS NULL OR run_id = ?) \
+                   {holding}\
                  ORDER BY next_attempt_at, id \
                  LIMIT ?) \
-             RETURNING id, run_id, address, email, name, comment, attempts, status",
-        )
-        .bind(worker)
-        .bind(ms(lease_until(now, lease)))
-        .bind(ms(now))
-        .bind(ms(now))
-        .bind(only_run.map(|r| r.0))
-        .bind(only_run.map(|r| r.0))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
+             RETURNING id, run_id, address, email, name, comment, attempts, status"
+        );
+        let mut tx = self.write_tx().await?;
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(ms(lease_until(now, lease)))
+            .bind(ms(now))
+            .bind(ms(now))
+            .bind(only_run.map(|r| r.0))
+            .bind(only_run.map(|r| r.0));
+        for run in held {
+            query = query.bind(run.0);
+        }
+        let rows = query
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
 
         let mut run_ids: Vec<i64> = Vec::new();
         for row in &rows {

@@ -68,6 +68,7 @@ contract!(
     user_state_verification_and_block,
     mailing_state_and_audit,
     claim_can_be_limited_to_one_run,
+    claim_leaves_held_runs_alone,
     release_gives_back_unstarted_rows,
     marked_rows_of_a_halted_mailing_are_skipped,
     dead_workers_are_taken_over,
@@ -288,7 +289,7 @@ fn outcome(
 /// Claims, marks and records `sent` for up to `n` deliveries at `at`.
 async fn send_n(store: &Store, n: usize, at: DateTime<Utc>) -> Vec<DeliveryId> {
     let claimed = store
-        .claim("w", n, Duration::from_secs(60), at, None)
+        .claim("w", n, Duration::from_secs(60), at, None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -581,7 +582,7 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 10).await;
     let lease = Duration::from_secs(60);
     let a = store
-        .claim("worker-a", 4, lease, t0(), None)
+        .claim("worker-a", 4, lease, t0(), None, &[])
         .await
         .expect("claim a");
     assert_eq!(a.len(), 4);
@@ -593,12 +594,12 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
     assert_eq!(a[0].name, "Client 0");
     assert_eq!(a[0].status, DeliveryStatus::Queued);
     let b = store
-        .claim("worker-b", 100, lease, t0(), None)
+        .claim("worker-b", 100, lease, t0(), None, &[])
         .await
         .expect("claim b");
     assert_eq!(b.len(), 6);
     let c = store
-        .claim("worker-c", 100, lease, t0() + secs(59), None)
+        .claim("worker-c", 100, lease, t0() + secs(59), None, &[])
         .await
         .expect("claim c");
     assert!(
@@ -626,7 +627,7 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
 
     // The lease ends: anyone may take them.
     let c = store
-        .claim("worker-c", 100, lease, t0() + secs(60), None)
+        .claim("worker-c", 100, lease, t0() + secs(60), None, &[])
         .await
         .expect("claim c");
     assert_eq!(c.len(), 10);
@@ -640,7 +641,7 @@ async fn claim_leases_each_row_to_one_worker(store: Store) {
     );
     assert!(
         store
-            .claim("worker-d", 0, lease, t0(), None)
+            .claim("worker-d", 0, lease, t0(), None, &[])
             .await
             .expect("zero")
             .is_empty()
@@ -657,7 +658,7 @@ async fn concurrent_claimers_get_disjoint_sets(store: Store) {
             let mut mine = Vec::new();
             loop {
                 let batch = store
-                    .claim(&worker, 37, Duration::from_secs(300), t0(), None)
+                    .claim(&worker, 37, Duration::from_secs(300), t0(), None, &[])
                     .await
                     .expect("claim");
                 if batch.is_empty() {
@@ -696,7 +697,7 @@ async fn large_batches_cross_statement_chunks(store: Store) {
         Some(9000)
     );
     let claimed = store
-        .claim("w", 4500, Duration::from_secs(60), t0(), None)
+        .claim("w", 4500, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 4500);
@@ -743,7 +744,7 @@ async fn send_cycle_records_outcomes_and_log_rows(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 3).await;
     let now = t0() + secs(1);
     let claimed = store
-        .claim("w1", 10, Duration::from_secs(60), now, None)
+        .claim("w1", 10, Duration::from_secs(60), now, None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -848,7 +849,7 @@ async fn send_cycle_records_outcomes_and_log_rows(store: Store) {
 async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 1).await;
     let claimed = store
-        .claim("w1", 1, Duration::from_secs(60), t0(), None)
+        .claim("w1", 1, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     let id = claimed[0].id;
@@ -874,12 +875,13 @@ async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
             Duration::from_secs(60),
             retry - TimeDelta::milliseconds(1),
             None,
+            &[],
         )
         .await
         .expect("claim early");
     assert!(early.is_empty(), "not due before next_attempt_at");
     let due = store
-        .claim("w2", 10, Duration::from_secs(60), retry, None)
+        .claim("w2", 10, Duration::from_secs(60), retry, None, &[])
         .await
         .expect("claim due");
     assert_eq!(due.len(), 1);
@@ -921,7 +923,7 @@ async fn deferred_delivery_is_due_again_at_next_attempt(store: Store) {
 async fn mark_sending_leaves_out_skipped_and_foreign_rows(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 2).await;
     let claimed = store
-        .claim("w1", 10, Duration::from_secs(60), t0(), None)
+        .claim("w1", 10, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -960,7 +962,7 @@ async fn renewed_lease_keeps_rows_from_recovery_and_claims(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 3).await;
     let lease = Duration::from_secs(60);
     let claimed = store
-        .claim("w1", 3, lease, t0(), None)
+        .claim("w1", 3, lease, t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1011,7 +1013,7 @@ async fn renewed_lease_keeps_rows_from_recovery_and_claims(store: Store) {
 async fn interrupt_two(store: &Store) -> (RunId, Vec<DeliveryId>) {
     let run = create(store, "alice/weekly", t0(), 3).await;
     let claimed = store
-        .claim("w1", 2, Duration::from_secs(60), t0(), None)
+        .claim("w1", 2, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1055,7 +1057,14 @@ async fn recover_interrupted_at_most_once(store: Store) {
         && ids.contains(&a.delivery_id)));
     // Unknown is not resent.
     let again = store
-        .claim("w2", 10, Duration::from_secs(60), later + secs(3600), None)
+        .claim(
+            "w2",
+            10,
+            Duration::from_secs(60),
+            later + secs(3600),
+            None,
+            &[],
+        )
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
@@ -1127,7 +1136,7 @@ async fn recover_interrupted_at_least_once(store: Store) {
     assert_eq!(logs.len(), 2);
     assert!(logs.iter().all(|a| a.outcome == AttemptOutcome::Unknown));
     let again = store
-        .claim("w2", 10, Duration::from_secs(60), now, None)
+        .claim("w2", 10, Duration::from_secs(60), now, None, &[])
         .await
         .expect("claim");
     assert_eq!(again.len(), 3, "requeued rows are claimable again");
@@ -1139,7 +1148,7 @@ async fn skip_on_disable_and_block(store: Store) {
     let bob = create(&store, "bob/news", t0(), 2).await;
     // One of weekly's is sent, one deferred: sent stays, deferred is skipped.
     let claimed = store
-        .claim("w", 2, Duration::from_secs(60), t0(), None)
+        .claim("w", 2, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1205,7 +1214,14 @@ async fn skip_on_disable_and_block(store: Store) {
             .all(|(_, s)| *s == DeliveryStatus::Queued)
     );
     let left = store
-        .claim("w", 100, Duration::from_secs(60), t0() + secs(3600), None)
+        .claim(
+            "w",
+            100,
+            Duration::from_secs(60),
+            t0() + secs(3600),
+            None,
+            &[],
+        )
         .await
         .expect("claim");
     assert_eq!(left.len(), 2);
@@ -1222,7 +1238,7 @@ async fn report_counts_per_run(store: Store) {
     // old: 2 sent, 1 failed, 1 deferred (client 3), 1 queued; then client 3 unsubscribes,
     // which skips its deferred retry in old and its queued delivery in new.
     let claimed = store
-        .claim("w", 4, Duration::from_secs(60), t0(), None)
+        .claim("w", 4, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     assert!(claimed.iter().all(|c| c.run_id == old));
@@ -1250,7 +1266,7 @@ async fn report_counts_per_run(store: Store) {
         .await
         .expect("unsubscribe");
     let claimed = store
-        .claim("w", 1, Duration::from_secs(60), t0(), None)
+        .claim("w", 1, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim one");
     store
@@ -1367,7 +1383,7 @@ async fn stats_count_sent_within_windows(store: Store) {
     let now = t0() + secs(90 * 86400);
     create(&store, "alice/weekly", t0(), 6).await;
     let claimed = store
-        .claim("w", 5, Duration::from_secs(60), t0(), None)
+        .claim("w", 5, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1540,11 +1556,36 @@ async fn mailing_state_and_audit(store: Store) {
     assert_eq!(rest[0].at, t0());
 }
 
+async fn claim_leaves_held_runs_alone(store: Store) {
+    let a = create(&store, "alice/weekly", t0(), 3).await;
+    let b = create(&store, "bob/daily", t0(), 2).await;
+    let c = create(&store, "carol/news", t0(), 1).await;
+    let lease = Duration::from_secs(60);
+    let claimed = store
+        .claim("w", 10, lease, t0(), None, &[a, c])
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+    assert!(claimed.iter().all(|d| d.run_id == b), "{claimed:?}");
+    let nothing = store
+        .claim("w", 10, lease, t0(), Some(a), &[a])
+        .await
+        .expect("claim");
+    assert!(nothing.is_empty(), "a held run is held even when asked for");
+    let rest = store
+        .claim("w", 10, lease, t0(), None, &[])
+        .await
+        .expect("claim");
+    let mut runs: Vec<RunId> = rest.iter().map(|d| d.run_id).collect();
+    runs.dedup();
+    assert_eq!(runs, [a, c], "released, the held runs are claimed again");
+}
+
 async fn claim_can_be_limited_to_one_run(store: Store) {
     let a = create(&store, "alice/weekly", t0(), 3).await;
     let b = create(&store, "bob/daily", t0(), 2).await;
     let only_b = store
-        .claim("w", 10, Duration::from_secs(60), t0(), Some(b))
+        .claim("w", 10, Duration::from_secs(60), t0(), Some(b), &[])
         .await
         .expect("claim");
     assert_eq!(only_b.len(), 2);
@@ -1580,7 +1621,7 @@ async fn release_gives_back_unstarted_rows(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 4).await;
     let lease = Duration::from_secs(300);
     let claimed = store
-        .claim("w1", 4, lease, t0(), None)
+        .claim("w1", 4, lease, t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1607,7 +1648,7 @@ async fn release_gives_back_unstarted_rows(store: Store) {
     }
     // Released rows are claimable at once, long before the lease would have ended.
     let again = store
-        .claim("w2", 10, lease, t0() + secs(1), None)
+        .claim("w2", 10, lease, t0() + secs(1), None, &[])
         .await
         .expect("claim");
     assert_eq!(again.len(), 3);
@@ -1616,7 +1657,7 @@ async fn release_gives_back_unstarted_rows(store: Store) {
 async fn marked_rows_of_a_halted_mailing_are_skipped(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 4).await;
     let claimed = store
-        .claim("w1", 4, Duration::from_secs(300), t0(), None)
+        .claim("w1", 4, Duration::from_secs(300), t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1660,11 +1701,11 @@ async fn dead_workers_are_taken_over(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 5).await;
     let lease = Duration::from_secs(300);
     let dead = store
-        .claim("host:1:dead", 3, lease, t0(), None)
+        .claim("host:1:dead", 3, lease, t0(), None, &[])
         .await
         .expect("claim");
     let live = store
-        .claim("host:2:live", 2, lease, t0(), None)
+        .claim("host:2:live", 2, lease, t0(), None, &[])
         .await
         .expect("claim");
     let dead_ids: Vec<DeliveryId> = dead.iter().map(|c| c.id).collect();
@@ -1700,7 +1741,7 @@ async fn dead_workers_are_taken_over(store: Store) {
     );
     // The dead worker's queued rows are free now; the live worker's are not.
     let taken = store
-        .claim("host:3:new", 10, lease, now, None)
+        .claim("host:3:new", 10, lease, now, None, &[])
         .await
         .expect("claim");
     let taken: Vec<DeliveryId> = taken.iter().map(|c| c.id).collect();
@@ -1719,7 +1760,7 @@ async fn in_flight_lookups_read_only_rows_in_flight(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 40).await;
     send_n(&store, 20, t0()).await;
     let lease = Duration::from_secs(300);
-    let claimed = store.claim("host:1:w", 4, lease, t0(), None).await;
+    let claimed = store.claim("host:1:w", 4, lease, t0(), None, &[]).await;
     let ids: Vec<DeliveryId> = claimed.expect("claim").iter().map(|c| c.id).collect();
     store
         .mark_sending(&ids[..1], "host:1:w", t0())
@@ -1827,12 +1868,17 @@ async fn in_flight_lookups_read_only_rows_in_flight(store: Store) {
 
 async fn generation_changes_with_every_write(store: Store) {
     // Every write, whichever table it touches, gives a new token; reads give the same one.
+    // On PostgreSQL the token is the server's snapshot, which the tests running beside this
+    // one move too: there only the changes are checked.
+    let alone = matches!(store, Store::Sqlite(_));
     let first = store.generation().await.expect("generation");
-    assert_eq!(
-        store.generation().await.expect("generation"),
-        first,
-        "nothing was written"
-    );
+    if alone {
+        assert_eq!(
+            store.generation().await.expect("generation"),
+            first,
+            "nothing was written"
+        );
+    }
     let mut seen = vec![first];
     let mut changed = |what: &str, token: String| {
         assert!(!seen.contains(&token), "{what}: {token} was seen before");
@@ -1841,7 +1887,7 @@ async fn generation_changes_with_every_write(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 2).await;
     changed("a new run", store.generation().await.expect("generation"));
     let claimed = store
-        .claim("w", 1, Duration::from_secs(60), t0(), None)
+        .claim("w", 1, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     changed("a claim", store.generation().await.expect("generation"));
@@ -1874,18 +1920,20 @@ async fn generation_changes_with_every_write(store: Store) {
         "an unsubscribe",
         store.generation().await.expect("generation"),
     );
-    let now = store.generation().await.expect("generation");
-    assert_eq!(
-        store.generation().await.expect("generation"),
-        now,
-        "reads only"
-    );
+    if alone {
+        let now = store.generation().await.expect("generation");
+        assert_eq!(
+            store.generation().await.expect("generation"),
+            now,
+            "reads only"
+        );
+    }
 }
 
 async fn record_and_mark_in_one_transaction(store: Store) {
     let run = create(&store, "alice/weekly", t0(), 4).await;
     let claimed = store
-        .claim("w", 4, Duration::from_secs(60), t0(), None)
+        .claim("w", 4, Duration::from_secs(60), t0(), None, &[])
         .await
         .expect("claim");
     let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
@@ -1948,7 +1996,7 @@ async fn senders_statements_have_bounded_plans(store: Store) {
     };
     let check = async |when: &str| {
         let claimed = store
-            .claim("w", 16, Duration::from_secs(60), t0(), None)
+            .claim("w", 16, Duration::from_secs(60), t0(), None, &[])
             .await
             .expect("claim");
         let ids: Vec<String> = claimed.iter().map(|c| c.id.0.to_string()).collect();

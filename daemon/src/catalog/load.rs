@@ -715,6 +715,21 @@ fn parse_mailing(
             "`lists` is empty: name at least one list of clients/<owner>/",
         );
     }
+    // `news` and `alice/news` are one list, used once; naming it twice is a slip to point at.
+    let mut named = HashSet::new();
+    for list in raw.lists.get_ref() {
+        let full = list.get_ref();
+        let short = match full.split_once('/') {
+            Some((o, n)) if o == owner => n,
+            _ => full.as_str(),
+        };
+        if !named.insert(short) {
+            ctx.warning(
+                list,
+                format!("`{full}` names list `{short}` a second time; its clients get one message"),
+            );
+        }
+    }
     let mut refs = References {
         owner: owner.to_string(),
         path: ctx.rel.to_path_buf(),

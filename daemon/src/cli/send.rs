@@ -30,6 +30,13 @@ pub(crate) async fn refusal(
         ),
         None => (None, None),
     };
+    if !m.enabled {
+        return Ok(Some(format!(
+            "mailing `{}` is paused (enabled = false in {}); set enabled = true to send it",
+            m.id,
+            m.path.display()
+        )));
+    }
     if let Some(state) = mailing_state
         && state.disabled
     {

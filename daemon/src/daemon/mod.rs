@@ -182,6 +182,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         handle.clone(),
         dkim,
     ));
+    deliverer.hold_dropped().await?;
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         handle.clone(),
@@ -358,6 +359,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         );
         let (tz, clock) = (config.timezone(), clock.clone());
         let metrics = deliverer.metrics();
+        let deliverer = deliverer.clone();
         tokio::spawn(async move {
             loop {
                 let change = tokio::select! {
@@ -393,6 +395,9 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                             "catalog reloaded"
                         );
                         *handle.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+                        if let Err(e) = deliverer.hold_dropped().await {
+                            tracing::error!("holding the runs of dropped mailings: {e}");
+                        }
                         crate::metrics::Metrics::inc(&metrics.reloads);
                         reloaded.notify_waiters();
                     }

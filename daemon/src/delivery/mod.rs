@@ -215,6 +215,12 @@ struct HaltSets {
     mailings: HashMap<String, String>,
     /// Owner → why.
     owners: HashMap<String, String>,
+    /// Mailings the catalog in use does not send (deleted from the repository, left out
+    /// for an error, or `enabled = false`) → why. Their deliveries are held, not skipped:
+    /// they go out once the mailing is back.
+    held: HashMap<String, String>,
+    /// The unfinished runs of the `held` mailings, which claims leave alone.
+    held_runs: Vec<RunId>,
 }
 
 impl Halts {
@@ -234,6 +240,44 @@ impl Halts {
             Some(why) => sets.owners.insert(owner.to_string(), why),
             None => sets.owners.remove(owner),
         };
+    }
+
+    /// Hold the deliveries of `held` (mailing id → why) and their unfinished `runs`, and
+    /// no others. Returns the mailings newly held (with why) and those released.
+    pub fn hold(
+        &self,
+        held: HashMap<String, String>,
+        runs: Vec<RunId>,
+    ) -> (Vec<(String, String)>, Vec<String>) {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        let mut newly: Vec<(String, String)> = held
+            .iter()
+            .filter(|(id, _)| !sets.held.contains_key(*id))
+            .map(|(id, why)| (id.clone(), why.clone()))
+            .collect();
+        let mut released: Vec<String> = sets
+            .held
+            .keys()
+            .filter(|id| !held.contains_key(*id))
+            .cloned()
+            .collect();
+        newly.sort();
+        released.sort();
+        sets.held = held;
+        sets.held_runs = runs;
+        (newly, released)
+    }
+
+    /// Whether a delivery of `mailing_id` is held (see [`Halts::hold`]).
+    fn held(&self, mailing_id: &str) -> bool {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        sets.held.contains_key(mailing_id)
+    }
+
+    /// The runs claims leave alone.
+    fn held_runs(&self) -> Vec<RunId> {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        sets.held_runs.clone()
     }
 
     /// Why a delivery of `mailing_id` must not go out now, if it must not.
@@ -394,6 +438,50 @@ impl Deliverer {
         self.wake.notify_waiters();
     }
 
+    /// Hold the unfinished runs of the mailings the catalog in use does not send: deleted
+    /// from the repository, left out for an error, or `enabled = false`. Their queued
+    /// deliveries stay queued (a checkout caught halfway must not skip anyone for good) and
+    /// go out when the mailing is back; a manager's `disable` skips them instead. Called at
+    /// start and after every reload; logs what it starts and stops holding.
+    pub async fn hold_dropped(&self) -> Result<(), skychimp_storage::StorageError> {
+        let catalog = self
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut held = HashMap::new();
+        let mut runs = Vec::new();
+        for id in self.store.mailings_sending().await? {
+            let why = match catalog.mailings().get(&id) {
+                None => "it is not in the repository (deleted, or left out for an error)",
+                Some(m) if !m.enabled => "it is paused (enabled = false)",
+                Some(_) => continue,
+            };
+            let unfinished = self.store.runs_of(&id).await?;
+            runs.extend(
+                unfinished
+                    .iter()
+                    .filter(|r| r.finished_at.is_none())
+                    .map(|r| r.id),
+            );
+            held.insert(id, why.to_string());
+        }
+        let (newly, released) = self.halts.hold(held, runs);
+        for (mailing, why) in newly {
+            tracing::warn!(
+                %mailing,
+                "its unfinished run is held: {why}; it goes on when the mailing is back, and `skychimpd manager disable {mailing}` skips what is left"
+            );
+        }
+        for mailing in &released {
+            tracing::info!(%mailing, "its held run goes on");
+        }
+        if !released.is_empty() {
+            self.wake();
+        }
+        Ok(())
+    }
+
     /// Run the workers until `stop` turns true (or, for [`Scope::Run`], the run is done).
     /// On stop each worker finishes the message in flight, records it, and returns.
     pub async fn run(
@@ -471,7 +559,14 @@ impl Deliverer {
             duty.hold();
             let claimed = match self
                 .store
-                .claim(&worker, self.settings.batch, self.settings.lease, now, only)
+                .claim(
+                    &worker,
+                    self.settings.batch,
+                    self.settings.lease,
+                    now,
+                    only,
+                    &self.halts.held_runs(),
+                )
                 .await
             {
                 Ok(c) => c,
@@ -709,8 +804,11 @@ impl Deliverer {
         if rest.is_empty() {
             return &[];
         }
-        let halted =
-            |d: &ClaimedDelivery| gone.contains(&d.id) || self.halts.why(&d.mailing_id).is_some();
+        let halted = |d: &ClaimedDelivery| {
+            gone.contains(&d.id)
+                || self.halts.why(&d.mailing_id).is_some()
+                || self.halts.held(&d.mailing_id)
+        };
         if !halted(&rest[0]) {
             match slots.waiting.take() {
                 Some(slot) => slot.await,
@@ -781,7 +879,9 @@ impl Deliverer {
         // its envelope can travel with the current body (`send_then`).
         let mut ahead: Option<Prepared> = None;
         for (i, d) in chunk.iter().enumerate() {
-            if *stop.borrow() {
+            // Held since the claim (a reload): given back with the rest of the batch, which
+            // the next claim takes again without the held runs.
+            if *stop.borrow() || self.halts.held(&d.mailing_id) {
                 unsent.push(d.id);
                 continue;
             }
@@ -797,7 +897,11 @@ impl Deliverer {
                 _ => self.prepare(d, &ctx),
             };
             let next = match chunk.get(i + 1) {
-                Some(n) if !*stop.borrow() && self.halts.why(&n.mailing_id).is_none() => {
+                Some(n)
+                    if !*stop.borrow()
+                        && self.halts.why(&n.mailing_id).is_none()
+                        && !self.halts.held(&n.mailing_id) =>
+                {
                     // A failure to load its run surfaces at that delivery's own turn.
                     match self.context(n.run_id, &mut desk.renderers).await {
                         Ok(next_ctx) => Some(self.prepare(n, &next_ctx)),

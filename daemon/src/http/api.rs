@@ -608,8 +608,21 @@ fn set_mailing(
     id: &str,
     disable: bool,
 ) -> Answer {
-    let catalog = catalog(state);
-    find(&catalog, id)?;
+    // A mailing deleted from the repository may still have a run held back: disabling it
+    // is how a manager skips what is left.
+    if catalog(state).mailing(id).is_none() {
+        let runs = state
+            .runtime
+            .block_on(state.store.runs_of(id))
+            .map_err(db_error)?;
+        if runs.is_empty() {
+            return Err(Reply::error(
+                404,
+                "not_found",
+                &format!("no mailing `{id}`"),
+            ));
+        }
+    }
     decide(state, req, key_id, id, Decision::Mailing(disable))
 }
 
