@@ -30,6 +30,16 @@ pub struct ClientVars<'a> {
     pub comment: &'a str,
 }
 
+impl<'a> From<&'a crate::catalog::Client> for ClientVars<'a> {
+    fn from(c: &'a crate::catalog::Client) -> Self {
+        ClientVars {
+            email: &c.email,
+            name: &c.name,
+            comment: c.comment.as_deref().unwrap_or(""),
+        }
+    }
+}
+
 /// `mailing.*`
 #[derive(Debug, Clone, Serialize)]
 pub struct MailingVars<'a> {
@@ -82,11 +92,45 @@ fn sample() -> TemplateContext<'static> {
 pub fn check(source: &str) -> Result<(), TemplateError> {
     let mut tera = tera::Tera::default();
     tera.add_raw_template("template", source)
-        .map_err(|e| to_error(&e))?;
+        .map_err(|e| located(&e, source))?;
     let context = tera::Context::from_serialize(sample()).map_err(|e| to_error(&e))?;
     tera.render("template", &context)
-        .map_err(|e| to_error(&e))?;
+        .map_err(|e| located(&e, source))?;
     Ok(())
+}
+
+/// A Tera error in `source` with the best position known: a syntax error's own, or for a
+/// variable that is not found (Tera gives no position then) its first use in the source;
+/// else the template's start.
+pub fn located(error: &tera::Error, source: &str) -> TemplateError {
+    let mut e = to_error(error);
+    if e.line == 1
+        && e.column == 1
+        && let Some(name) = e
+            .message
+            .split_once("Variable `")
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(name, _)| name)
+        && let Some((line, column)) = first_use(source, name)
+    {
+        e.line = line;
+        e.column = column;
+    }
+    e
+}
+
+/// Where `name` (a variable path such as `client.nmae`) first appears in `source` as a
+/// whole word: 1-based line and column in characters.
+fn first_use(source: &str, name: &str) -> Option<(usize, usize)> {
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '.';
+    let at = source.match_indices(name).map(|(i, _)| i).find(|&i| {
+        !source[..i].chars().next_back().is_some_and(word)
+            && !source[i + name.len()..].chars().next().is_some_and(word)
+    })?;
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    Some((line, before[line_start..].chars().count() + 1))
 }
 
 /// A Tera error (with its chain of causes) as one line for a log or an attempt row.
@@ -124,7 +168,14 @@ fn to_error(error: &tera::Error) -> TemplateError {
             };
         }
     }
-    let message = innermost.replace(" while rendering 'template'", "");
+    // "… while rendering 'body'": the caller says which template.
+    let message = match innermost.split_once(" while rendering '") {
+        Some((head, tail)) => {
+            let rest = tail.split_once('\'').map_or("", |(_, rest)| rest);
+            format!("{head}{rest}")
+        }
+        None => innermost,
+    };
     TemplateError {
         line: 1,
         column: 1,
@@ -147,6 +198,29 @@ mod tests {
         let e = check("line one\nHello {{ client.name ").unwrap_err();
         assert_eq!(e.line, 2, "{e:?}");
         assert!(e.message.starts_with("template syntax"), "{e:?}");
+    }
+
+    #[test]
+    fn an_unknown_variable_is_placed_at_its_first_use() {
+        let source = "Dear {{ client.name }},\n\n{% if client.comment %}\n  Re: {{ client.coment }}\n{% endif %}";
+        let mut tera = tera::Tera::default();
+        tera.add_raw_template("body", source).unwrap();
+        let context = tera::Context::from_serialize(TemplateContext {
+            client: ClientVars {
+                comment: "VIP",
+                ..sample().client
+            },
+            ..sample()
+        })
+        .unwrap();
+        let e = located(&tera.render("body", &context).unwrap_err(), source);
+        assert_eq!((e.line, e.column), (4, 10), "{e:?}");
+        assert!(e.message.contains("client.coment"), "{e:?}");
+        // `client.name` is a prefix of nothing here, but a longer name must not match it.
+        assert_eq!(
+            first_use("{{ client.names }} {{ client.name }}", "client.name"),
+            Some((1, 23))
+        );
     }
 
     #[test]

@@ -83,6 +83,22 @@ pub struct Pos {
 impl Pos {
     /// The start of a file: where problems about a whole file point.
     pub const START: Pos = Pos { line: 1, column: 1 };
+
+    /// The file position of `line:column` of a text that starts here (an embedded
+    /// template's own position, both 1-based).
+    pub fn within(self, line: usize, column: usize) -> Pos {
+        if line <= 1 {
+            Pos {
+                line: self.line,
+                column: self.column + column.saturating_sub(1),
+            }
+        } else {
+            Pos {
+                line: self.line + line - 1,
+                column,
+            }
+        }
+    }
 }
 
 /// Byte offsets to line and column for one file's text.

@@ -499,3 +499,64 @@ fn a_list_named_twice_is_a_warning_and_the_mailing_is_kept() {
     );
     assert!(said.contains("2 mailings; 0 errors, 1 warning"), "{said}");
 }
+
+/// A mistake in a branch the sample recipient does not take: `check` renders the message for
+/// every recipient and names the line, how many it hits and the first; `send --dry-run`
+/// says so too.
+#[test]
+fn check_renders_for_every_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    let root = dir.path().to_str().unwrap();
+    let out = skychimpd(&["--root", root, "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    // Give one client of the base lists a comment, and the message a branch for it.
+    let list = dir.path().join("clients/alice/newsletter.toml");
+    let text = std::fs::read_to_string(&list).unwrap();
+    let at = text.find("name = ").expect("a client name");
+    let line_end = at + text[at..].find('\n').unwrap();
+    let text = format!(
+        "{}\ncomment = \"VIP\"{}",
+        &text[..line_end],
+        &text[line_end..]
+    );
+    std::fs::write(&list, text).unwrap();
+    let mailing = dir.path().join("mailings/alice/weekly.toml");
+    let text = std::fs::read_to_string(&mailing).unwrap();
+    let message = text
+        .lines()
+        .find_map(|l| l.strip_prefix("message = \""))
+        .map(|rest| rest.trim_end_matches('"').to_string())
+        .expect("weekly names a message file");
+    let file = format!("mailings/alice/messages/{message}.toml");
+    std::fs::write(
+        dir.path().join(&file),
+        "subject = \"News\"\nbody = \"\"\"\nHello {{ client.name }},\n\n{% if client.comment %}\n  Note: {{ client.coment }}\n{% endif %}\n\"\"\"\n",
+    )
+    .unwrap();
+    let out = skychimpd(&["--root", root, "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout_text());
+    let said = out.stdout_text();
+    assert!(
+        said.contains(&format!(
+            "{file}:6:12: body: template: Variable `client.coment` not found in context, for 1 of 2"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("for 1 of 2 recipients of alice/weekly (the first: ivan@example.com)"),
+        "{said}"
+    );
+    let out = skychimpd_env(
+        &["--root", root, "send", "alice/weekly", "--dry-run"],
+        &[("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false")],
+    );
+    assert!(
+        out.stdout_text().contains(&format!(
+            "note: a real send would fail some recipients: {file}:6:12: body:"
+        )),
+        "{}{}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+}

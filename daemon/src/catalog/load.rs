@@ -421,11 +421,9 @@ impl<'a> FileCtx<'a> {
         self.problems.iter().any(Problem::is_error)
     }
 
-    /// Check a template held in a TOML string, placing its problems in the file.
-    fn template(&mut self, value: &Spanned<String>, what: &str) {
-        let Err(e) = message::check(value.get_ref()) else {
-            return;
-        };
+    /// Where a TOML string's content starts in the file: after the opening quotes and, for
+    /// a multi-line string, the newline that follows them (TOML drops it).
+    fn content_pos(&self, value: &Spanned<String>) -> Pos {
         let span = value.span();
         let raw = self.text.get(span.clone()).unwrap_or("");
         let multiline = raw.starts_with("\"\"\"") || raw.starts_with("'''");
@@ -439,18 +437,15 @@ impl<'a> FileCtx<'a> {
         } else {
             1
         };
-        let content = self.pos(&(span.start + skip..span.start + skip));
-        let pos = if e.line <= 1 {
-            Pos {
-                line: content.line,
-                column: content.column + e.column.saturating_sub(1),
-            }
-        } else {
-            Pos {
-                line: content.line + e.line - 1,
-                column: e.column,
-            }
+        self.pos(&(span.start + skip..span.start + skip))
+    }
+
+    /// Check a template held in a TOML string, placing its problems in the file.
+    fn template(&mut self, value: &Spanned<String>, what: &str) {
+        let Err(e) = message::check(value.get_ref()) else {
+            return;
         };
+        let pos = self.content_pos(value).within(e.line, e.column);
         self.error_at(pos, format!("{what}: {}", e.message));
     }
 }
@@ -651,6 +646,8 @@ fn check_message(
     ctx.template(&raw.body, "body");
     Some(Message {
         name,
+        subject_at: ctx.content_pos(&raw.subject),
+        body_at: ctx.content_pos(&raw.body),
         subject: raw.subject.into_inner(),
         body: raw.body.into_inner(),
         path: ctx.rel.to_path_buf(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use crate::problem::Problem;
+use crate::problem::{Pos, Problem};
 use crate::schedule::Schedule;
 
 pub use load::LoadError;
@@ -77,6 +77,10 @@ pub struct Message {
     pub subject: String,
     /// Markdown body template.
     pub body: String,
+    /// Where the subject's text starts in `path` (to place a template problem found later).
+    pub subject_at: Pos,
+    /// Where the body's text starts in `path`.
+    pub body_at: Pos,
     /// The file it came from.
     pub path: PathBuf,
     /// That file's git blob id.

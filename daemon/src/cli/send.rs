@@ -12,7 +12,6 @@ use super::{Cli, Setup};
 use crate::catalog::{Catalog, Client, Mailing};
 use crate::delivery::render::Renderer;
 use crate::delivery::{self, Deliverer, Scope, Settings};
-use crate::message::{ClientVars, MailingVars, OwnerVars};
 use crate::tokens::{self, TokenSecret};
 
 /// Why a mailing may not send now, as a sentence; `None` when it may. Without a store (a
@@ -278,6 +277,9 @@ async fn dry_run_report(
     if let Some(why) = refusal(setup, store, catalog, m).await? {
         out += &format!("note: a real send would be refused now: {why}\n");
     }
+    for failure in super::check::render_failures(catalog, m) {
+        out += &format!("note: a real send would fail some recipients: {failure}\n");
+    }
     // What a real send reads before it creates the run.
     let ready = delivery::transport_from_config(&setup.config)
         .and_then(|_| delivery::dkim_from_config(&setup.config));
@@ -288,7 +290,13 @@ async fn dry_run_report(
         "{} would be sent, {skipped} skipped\n",
         super::counted(count as i64, "message")
     );
-    if let Some(first) = m.recipients().next() {
+    // The first recipient whose message renders (those that fail are listed above).
+    let renderer = Renderer::for_mailing(catalog, m)
+        .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
+    let first = m
+        .recipients()
+        .find(|&c| renderer.render(c.into(), "").is_ok());
+    if let Some(first) = first {
         out += "\nthe first message:\n\n";
         out += &render_preview(setup, catalog, m, first)?;
     }
@@ -303,34 +311,15 @@ fn render_preview(
     m: &Mailing,
     client: &Client,
 ) -> anyhow::Result<String> {
-    let owner = catalog.users().get(&m.owner);
-    let renderer = Renderer::new(
-        &m.message.subject,
-        &m.message.body,
-        MailingVars {
-            id: &m.id,
-            title: &m.title,
-        },
-        OwnerVars {
-            name: owner.map_or(m.owner.as_str(), |u| u.name.as_str()),
-            email: owner.map_or("", |u| u.email.as_str()),
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
+    let renderer = Renderer::for_mailing(catalog, m)
+        .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
     let secret = TokenSecret::load(&setup.config)?;
     let url = tokens::unsubscribe_url(
         &setup.config.manager.public_url,
         &secret.unsubscribe_token(&m.id, &address_key(&client.email)),
     );
     let rendered = renderer
-        .render(
-            ClientVars {
-                email: &client.email,
-                name: &client.name,
-                comment: client.comment.as_deref().unwrap_or(""),
-            },
-            &url,
-        )
+        .render(client.into(), &url)
         .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
     let composed = compose(&ComposeInput {
         from: &setup.config.smtp.from,

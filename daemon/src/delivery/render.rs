@@ -118,6 +118,27 @@ impl HtmlClient {
 }
 
 impl Renderer {
+    /// Compile the message of a mailing of `catalog`, as its next run would: the owner's
+    /// name and address from users.toml.
+    pub fn for_mailing(
+        catalog: &crate::catalog::Catalog,
+        m: &crate::catalog::Mailing,
+    ) -> Result<Self, tera::Error> {
+        let owner = catalog.users().get(&m.owner);
+        Renderer::new(
+            &m.message.subject,
+            &m.message.body,
+            MailingVars {
+                id: &m.id,
+                title: &m.title,
+            },
+            OwnerVars {
+                name: owner.map_or(m.owner.as_str(), |u| u.name.as_str()),
+                email: owner.map_or("", |u| u.email.as_str()),
+            },
+        )
+    }
+
     /// Compile a run's subject and body.
     pub fn new(
         subject: &str,
