@@ -3,6 +3,8 @@
 //! recipient would — by opening the links from the `.eml` files the outbox received.
 
 mod running;
+#[path = "../../transport/tests/common/mod.rs"]
+mod sink;
 
 use std::path::Path;
 
@@ -254,4 +256,38 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
             .all(|((_, list), &n)| n == 1 || list.is_empty()),
         "{counts:#?}"
     );
+}
+
+/// A verification link that meets a temporary failure (no server answers) is sent again
+/// after `[delivery] backoff`, with no reload: once the server is up, each owner gets one.
+#[test]
+fn a_verification_link_that_could_not_go_is_sent_again() {
+    if !sink::require_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    repository(root);
+    let port = sink::free_port();
+    let url = format!("smtp://127.0.0.1:{port}");
+    let env = [
+        ("SKYCHIMP_NOW", NOW),
+        ("SKYCHIMP_SMTP_URL", url.as_str()),
+        ("SKYCHIMP_DELIVERY_BACKOFF", "1s"),
+    ];
+    let mut daemon = Daemon::start("deferred-link", root, &env);
+    daemon.wait_for(&["verification link not sent", "user=alice"]);
+    let server = sink::Sink::start_on(port, &[]).expect("smtp-sink on the daemon's port");
+    let mark = daemon.position();
+    daemon.wait_for(&["verification link sent", "user=alice"]);
+    daemon.rewind(mark);
+    daemon.wait_for(&["verification link sent", "user=bob"]);
+    let messages = server.wait_for_messages(2);
+    let to: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("To: ")))
+        .collect();
+    assert_eq!(to.len(), 2, "one link each: {messages:#?}");
+    assert!(to.iter().any(|t| t.contains("alice@example.com")), "{to:?}");
+    assert!(to.iter().any(|t| t.contains("bob@example.org")), "{to:?}");
 }

@@ -381,6 +381,10 @@ storage_interface! {
         now: DateTime<Utc>,
     ) -> ();
 
+    /// Forgets that the link with `nonce` was sent (it could not be delivered), so the next
+    /// pass sends a new one; a newer link recorded meanwhile is left alone.
+    fn forget_verification_sent(&self, user_id: &str, nonce: &str) -> ();
+
     /// Records that the user proved to own `email` (they opened the link).
     fn set_verified(&self, user_id: &str, email: &str, now: DateTime<Utc>) -> ();
 

@@ -996,6 +996,22 @@ impl Storage for SqliteStore {
         Ok(())
     }
 
+    async fn forget_verification_sent(
+        &self,
+        user_id: &str,
+        nonce: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE user_state SET verification_sent_at = NULL \
+             WHERE user_id = ? AND verification_nonce = ?",
+        )
+        .bind(user_id)
+        .bind(nonce)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn set_verified(
         &self,
         user_id: &str,

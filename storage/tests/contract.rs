@@ -1451,6 +1451,24 @@ async fn user_state_verification_and_block(store: Store) {
     assert_eq!(s.verification_sent_at, Some(t0()));
     assert!(!s.is_verified_for("alice@example.com"));
     assert!(!s.blocked);
+    // A link that could not be delivered is forgotten; another nonce's is not touched.
+    store
+        .forget_verification_sent("alice", "n0")
+        .await
+        .expect("forget");
+    let s = store.user_state("alice").await.expect("get").expect("some");
+    assert_eq!(s.verification_sent_at, Some(t0()), "another nonce");
+    store
+        .forget_verification_sent("alice", "n1")
+        .await
+        .expect("forget");
+    let s = store.user_state("alice").await.expect("get").expect("some");
+    assert_eq!(s.verification_sent_at, None);
+    assert_eq!(s.verification_nonce.as_deref(), Some("n1"));
+    store
+        .record_verification_sent("alice", "alice@example.com", "n1", t0())
+        .await
+        .expect("sent again");
 
     store
         .set_verified("alice", "alice@example.com", t0() + secs(60))

@@ -245,17 +245,41 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             stop_rx.clone(),
         );
         let enabled = config.users.require_verification;
+        let (backoff, backoff_max) = (config.delivery.backoff.0, config.delivery.backoff_max.0);
         tokio::spawn(async move {
             if !enabled {
                 return;
             }
             let mut sender = transport.connect();
+            // Consecutive passes with a link deferred (or a database error): the next pass
+            // waits backoff, doubled each time, up to backoff_max; a reload does not wait.
+            let mut failures: u32 = 0;
             loop {
-                if let Err(e) = verifier.send_pending(&mut sender).await {
-                    tracing::error!("verification links: {e}");
+                // Registered before the pass, so a reload during it is not lost.
+                let reload = reloaded.notified();
+                tokio::pin!(reload);
+                reload.as_mut().enable();
+                match verifier.send_pending(&mut sender).await {
+                    Ok(pass) if pass.deferred.is_empty() => failures = 0,
+                    Ok(_) => failures = failures.saturating_add(1),
+                    Err(e) => {
+                        tracing::error!("verification links: {e}");
+                        failures = failures.saturating_add(1);
+                    }
                 }
+                let retry = (failures > 0).then(|| {
+                    backoff
+                        .saturating_mul(2u32.saturating_pow(failures - 1))
+                        .min(backoff_max)
+                });
                 tokio::select! {
-                    _ = reloaded.notified() => {}
+                    _ = &mut reload => {}
+                    _ = async {
+                        match retry {
+                            Some(after) => tokio::time::sleep(after).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                     _ = stop.changed() => break,
                 }
             }

@@ -28,6 +28,16 @@ pub enum Verified {
     Invalid,
 }
 
+/// What one pass of [`Verifier::send_pending`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    /// Users whose link went out.
+    pub mailed: Vec<String>,
+    /// Users whose link met a temporary failure (4xx, no connection, a timeout): it is
+    /// forgotten, so the next pass sends a new one; the caller schedules that pass.
+    pub deferred: Vec<String>,
+}
+
 /// Sends verification links and checks them.
 pub struct Verifier {
     store: Store,
@@ -76,18 +86,20 @@ impl Verifier {
     }
 
     /// Mail a link to every user who needs one: not verified for their current address,
-    /// and no link for that address sent within its validity. Returns the users mailed.
+    /// and no link for that address sent within its validity. A link refused for good (5xx)
+    /// counts as sent: the address is wrong, and a new link goes when users.toml changes it
+    /// or the validity ends.
     pub async fn send_pending(
         &self,
         sender: &mut Sender,
-    ) -> Result<Vec<String>, skychimp_storage::StorageError> {
+    ) -> Result<Pass, skychimp_storage::StorageError> {
         let catalog = self
             .catalog
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let now = self.clock.now();
-        let mut mailed = Vec::new();
+        let mut pass = Pass::default();
         for user in catalog.users().values() {
             let state = self.store.user_state(&user.id).await?;
             if state
@@ -144,14 +156,21 @@ impl Verifier {
             match &report.outcome {
                 SendOutcome::Sent { .. } => {
                     tracing::info!(user = %user.id, email = %user.email, "verification link sent");
-                    mailed.push(user.id.clone());
+                    pass.mailed.push(user.id.clone());
                 }
-                other => {
-                    tracing::warn!(user = %user.id, email = %user.email, reply = other.reply(), "verification link not sent; retried at the next reload or start")
+                SendOutcome::Transient { .. } => {
+                    self.store
+                        .forget_verification_sent(&user.id, &nonce)
+                        .await?;
+                    tracing::warn!(user = %user.id, email = %user.email, reply = report.outcome.reply(), "verification link not sent; retried with [delivery] backoff");
+                    pass.deferred.push(user.id.clone());
+                }
+                SendOutcome::Permanent { .. } => {
+                    tracing::warn!(user = %user.id, email = %user.email, reply = report.outcome.reply(), "verification link refused for good: check the address in users.toml (a new link goes when it changes, or after [users] verification_ttl)");
                 }
             }
         }
-        Ok(mailed)
+        Ok(pass)
     }
 
     /// Open a verification link.
