@@ -560,3 +560,37 @@ fn check_renders_for_every_recipient() {
         out.stderr_text()
     );
 }
+
+#[test]
+fn files_that_are_not_read_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    std::fs::write(
+        dir.path().join("clients/alice/vip.TOML"),
+        "[[client]]\nemail = \"v@example.com\"\nname = \"V\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("mailings/alice/notes.txt"), "ideas\n").unwrap();
+    std::fs::write(dir.path().join("mailings/alice/.draft.toml"), "hidden\n").unwrap();
+    let root = dir.path().to_str().unwrap();
+    let out = skychimpd(&["--root", root, "check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    let said = out.stdout_text();
+    assert!(
+        said.contains("clients/alice/vip.TOML:1:1: warning: not read: only .toml files here are lists; rename it vip.toml"),
+        "{said}"
+    );
+    assert!(
+        said.contains("mailings/alice/notes.txt:1:1: warning: not read: only .toml files here are mailings and messages\n"),
+        "{said}"
+    );
+    assert!(
+        !said.contains(".draft.toml"),
+        "hidden files stay quiet: {said}"
+    );
+    assert!(
+        out.stderr_text().contains("0 errors, 2 warnings"),
+        "{}",
+        out.stderr_text()
+    );
+}

@@ -551,9 +551,26 @@ fn disable_stops_sending_and_enable_resumes() {
     let logs = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(logs.starts_with("ID"), "{logs}");
     assert!(logs.contains(" sent "), "{logs}");
+    // The hint is the same command for the next page: pasted, it prints one more row.
+    let more = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("more: skychimpd "))
+        .unwrap_or_else(|| panic!("no next-page hint: {logs}"));
     assert!(
-        logs.contains("more: skychimpd manager logs alice/flood --before "),
-        "{logs}"
+        more.contains(" logs alice/flood --limit 1 --before "),
+        "{more}"
+    );
+    let out = Command::new(bin())
+        .args(more.split(' '))
+        .env("SKYCHIMP_MANAGER_KEY_OPS", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        page.lines().filter(|l| l.contains(" sent ")).count(),
+        1,
+        "{page}"
     );
 
     let db = repo.root().join("var/skychimp.db");

@@ -94,6 +94,11 @@ impl Walk<'_> {
             .push(Problem::error(rel.as_ref(), Pos::START, message));
     }
 
+    fn warning(&mut self, rel: impl AsRef<Path>, message: impl Into<String>) {
+        self.problems
+            .push(Problem::warning(rel.as_ref(), Pos::START, message));
+    }
+
     /// Follow a symlink if it stays inside the repository.
     fn resolve(&mut self, abs: &Path, rel: &Path) -> Option<Target> {
         let meta = std::fs::symlink_metadata(abs).ok()?;
@@ -192,6 +197,21 @@ impl Walk<'_> {
                 }
                 Some(Target::File(abs)) => {
                     let Some(stem) = name.strip_suffix(".toml") else {
+                        let what = if mailings {
+                            "mailings and messages"
+                        } else {
+                            "lists"
+                        };
+                        let hint = match name.rsplit_once('.') {
+                            Some((stem, ext)) if ext.eq_ignore_ascii_case("toml") => {
+                                format!("; rename it {stem}.toml")
+                            }
+                            _ => String::new(),
+                        };
+                        self.warning(
+                            &rel,
+                            format!("not read: only .toml files here are {what}{hint}"),
+                        );
                         continue;
                     };
                     if !valid_name(stem) {

@@ -69,13 +69,7 @@ pub fn logs(
 
 /// The command that prints the page after `before`, as run (`--config`, `--root`).
 fn next_page(cli: &Cli, id: &str, limit: u32, before: i64) -> String {
-    let mut command = String::from("skychimpd");
-    if let Some(config) = &cli.config {
-        command += &format!(" --config {}", config.display());
-    }
-    if let Some(root) = &cli.root {
-        command += &format!(" --root {}", root.display());
-    }
+    let mut command = super::as_run(cli);
     command += &format!(" logs {id}");
     if limit != 50 {
         command += &format!(" --limit {limit}");

@@ -477,7 +477,7 @@ pub fn run(cli: &Cli, args: &ManagerArgs) -> anyhow::Result<ExitCode> {
     }
     let value: Value = serde_json::from_slice(&response.body)
         .with_context(|| format!("the daemon answered something that is not JSON: {text}"))?;
-    print_human(&args.action, &value)?;
+    print_human(cli, args, &value)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -494,7 +494,8 @@ fn items<'v>(v: &'v Value, key: &str) -> &'v [Value] {
     v[key].as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
-fn print_human(action: &ManagerAction, v: &Value) -> anyhow::Result<()> {
+fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
+    let action = &args.action;
     match action {
         ManagerAction::ListMailings => {
             let mut table = vec![[
@@ -542,7 +543,7 @@ fn print_human(action: &ManagerAction, v: &Value) -> anyhow::Result<()> {
             table.push(["last run:".into(), last_run(&v["last_run"])]);
             print_table(&table)?;
         }
-        ManagerAction::Logs { mailing, .. } => {
+        ManagerAction::Logs { mailing, limit, .. } => {
             let mut table = vec![[
                 "ID".to_string(),
                 "RUN".into(),
@@ -571,7 +572,18 @@ fn print_human(action: &ManagerAction, v: &Value) -> anyhow::Result<()> {
                 print_table(&table)?;
             }
             if let Some(next) = v["next_before"].as_i64() {
-                outln!("more: skychimpd manager logs {mailing} --before {next}")?;
+                // The same command, for the next page.
+                let mut more = format!("{} manager", super::as_run(cli));
+                for (option, value) in [("--url", &args.url), ("--key", &args.key)] {
+                    if let Some(value) = value {
+                        more += &format!(" {option} {value}");
+                    }
+                }
+                more += &format!(" logs {mailing}");
+                if let Some(limit) = limit {
+                    more += &format!(" --limit {limit}");
+                }
+                outln!("more: {more} --before {next}")?;
             }
         }
         ManagerAction::Report { mailing } => {

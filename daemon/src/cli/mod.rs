@@ -325,6 +325,19 @@ pub(crate) fn counted(n: impl Into<i64>, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
+/// `skychimpd` with the global options this run was given (`--config`, `--root`), to
+/// start a command a user can paste to go on (the next page of a log, say).
+pub(crate) fn as_run(cli: &Cli) -> String {
+    let mut command = String::from("skychimpd");
+    if let Some(config) = &cli.config {
+        command += &format!(" --config {}", config.display());
+    }
+    if let Some(root) = &cli.root {
+        command += &format!(" --root {}", root.display());
+    }
+    command
+}
+
 /// A path for people: relative to the working directory when it is below it.
 pub(crate) fn shown(path: &Path) -> String {
     path.display().to_string()
