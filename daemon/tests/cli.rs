@@ -594,3 +594,47 @@ fn files_that_are_not_read_are_named() {
         out.stderr_text()
     );
 }
+
+#[test]
+fn preview_shows_a_recipient_who_is_still_subscribed() {
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let previewed_to = || {
+        let out = skychimpd(&["--root", root, "preview", "alice/weekly"]);
+        assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+        out.stdout_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("To: "))
+            .expect("a To: header")
+            .to_lowercase()
+    };
+    let first = previewed_to();
+    assert!(first.contains("ivan@example.com"), "{first}");
+    // Ivan leaves alice's mailings: the preview shows the next recipient.
+    let out = skychimpd(&["--root", root, "migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    let db = dir.path().join("var/skychimp.db");
+    let status = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("INSERT INTO unsubscribes (owner, address, mailing_id, at) VALUES ('alice', 'ivan@example.com', NULL, 0)")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let to = previewed_to();
+    assert!(!to.contains("ivan@example.com"), "{to}");
+    let out = skychimpd(&[
+        "--root",
+        root,
+        "preview",
+        "alice/weekly",
+        "--to",
+        "IVAN@example.com",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .contains("unsubscribed from alice's mailings; a real send skips them"),
+        "{}",
+        out.stderr_text()
+    );
+}

@@ -282,6 +282,20 @@ fn refusals_have_a_status_and_a_code() {
         400,
         "bad_json",
     );
+    check(
+        "a reason with a terminal escape",
+        signed(
+            p,
+            "ops",
+            SECRET,
+            PINNED_TS + 34,
+            "POST",
+            path,
+            br#"{"reason":"ok\u001b[2J"}"#,
+        ),
+        400,
+        "bad_json",
+    );
 
     // Routes and paths.
     check(

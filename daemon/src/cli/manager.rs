@@ -623,7 +623,7 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
             let disabled = v["disabled"].as_bool().unwrap_or(false);
             let why = v["reason"]
                 .as_str()
-                .map(|r| format!(" ({r})"))
+                .map(|r| format!(" ({})", super::printable(r)))
                 .unwrap_or_default();
             if disabled {
                 outln!(
@@ -671,7 +671,7 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
         ManagerAction::Block { user, .. } | ManagerAction::Unblock { user, .. } => {
             let why = v["reason"]
                 .as_str()
-                .map(|r| format!(" ({r})"))
+                .map(|r| format!(" ({})", super::printable(r)))
                 .unwrap_or_default();
             if v["blocked"].as_bool() == Some(true) {
                 outln!(

@@ -338,6 +338,23 @@ pub(crate) fn as_run(cli: &Cli) -> String {
     command
 }
 
+/// `text` with every control character written as its Rust escape (`\n`, `\u{1b}`), for
+/// text from outside (a reason, an SMTP reply) printed on a terminal.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A path for people: relative to the working directory when it is below it.
 pub(crate) fn shown(path: &Path) -> String {
     path.display().to_string()

@@ -363,13 +363,33 @@ pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode
     let setup = Setup::new(cli)?;
     let catalog = setup.catalog()?;
     let mailing = setup.find_mailing(&catalog, id)?;
+    // Who left the owner's mailings: a preview shows a message someone would receive.
+    let unsubscribed: std::collections::HashSet<String> = if setup.fresh_database() {
+        Default::default()
+    } else {
+        super::runtime()?.block_on(async {
+            let store = setup.store().await?;
+            let gone = store.unsubscribes(&mailing.owner).await?;
+            anyhow::Ok(gone.into_iter().map(|u| u.address).collect())
+        })?
+    };
+    let left = |c: &Client| unsubscribed.contains(&address_key(&c.email));
     let stranger;
     let client = match to {
         Some(email) => match mailing
             .recipients()
             .find(|c| c.email.eq_ignore_ascii_case(email))
         {
-            Some(c) => c,
+            Some(c) => {
+                if left(c) {
+                    errln!(
+                        "note: {} unsubscribed from {}'s mailings; a real send skips them",
+                        c.email,
+                        mailing.owner
+                    );
+                }
+                c
+            }
             None => {
                 crate::catalog::address::check(email).map_err(anyhow::Error::msg)?;
                 errln!(
@@ -383,8 +403,11 @@ pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode
                 &stranger
             }
         },
-        None => match mailing.recipients().next() {
+        None => match mailing.recipients().find(|c| !left(c)) {
             Some(c) => c,
+            None if mailing.recipient_count() > 0 => anyhow::bail!(
+                "every recipient of `{id}` unsubscribed; use --to EMAIL to preview anyway"
+            ),
             None => anyhow::bail!("mailing `{id}` has no recipients; use --to EMAIL"),
         },
     };

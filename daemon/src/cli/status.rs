@@ -126,8 +126,14 @@ pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) -> anyhow::Resul
 /// character takes two columns, a combining accent none), not by its count of chars.
 fn table<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
     use unicode_width::UnicodeWidthStr;
+    // Cells come from files, SMTP servers and the API: a control character (an escape
+    // sequence, a newline) is shown as an escape, never acted on by the terminal.
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| super::printable(&c).into_owned()))
+        .collect();
     let mut widths = [0usize; N];
-    for r in rows {
+    for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.width());
         }
@@ -146,6 +152,12 @@ fn table<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_shown_not_sent_to_the_terminal() {
+        let lines = super::table(&[["a\u{1b}[2Jb".to_string(), "two\nlines".to_string()]]);
+        assert_eq!(lines, ["a\\u{1b}[2Jb  two\\nlines"]);
+    }
+
     use unicode_width::UnicodeWidthStr;
 
     #[test]

@@ -553,7 +553,18 @@ fn reason(body: &[u8]) -> Result<Option<String>, Reply> {
             &format!("the body must be {{\"reason\": \"…\"}}: {e}"),
         )
     })?;
-    Ok(r.reason.filter(|s| !s.trim().is_empty()))
+    let reason = r.reason.filter(|s| !s.trim().is_empty());
+    if reason
+        .as_deref()
+        .is_some_and(|s| s.chars().any(char::is_control))
+    {
+        return Err(Reply::error(
+            400,
+            "bad_json",
+            "the reason must be one line of text, without control characters",
+        ));
+    }
+    Ok(reason)
 }
 
 fn audit(
