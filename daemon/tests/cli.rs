@@ -336,6 +336,12 @@ fn mistakes_on_the_command_line_are_named_once() {
     // One that exists and has not sent: an empty table, exit 0.
     let out = skychimpd_env(&["--root", root, "report", "alice/weekly"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text()
+            .contains(" UNKNOWN  SENDING  QUEUED  FINISHED"),
+        "{}",
+        out.stdout_text()
+    );
 
     // The API's bounds for --limit.
     let out = skychimpd_env(

@@ -197,6 +197,11 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Unsubscribed"), "{page}");
     daemon.wait_for(&["a client unsubscribed", "owner=alice"]);
+    // Opening the link again says so, rather than asking again.
+    let (status, page) = daemon.get(&unsubscribe);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("is unsubscribed"), "{page}");
+    assert!(!page.contains("<form"), "{page}");
     write(
         root,
         "mailings/alice/third.toml",

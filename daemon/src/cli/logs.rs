@@ -122,6 +122,7 @@ pub fn report(cli: &Cli, id: &str, format: Format) -> anyhow::Result<ExitCode> {
                     "DEFERRED".into(),
                     "SKIPPED".into(),
                     "UNKNOWN".into(),
+                    "SENDING".into(),
                     "QUEUED".into(),
                     "FINISHED".into(),
                 ]];
@@ -136,7 +137,8 @@ pub fn report(cli: &Cli, id: &str, format: Format) -> anyhow::Result<ExitCode> {
                         r.deferred.to_string(),
                         r.skipped.to_string(),
                         r.unknown.to_string(),
-                        (r.queued + r.sending).to_string(),
+                        r.sending.to_string(),
+                        r.queued.to_string(),
                         r.finished_at.map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
                     ]);
                 }

@@ -597,6 +597,7 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
                 "DEFERRED".into(),
                 "SKIPPED".into(),
                 "UNKNOWN".into(),
+                "SENDING".into(),
                 "QUEUED".into(),
             ]];
             for r in items(v, "runs") {
@@ -610,6 +611,7 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
                     cell(&r["deferred"]),
                     cell(&r["skipped"]),
                     cell(&r["unknown"]),
+                    cell(&r["sending"]),
                     cell(&r["queued"]),
                 ]);
             }

@@ -309,7 +309,26 @@ fn verify(state: &HttpState, token: &str) -> Reply {
 
 fn unsubscribe_page(state: &HttpState, token: &str) -> Reply {
     match state.secret.check_unsubscribe(token) {
-        Ok((mailing, address)) => Reply::html(200, pages::unsubscribe_form(&mailing, &address)),
+        Ok((mailing, address)) => {
+            // Asking again someone who already left would suggest that it did not work.
+            let owner = owner_of(&mailing);
+            match state
+                .runtime
+                .block_on(state.store.is_unsubscribed(owner, &address))
+            {
+                Ok(true) => Reply::html(
+                    200,
+                    pages::page(
+                        "Unsubscribed",
+                        &format!(
+                            "{address} is unsubscribed: it receives no more mailings from this sender."
+                        ),
+                    ),
+                ),
+                // The form does not need the database; the POST will say if it is down.
+                _ => Reply::html(200, pages::unsubscribe_form(&mailing, &address)),
+            }
+        }
         Err(_) => Reply::html(
             400,
             pages::page(
