@@ -644,3 +644,31 @@ fn preview_shows_a_recipient_who_is_still_subscribed() {
         out.stderr_text()
     );
 }
+
+#[test]
+fn site_build_refuses_a_folder_it_did_not_make_and_exits_2() {
+    let dir = example_copy();
+    copy_dir(&repo_root().join("site"), &dir.path().join("site"));
+    let out_dir = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(out_dir.join("thesis.txt"), "years of work\n").unwrap();
+    let root = dir.path().to_str().unwrap();
+    let out = skychimpd(&[
+        "--root",
+        root,
+        "site",
+        "build",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("not replacing this folder"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("thesis.txt")).unwrap(),
+        "years of work\n"
+    );
+}

@@ -81,6 +81,19 @@ pub enum SiteError {
         /// What is wrong and, where possible, what to do.
         message: String,
     },
+    /// The output folder is not empty and not a build this builder made: it is never
+    /// replaced (a mistyped `--out` must not wipe a repository or a home folder).
+    #[error(
+        "{path}: not replacing this folder: it is not empty and not a site this builder made \
+         (no {marker} in it); choose another output folder, or remove this one if it only \
+         holds an old build",
+        path = .path.display(),
+        marker = crate::output::BUILD_MARKER
+    )]
+    NotABuild {
+        /// The output folder.
+        path: PathBuf,
+    },
     /// A template failed to parse or to render.
     #[error("{location}: {message}")]
     Template {
@@ -140,7 +153,7 @@ impl SiteError {
     /// The location the error names, if it names one beyond a bare I/O path.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            SiteError::Io { .. } => None,
+            SiteError::Io { .. } | SiteError::NotABuild { .. } => None,
             SiteError::Toml { location, .. }
             | SiteError::Invalid { location, .. }
             | SiteError::Template { location, .. } => Some(location),

@@ -41,14 +41,9 @@ fn check_replaceable(out_dir: &Path) -> Result<(), SiteError> {
     if entries.next().is_none() || out_dir.join(BUILD_MARKER).is_file() {
         return Ok(());
     }
-    Err(SiteError::invalid(
-        out_dir,
-        format!(
-            "not replacing this folder: it is not empty and not a site this builder made \
-             (no {BUILD_MARKER} in it); choose another output folder, or remove this one \
-             if it only holds an old build"
-        ),
-    ))
+    Err(SiteError::NotABuild {
+        path: out_dir.to_path_buf(),
+    })
 }
 
 impl Staging {
