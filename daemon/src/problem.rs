@@ -55,6 +55,13 @@ impl Problem {
         }
     }
 
+    /// The order problems are reported in: by file, line, column, then message.
+    pub fn sort(problems: &mut [Problem]) {
+        problems.sort_by(|a, b| {
+            (&a.path, a.line, a.column, &a.message).cmp(&(&b.path, b.line, b.column, &b.message))
+        });
+    }
+
     /// Whether this problem is an error (as opposed to a warning).
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error

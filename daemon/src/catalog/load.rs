@@ -221,9 +221,7 @@ pub(super) fn load(
         }
     }
 
-    problems.sort_by(|a, b| {
-        (&a.path, a.line, a.column, &a.message).cmp(&(&b.path, b.line, b.column, &b.message))
-    });
+    Problem::sort(&mut problems);
     problems.dedup();
     catalog.problems = problems;
     catalog.stamp = stamp(&good);

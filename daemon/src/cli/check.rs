@@ -34,9 +34,7 @@ pub fn run(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
             .par_iter()
             .flat_map_iter(|m| render_failures(&catalog, m)),
     );
-    problems.sort_by(|a, b| {
-        (&a.path, a.line, a.column, &a.message).cmp(&(&b.path, b.line, b.column, &b.message))
-    });
+    Problem::sort(&mut problems);
     let problems = problems.as_slice();
     let errors = problems.iter().filter(|p| p.is_error()).count();
     let report = Report {
