@@ -362,7 +362,7 @@ impl Config {
                     message,
                 },
                 None => {
-                    let at = key_offset(text, section, key);
+                    let at = value_offset(text, section, key);
                     invalid(at.map(|a| a..a), format!("{section}.{key}: {message}"))
                 }
             }
@@ -653,8 +653,9 @@ fn base_url_problem(url: &str) -> Option<&'static str> {
     }
 }
 
-/// Where `key` is set in `[section]` of a config file's text, for an error's line.
-fn key_offset(text: &str, section: &str, key: &str) -> Option<usize> {
+/// Where the value of `key` starts in `[section]` of a config file's text, for an error's line
+/// and column.
+fn value_offset(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut offset = 0;
     let mut in_section = false;
     for line in text.split_inclusive('\n') {
@@ -666,7 +667,10 @@ fn key_offset(text: &str, section: &str, key: &str) -> Option<usize> {
                 .strip_prefix(key)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         {
-            return Some(offset + (line.len() - line.trim_start().len()));
+            // The value, where a type error from the parser points too.
+            let eq = line.find('=')?;
+            let value = &line[eq + 1..];
+            return Some(offset + eq + 1 + (value.len() - value.trim_start().len()));
         }
         offset += line.len();
     }
@@ -844,7 +848,7 @@ mod tests {
                 message,
                 ..
             }) => {
-                assert_eq!((line, column), (6, 3), "{message}");
+                assert_eq!((line, column), (6, 16), "{message}");
                 assert!(message.starts_with("manager.public_url: "), "{message}");
             }
             other => panic!("{other:?}"),
@@ -913,7 +917,10 @@ mod tests {
         let e = parse("[daemon]\ntimezone = \"Mars/Olympus\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown time zone"), "{e}");
+        assert!(
+            e.starts_with("config.toml:2:12:") && e.contains("unknown time zone"),
+            "{e}"
+        );
         let e = parse("[daemon]\ncatch_up = \"soon\"\n", &[])
             .unwrap_err()
             .to_string();

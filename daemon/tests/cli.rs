@@ -506,6 +506,35 @@ fn a_list_named_twice_is_a_warning_and_the_mailing_is_kept() {
     assert!(said.contains("2 mailings; 0 errors, 1 warning"), "{said}");
 }
 
+/// A broken users.toml hides nothing else: the lists and mailings are still checked as if
+/// their owners were known, and none of them is used.
+#[test]
+fn a_broken_users_file_does_not_hide_the_other_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    let users = dir.path().join("users.toml");
+    let text = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(&users, format!("{text}\n[carol\n")).unwrap();
+    let file = dir.path().join("mailings/alice/weekly.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"customers\"]", "\"custmers\"]");
+    std::fs::write(&file, text).unwrap();
+    let root = dir.path().to_str().unwrap();
+    let out = skychimpd(&["--root", root, "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr_text());
+    let said = format!("{}{}", out.stdout_text(), out.stderr_text());
+    assert!(said.contains("users.toml:"), "{said}");
+    assert!(
+        said.contains("mailings/alice/weekly.toml:2:") && said.contains("no list `custmers`"),
+        "{said}"
+    );
+    assert!(
+        said.contains("0 users, 0 lists (0 clients), 0 mailings; 2 errors"),
+        "{said}"
+    );
+}
+
 /// A mistake in a branch the sample recipient does not take: `check` renders the message for
 /// every recipient and names the line, how many it hits and the first; `send --dry-run`
 /// says so too.
@@ -602,7 +631,7 @@ fn files_that_are_not_read_are_named() {
 }
 
 #[test]
-fn preview_shows_a_recipient_who_is_still_subscribed() {
+fn preview_and_dry_run_leave_out_who_unsubscribed() {
     let dir = example_copy();
     let root = dir.path().to_str().unwrap();
     let previewed_to = || {
@@ -643,6 +672,19 @@ fn preview_shows_a_recipient_who_is_still_subscribed() {
         "{}",
         out.stderr_text()
     );
+    // A dry run lists them as skipped, and everyone else as sent.
+    let out = skychimpd(&["--root", root, "send", "alice/weekly", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    let text = out.stdout_text();
+    let skipped: Vec<&str> = text.lines().filter(|l| l.starts_with("  skip  ")).collect();
+    assert_eq!(skipped.len(), 1, "{text}");
+    assert!(
+        skipped[0]
+            .to_lowercase()
+            .contains("<ivan@example.com> (unsubscribed)"),
+        "{text}"
+    );
+    assert!(text.contains(", 1 skipped\n"), "{text}");
 }
 
 #[test]

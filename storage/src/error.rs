@@ -19,19 +19,22 @@ pub enum StorageError {
         source: std::io::Error,
     },
     /// The first connection failed (server down, bad credentials, unreadable file).
-    #[error("cannot connect to the database at {url}: {source}")]
+    ///
+    /// The cause is part of the message and deliberately not a `source`: an error chain
+    /// printed whole would say it twice.
+    #[error("cannot connect to the database at {url}: {}", Reason(.cause))]
     Connect {
         /// The URL with any password removed.
         url: String,
         /// Why.
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     /// A migration failed or the applied ones differ from the embedded ones.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A query failed.
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    /// A query failed (the cause is the message, as in `Connect`).
+    #[error("{}", Reason(.0))]
+    Database(sqlx::Error),
     /// A stored value that this version cannot read (an unknown status word, a timestamp
     /// out of range): the database was written by something else.
     #[error("unexpected value `{value}` in {column}")]
@@ -43,11 +46,54 @@ pub enum StorageError {
     },
 }
 
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        StorageError::Database(e)
+    }
+}
+
 impl StorageError {
     pub(crate) fn corrupt(column: &'static str, value: impl ToString) -> Self {
         StorageError::Corrupt {
             column,
             value: value.to_string(),
+        }
+    }
+}
+
+/// A sqlx error in words for people. A server's error is its message, detail and hint and
+/// its SQLSTATE, without what sqlx's own text adds: "error returned from database: " before
+/// and, for PostgreSQL, " at line N" after, a line of PostgreSQL's source code that reads
+/// like a line of the user's file.
+struct Reason<'e>(&'e sqlx::Error);
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let db = match self.0 {
+            sqlx::Error::Database(db) => db,
+            // sqlx wraps its own configuration errors in one more, each saying "error with
+            // configuration: " (a bad `sslmode` in the URL said it twice).
+            sqlx::Error::Configuration(inner) => {
+                return match inner.downcast_ref::<sqlx::Error>() {
+                    Some(inner) => Reason(inner).fmt(f),
+                    None => write!(f, "error with configuration: {inner}"),
+                };
+            }
+            other => return other.fmt(f),
+        };
+        f.write_str(db.message())?;
+        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            if let Some(detail) = pg.detail() {
+                write!(f, " ({detail})")?;
+            }
+            if let Some(hint) = pg.hint() {
+                write!(f, "; hint: {hint}")?;
+            }
+            write!(f, " [SQLSTATE {}]", pg.code())
+        } else if let Some(code) = db.code() {
+            write!(f, " [SQLite code {code}]")
+        } else {
+            Ok(())
         }
     }
 }

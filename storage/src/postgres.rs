@@ -7,11 +7,12 @@
 //! Timestamps are TIMESTAMPTZ, cut to milliseconds on the way in (see [`crate::to_millis`]).
 
 use std::collections::HashSet;
+use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 
 use crate::error::redact_url;
 use crate::model::*;
@@ -39,16 +40,15 @@ impl PgStore {
 
     /// Connects with at most `max_connections` connections. Does not migrate.
     pub async fn connect_sized(url: &str, max_connections: u32) -> Result<PgStore, StorageError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+        let connect_error = |cause| StorageError::Connect {
+            url: redact_url(url),
+            cause,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+        open_pool(options, max_connections)
             .await
-            .map_err(|source| StorageError::Connect {
-                url: redact_url(url),
-                source,
-            })?;
-        Ok(PgStore { pool })
+            .map(|pool| PgStore { pool })
+            .map_err(connect_error)
     }
 
     /// Connects with explicit options and pool size, e.g. to pin `search_path` to a schema
@@ -63,13 +63,10 @@ impl PgStore {
             options.get_port(),
             options.get_database().unwrap_or_default()
         );
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+        open_pool(options, max_connections)
             .await
-            .map_err(|source| StorageError::Connect { url, source })?;
-        Ok(PgStore { pool })
+            .map(|pool| PgStore { pool })
+            .map_err(|cause| StorageError::Connect { url, cause })
     }
 
     /// The pool, for tests and tools that need a raw query.
@@ -233,6 +230,25 @@ const DELIVERY_COLUMNS: &str = "id, run_id, address, email, name, comment, statu
 
 const USER_COLUMNS: &str = "user_id, verified_email, verified_at, verification_email, \
      verification_nonce, verification_sent_at, blocked, blocked_reason, updated_at";
+
+/// A pool with its first connection open. The pool retries a server that does not answer
+/// (one that is still starting) until its acquire timeout and then reports only that it
+/// timed out; one more attempt of its own then says why ("Connection refused", a role that
+/// does not exist).
+async fn open_pool(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let opened = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await;
+    match opened {
+        Err(sqlx::Error::PoolTimedOut) => Err(PgConnection::connect_with(&options)
+            .await
+            .err()
+            .unwrap_or(sqlx::Error::PoolTimedOut)),
+        opened => opened,
+    }
+}
 
 impl Storage for PgStore {
     async fn migrate(&self) -> Result<(), StorageError> {

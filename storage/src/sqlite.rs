@@ -73,9 +73,9 @@ impl SqliteStore {
     /// first use. Does not migrate.
     pub async fn connect(url: &str) -> Result<SqliteStore, StorageError> {
         let options =
-            SqliteConnectOptions::from_str(url).map_err(|source| StorageError::Connect {
+            SqliteConnectOptions::from_str(url).map_err(|cause| StorageError::Connect {
                 url: redact_url(url),
-                source,
+                cause,
             })?;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         Self::open_with(options, in_memory, url).await
@@ -129,9 +129,9 @@ impl SqliteStore {
             pool_options
                 .connect_with(options)
                 .await
-                .map_err(|source| StorageError::Connect {
+                .map_err(|cause| StorageError::Connect {
                     url: redact_url(url),
-                    source,
+                    cause,
                 })?;
         Ok(SqliteStore {
             pool,

@@ -2104,3 +2104,55 @@ async fn explain(conn: &mut sqlx::PgConnection, execute: String) -> String {
             .expect("explain");
     lines.join("\n")
 }
+
+/// Connection errors in plain words: the server's message and code, without sqlx's
+/// "error returned from database:" and PostgreSQL's own source line ("at line 948"), and
+/// the reason a server could not be reached rather than "pool timed out".
+#[tokio::test]
+async fn connection_errors_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_db = dir.path().join("notes.db");
+    std::fs::write(&not_a_db, "these are notes, not a database\n".repeat(200)).unwrap();
+    let url = format!("sqlite://{}", not_a_db.display());
+    let e = Store::connect(&url).await.expect_err("not a database");
+    assert_eq!(
+        e.to_string(),
+        format!("cannot connect to the database at {url}: file is not a database [SQLite code 26]")
+    );
+    assert!(
+        std::error::Error::source(&e).is_none(),
+        "the cause is said once"
+    );
+
+    let url = std::env::var("SKYCHIMP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    if let Some(why) = postgres_unreachable(&url) {
+        let required = std::env::var("SKYCHIMP_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        assert!(!required, "PostgreSQL not reachable at {url}: {why}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: PostgreSQL not reachable at {url}: {why}"
+        );
+        return;
+    }
+    let options = PgConnectOptions::from_str(&url).unwrap();
+    let missing = options.clone().database("skychimp_no_such_database");
+    let e = PgStore::connect_with(missing, 1)
+        .await
+        .expect_err("no such database");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cannot connect to the database at postgres://{}:{}/skychimp_no_such_database: \
+             database \"skychimp_no_such_database\" does not exist [SQLSTATE 3D000]",
+            options.get_host(),
+            options.get_port()
+        )
+    );
+    // Nothing listens on port 1: the pool retries for its ten seconds, then says why.
+    let e = PgStore::connect("postgres://postgres@127.0.0.1:1/test")
+        .await
+        .expect_err("refused");
+    let text = e.to_string();
+    assert!(text.contains("Connection refused"), "{text}");
+}

@@ -1,6 +1,6 @@
 //! Reading the files (in parallel), checking each, and resolving them against each other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -153,6 +153,13 @@ pub(super) fn load(
             ));
         }
     };
+    // With users.toml broken, the owners it should name are not known, but every other file
+    // is still checked as if its owner were: the lists, messages and mailings of an owner
+    // users.toml does not (or no longer) name are resolved, their problems reported, and
+    // then left out of the catalog, so nothing of theirs is sent.
+    let known = |users: &BTreeMap<String, Arc<User>>, owner: &str| {
+        users_broken || users.contains_key(owner)
+    };
     let mut messages: HashMap<(String, String), Arc<Message>> = HashMap::new();
     let mut drafts = Vec::new();
     let mut sorted: Vec<_> = good.iter().collect();
@@ -161,7 +168,7 @@ pub(super) fn load(
         match g {
             Good::Users(..) => {}
             Good::List(list) => {
-                if catalog.users.contains_key(&list.owner) {
+                if known(&catalog.users, &list.owner) {
                     catalog.lists.insert(list.id.clone(), list.clone());
                 } else {
                     owner_missing(rel, &list.owner, &mut problems);
@@ -169,7 +176,7 @@ pub(super) fn load(
             }
             Good::Message(m) => {
                 let owner = owner_of(rel);
-                if catalog.users.contains_key(&owner) {
+                if known(&catalog.users, &owner) {
                     let name = m.name.clone().unwrap_or_default();
                     messages.insert((owner, name), m.clone());
                 } else {
@@ -177,7 +184,7 @@ pub(super) fn load(
                 }
             }
             Good::Mailing(d) => {
-                if catalog.users.contains_key(&d.refs.owner) {
+                if known(&catalog.users, &d.refs.owner) {
                     drafts.push(d.clone());
                 } else {
                     owner_missing(rel, &d.refs.owner, &mut problems);
@@ -187,7 +194,7 @@ pub(super) fn load(
     }
     // A broken file is not used, but what it says about other files is checked all the same.
     for (rel, owner, references) in &broken_owned {
-        if !catalog.users.contains_key(owner) {
+        if !known(&catalog.users, owner) {
             owner_missing(rel, owner, &mut problems);
         } else if let Some(refs) = references {
             problems.extend(find_references(refs, &catalog, &messages, &broken_files).2);
@@ -216,10 +223,14 @@ pub(super) fn load(
         .collect();
     for (mailing, errors) in resolved {
         problems.extend(errors);
-        if let Some(m) = mailing {
+        if let Some(m) = mailing.filter(|m| catalog.users.contains_key(&m.owner)) {
             catalog.mailings.insert(m.id.clone(), Arc::new(m));
         }
     }
+    let users = &catalog.users;
+    catalog
+        .lists
+        .retain(|_, list| users.contains_key(&list.owner));
 
     Problem::sort(&mut problems);
     problems.dedup();

@@ -1,5 +1,6 @@
 //! `skychimpd send` and `skychimpd preview`: one run now, and what a recipient would see.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -261,12 +262,19 @@ async fn dry_run_report(
     // One write at the end: a reader that stops early (`| head`) ends the output, not
     // the process with a panic.
     let mut out = format!("{}: {} — dry run, nothing is sent\n", m.id, m.title);
+    // One query for the owner's unsubscribes, not one per recipient (100,000 recipients
+    // were 100,000 round trips).
+    let unsubscribed: HashSet<String> = match store {
+        Some(store) => store
+            .unsubscribes(&m.owner)
+            .await?
+            .into_iter()
+            .map(|u| u.address)
+            .collect(),
+        None => HashSet::new(),
+    };
     for c in m.recipients() {
-        let unsubscribed = match store {
-            Some(store) => store.is_unsubscribed(&m.owner, &c.email).await?,
-            None => false,
-        };
-        if unsubscribed {
+        if unsubscribed.contains(&address_key(&c.email)) {
             skipped += 1;
             out += &format!("  skip  {} <{}> (unsubscribed)\n", c.name, c.email);
         } else {
