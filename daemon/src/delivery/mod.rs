@@ -268,30 +268,42 @@ impl Halts {
         (newly, released)
     }
 
-    /// Whether a delivery of `mailing_id` is held (see [`Halts::hold`]).
-    fn held(&self, mailing_id: &str) -> bool {
-        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
-        sets.held.contains_key(mailing_id)
-    }
-
     /// The runs claims leave alone.
     fn held_runs(&self) -> Vec<RunId> {
         let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
         sets.held_runs.clone()
     }
 
-    /// Why a delivery of `mailing_id` must not go out now, if it must not.
-    fn why(&self, mailing_id: &str) -> Option<String> {
+    /// What a delivery of `mailing_id` may do now, in one look.
+    fn verdict(&self, mailing_id: &str) -> Verdict {
         let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        if sets.held.contains_key(mailing_id) {
+            return Verdict::Hold;
+        }
         if sets.mailings.is_empty() && sets.owners.is_empty() {
-            return None;
+            return Verdict::Go;
         }
         let owner = mailing_id.split_once('/').map_or(mailing_id, |(o, _)| o);
-        sets.mailings
+        match sets
+            .mailings
             .get(mailing_id)
             .or_else(|| sets.owners.get(owner))
-            .cloned()
+        {
+            Some(why) => Verdict::Skip(why.clone()),
+            None => Verdict::Go,
+        }
     }
+}
+
+/// What [`Halts`] says of a delivery.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// It may go out.
+    Go,
+    /// Its mailing is held (see [`Halts::hold`]): it waits, given back to the queue.
+    Hold,
+    /// A manager stopped its mailing or owner: it is skipped, with this reason.
+    Skip(String),
 }
 
 /// The delivery engine shared by the workers.
@@ -805,9 +817,7 @@ impl Deliverer {
             return &[];
         }
         let halted = |d: &ClaimedDelivery| {
-            gone.contains(&d.id)
-                || self.halts.why(&d.mailing_id).is_some()
-                || self.halts.held(&d.mailing_id)
+            gone.contains(&d.id) || self.halts.verdict(&d.mailing_id) != Verdict::Go
         };
         if !halted(&rest[0]) {
             match slots.waiting.take() {
@@ -881,15 +891,22 @@ impl Deliverer {
         for (i, d) in chunk.iter().enumerate() {
             // Held since the claim (a reload): given back with the rest of the batch, which
             // the next claim takes again without the held runs.
-            if *stop.borrow() || self.halts.held(&d.mailing_id) {
+            if *stop.borrow() {
                 unsent.push(d.id);
                 continue;
             }
-            if let Some(why) = self.halts.why(&d.mailing_id) {
-                self.store
-                    .skip_marked(worker, &[d.id], &why, self.clock.now())
-                    .await?;
-                continue;
+            match self.halts.verdict(&d.mailing_id) {
+                Verdict::Go => {}
+                Verdict::Hold => {
+                    unsent.push(d.id);
+                    continue;
+                }
+                Verdict::Skip(why) => {
+                    self.store
+                        .skip_marked(worker, &[d.id], &why, self.clock.now())
+                        .await?;
+                    continue;
+                }
             }
             let ctx = self.context(d.run_id, &mut desk.renderers).await?;
             let current = match ahead.take() {
@@ -897,11 +914,7 @@ impl Deliverer {
                 _ => self.prepare(d, &ctx),
             };
             let next = match chunk.get(i + 1) {
-                Some(n)
-                    if !*stop.borrow()
-                        && self.halts.why(&n.mailing_id).is_none()
-                        && !self.halts.held(&n.mailing_id) =>
-                {
+                Some(n) if !*stop.borrow() && self.halts.verdict(&n.mailing_id) == Verdict::Go => {
                     // A failure to load its run surfaces at that delivery's own turn.
                     match self.context(n.run_id, &mut desk.renderers).await {
                         Ok(next_ctx) => Some(self.prepare(n, &next_ctx)),
