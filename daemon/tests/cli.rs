@@ -685,6 +685,13 @@ fn preview_and_dry_run_leave_out_who_unsubscribed() {
         "{text}"
     );
     assert!(text.contains(", 1 skipped\n"), "{text}");
+    let (_, first) = text.split_once("the first message:").expect("a first message");
+    let to = first
+        .lines()
+        .find_map(|l| l.strip_prefix("To: "))
+        .expect("a To: header")
+        .to_lowercase();
+    assert!(!to.contains("ivan@example.com"), "{to}");
 }
 
 #[test]

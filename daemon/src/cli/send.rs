@@ -298,29 +298,33 @@ async fn dry_run_report(
         "{} would be sent, {skipped} skipped\n",
         super::counted(count as i64, "message")
     );
-    // The first recipient whose message renders (those that fail are listed above).
-    let renderer = Renderer::for_mailing(catalog, m)
-        .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
+    // The first message a real send would make: to the first recipient still subscribed
+    // whose message renders (those that fail are listed above).
+    let renderer = renderer_of(catalog, m)?;
     let first = m
         .recipients()
+        .filter(|c| !unsubscribed.contains(&address_key(&c.email)))
         .find(|&c| renderer.render(c.into(), "").is_ok());
     if let Some(first) = first {
         out += "\nthe first message:\n\n";
-        out += &render_preview(setup, catalog, m, first)?;
+        out += &render_preview(setup, &renderer, m, first)?;
     }
     super::write_out(format_args!("{out}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
+fn renderer_of(catalog: &Catalog, m: &Mailing) -> anyhow::Result<Renderer> {
+    Renderer::for_mailing(catalog, m)
+        .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))
+}
+
 /// The composed message for one client, headers and both parts, as text.
 fn render_preview(
     setup: &Setup,
-    catalog: &Catalog,
+    renderer: &Renderer,
     m: &Mailing,
     client: &Client,
 ) -> anyhow::Result<String> {
-    let renderer = Renderer::for_mailing(catalog, m)
-        .map_err(|e| anyhow::anyhow!("{}", crate::message::describe(&e)))?;
     let secret = TokenSecret::load(&setup.config)?;
     let url = tokens::unsubscribe_url(
         &setup.config.manager.public_url,
@@ -419,7 +423,7 @@ pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode
             None => anyhow::bail!("mailing `{id}` has no recipients; use --to EMAIL"),
         },
     };
-    let text = render_preview(&setup, &catalog, mailing, client)?;
+    let text = render_preview(&setup, &renderer_of(&catalog, mailing)?, mailing, client)?;
     super::write_out(format_args!("{text}"))?;
     Ok(ExitCode::SUCCESS)
 }
