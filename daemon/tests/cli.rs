@@ -685,7 +685,9 @@ fn preview_and_dry_run_leave_out_who_unsubscribed() {
         "{text}"
     );
     assert!(text.contains(", 1 skipped\n"), "{text}");
-    let (_, first) = text.split_once("the first message:").expect("a first message");
+    let (_, first) = text
+        .split_once("the first message:")
+        .expect("a first message");
     let to = first
         .lines()
         .find_map(|l| l.strip_prefix("To: "))

@@ -348,3 +348,32 @@ fn a_killed_instance_loses_nothing_and_sends_nothing_twice() {
             .any(|l| l.contains("took over deliveries whose lease expired"))
     );
 }
+
+/// Instances starting together on a new database mail a new owner one verification link
+/// between them, not one each (each would also make the others' links stale).
+#[test]
+fn instances_starting_together_send_one_verification_link() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cluster) = Cluster::new(&[("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "true")]) else {
+        return;
+    };
+    let daemons = cluster.start(3);
+    wait_until("a verification link at the sink", || {
+        received(&cluster.sink).contains_key("alice@example.com")
+    });
+    // Every instance began its first pass at its start; stopping lets a pass in progress
+    // finish, sending included.
+    let log = stop_all(daemons);
+    let got = received(&cluster.sink);
+    assert_eq!(got.get("alice@example.com"), Some(&1), "{}", log.join("\n"));
+    assert_eq!(
+        got.len(),
+        1,
+        "nothing else goes before alice verifies: {got:?}"
+    );
+    let sent = log
+        .iter()
+        .filter(|l| l.contains("verification link sent"))
+        .count();
+    assert_eq!(sent, 1, "{}", log.join("\n"));
+}

@@ -371,15 +371,18 @@ storage_interface! {
     /// Every user the daemon knows something about.
     fn user_states(&self) -> Vec<UserState>;
 
-    /// Remembers that a verification link with `nonce` went to `email`, so the daemon does
-    /// not send one at every start and an older link stops working.
-    fn record_verification_sent(
+    /// Records that a verification link with `nonce` goes to `email` now, unless the user is
+    /// already verified for that address or a link to it was recorded after `fresh_since`. Returns whether this call recorded it: the caller that gets `true`
+    /// sends the link, so of several daemons trying at once exactly one mails the user.
+    /// Recording it makes any older link stop working.
+    fn claim_verification(
         &self,
         user_id: &str,
         email: &str,
         nonce: &str,
         now: DateTime<Utc>,
-    ) -> ();
+        fresh_since: DateTime<Utc>,
+    ) -> bool;
 
     /// Forgets that the link with `nonce` was sent (it could not be delivered), so the next
     /// pass sends a new one; a newer link recorded meanwhile is left alone.

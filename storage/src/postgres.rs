@@ -821,14 +821,17 @@ impl Storage for PgStore {
             .collect()
     }
 
-    async fn record_verification_sent(
+    async fn claim_verification(
         &self,
         user_id: &str,
         email: &str,
         nonce: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
+        fresh_since: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        // A second daemon's upsert waits for the first one's row, then finds the link
+        // recorded and changes nothing.
+        let claimed: Option<i32> = sqlx::query_scalar(
             "INSERT INTO user_state (user_id, verification_email, verification_nonce, \
                                      verification_sent_at, updated_at) \
              VALUES ($1, $2, $3, $4, $4) \
@@ -836,15 +839,22 @@ impl Storage for PgStore {
                  verification_email = excluded.verification_email, \
                  verification_nonce = excluded.verification_nonce, \
                  verification_sent_at = excluded.verification_sent_at, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at \
+             WHERE lower(btrim(coalesce(user_state.verified_email, ''))) \
+                       <> lower(btrim(excluded.verification_email)) \
+               AND NOT (lower(btrim(coalesce(user_state.verification_email, ''))) \
+                            = lower(btrim(excluded.verification_email)) \
+                        AND coalesce(user_state.verification_sent_at > $5, false)) \
+             RETURNING 1",
         )
         .bind(user_id)
         .bind(email)
         .bind(nonce)
         .bind(to_millis(now))
-        .execute(&self.pool)
+        .bind(to_millis(fresh_since))
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(claimed.is_some())
     }
 
     async fn forget_verification_sent(

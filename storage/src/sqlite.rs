@@ -969,31 +969,38 @@ impl Storage for SqliteStore {
             .collect()
     }
 
-    async fn record_verification_sent(
+    async fn claim_verification(
         &self,
         user_id: &str,
         email: &str,
         nonce: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
+        fresh_since: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let claimed: Option<i32> = sqlx::query_scalar(
             "INSERT INTO user_state (user_id, verification_email, verification_nonce, \
                                      verification_sent_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?) \
+             VALUES (?1, ?2, ?3, ?4, ?4) \
              ON CONFLICT (user_id) DO UPDATE SET \
                  verification_email = excluded.verification_email, \
                  verification_nonce = excluded.verification_nonce, \
                  verification_sent_at = excluded.verification_sent_at, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at \
+             WHERE lower(trim(coalesce(user_state.verified_email, ''))) \
+                       <> lower(trim(excluded.verification_email)) \
+               AND NOT (lower(trim(coalesce(user_state.verification_email, ''))) \
+                            = lower(trim(excluded.verification_email)) \
+                        AND coalesce(user_state.verification_sent_at > ?5, 0)) \
+             RETURNING 1",
         )
         .bind(user_id)
         .bind(email)
         .bind(nonce)
         .bind(ms(now))
-        .bind(ms(now))
-        .execute(&self.pool)
+        .bind(ms(fresh_since))
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(claimed.is_some())
     }
 
     async fn forget_verification_sent(

@@ -1441,10 +1441,62 @@ async fn stats_count_sent_within_windows(store: Store) {
 
 async fn user_state_verification_and_block(store: Store) {
     assert_eq!(store.user_state("alice").await.expect("none"), None);
+    let ttl = secs(86400);
+    // Several daemons try at once: exactly one records its link (and sends it).
+    let tries = ["n1", "n2", "n3", "n4"].map(|nonce| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .claim_verification("alice", "alice@example.com", nonce, t0(), t0() - ttl)
+                .await
+                .expect("claim")
+        })
+    });
+    let mut tries_done = Vec::new();
+    for t in tries {
+        tries_done.push(t.await.expect("join"));
+    }
+    let tries = tries_done;
+    assert_eq!(tries.iter().filter(|&&t| t).count(), 1, "{tries:?}");
+    let winner = ["n1", "n2", "n3", "n4"][tries.iter().position(|&t| t).unwrap()];
+    let s = store.user_state("alice").await.expect("get").expect("some");
+    assert_eq!(s.verification_nonce.as_deref(), Some(winner));
+    // Later, while that link is valid, nobody sends another to the same address (however
+    // it is spelt); a new address, or the end of the validity, gets one.
+    assert!(
+        !store
+            .claim_verification(
+                "alice",
+                "Alice@Example.com",
+                "n5",
+                t0() + secs(60),
+                t0() + secs(60) - ttl
+            )
+            .await
+            .expect("claim")
+    );
+    assert!(
+        store
+            .claim_verification(
+                "alice",
+                "alice@example.com",
+                "n1",
+                t0() + ttl + secs(1),
+                t0() + secs(1)
+            )
+            .await
+            .expect("claim after the validity")
+    );
     store
-        .record_verification_sent("alice", "alice@example.com", "n1", t0())
+        .forget_verification_sent("alice", "n1")
         .await
-        .expect("sent");
+        .expect("forget");
+    assert!(
+        store
+            .claim_verification("alice", "alice@example.com", "n1", t0(), t0() - ttl)
+            .await
+            .expect("claim after forgetting")
+    );
     let s = store.user_state("alice").await.expect("get").expect("some");
     assert_eq!(s.verification_email.as_deref(), Some("alice@example.com"));
     assert_eq!(s.verification_nonce.as_deref(), Some("n1"));
@@ -1465,10 +1517,12 @@ async fn user_state_verification_and_block(store: Store) {
     let s = store.user_state("alice").await.expect("get").expect("some");
     assert_eq!(s.verification_sent_at, None);
     assert_eq!(s.verification_nonce.as_deref(), Some("n1"));
-    store
-        .record_verification_sent("alice", "alice@example.com", "n1", t0())
-        .await
-        .expect("sent again");
+    assert!(
+        store
+            .claim_verification("alice", "alice@example.com", "n1", t0(), t0() - ttl)
+            .await
+            .expect("sent again")
+    );
 
     store
         .set_verified("alice", "alice@example.com", t0() + secs(60))
@@ -1485,6 +1539,19 @@ async fn user_state_verification_and_block(store: Store) {
         s.verification_nonce.as_deref(),
         Some("n1"),
         "verification keeps the nonce"
+    );
+    assert!(
+        !store
+            .claim_verification(
+                "alice",
+                "alice@example.com",
+                "n6",
+                t0() + ttl * 2,
+                t0() + ttl
+            )
+            .await
+            .expect("claim"),
+        "no link to an address already verified"
     );
 
     store

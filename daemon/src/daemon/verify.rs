@@ -99,6 +99,8 @@ impl Verifier {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let now = self.clock.now();
+        // A link recorded after this is still valid: no new one goes to the same address.
+        let fresh_since = now - chrono::Duration::from_std(self.ttl).unwrap_or_default();
         let mut pass = Pass::default();
         for user in catalog.users().values() {
             let state = self.store.user_state(&user.id).await?;
@@ -112,9 +114,7 @@ impl Verifier {
                 s.verification_email
                     .as_deref()
                     .is_some_and(|e| e.eq_ignore_ascii_case(&user.email))
-                    && s.verification_sent_at.is_some_and(|at| {
-                        now - at < chrono::Duration::from_std(self.ttl).unwrap_or_default()
-                    })
+                    && s.verification_sent_at.is_some_and(|at| at > fresh_since)
             });
             if recently_sent {
                 continue;
@@ -149,9 +149,16 @@ impl Verifier {
                 }
             };
             // Record first: a crash after sending must not mail the user twice at restart.
-            self.store
-                .record_verification_sent(&user.id, &user.email, &nonce, now)
-                .await?;
+            // Another daemon on the same database may have recorded its own link since the
+            // look above: then it sends, not this one.
+            if !self
+                .store
+                .claim_verification(&user.id, &user.email, &nonce, now, fresh_since)
+                .await?
+            {
+                tracing::info!(user = %user.id, email = %user.email, "verification link sent by another instance");
+                continue;
+            }
             let report = sender.send(&message).await;
             match &report.outcome {
                 SendOutcome::Sent { .. } => {
