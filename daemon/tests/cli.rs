@@ -278,6 +278,82 @@ fn a_missing_dkim_key_passes_check_and_a_dry_run_says_a_send_would_stop() {
     );
 }
 
+/// An SMTP user without its password stops `send` and `run` before anything is created, and
+/// a dry run says so; it used to AUTH with an empty password and defer every message.
+#[test]
+fn an_smtp_user_without_a_password_stops_before_starting() {
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let env = [
+        ("SKYCHIMP_SMTP_URL", "smtp://mailer@127.0.0.1:1"),
+        ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
+    ];
+    let said = "[smtp] url names the user `mailer` but SKYCHIMP_SMTP_PASSWORD is not set";
+    let out = skychimpd_env(&["--root", root, "send", "alice/weekly", "--dry-run"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains(&format!(
+            "note: a real send would stop before starting: {said}"
+        )),
+        "{}",
+        out.stdout_text()
+    );
+    for command in [&["send", "alice/weekly"][..], &["run"][..]] {
+        let mut args = vec!["--root", root];
+        args.extend(command);
+        let out = skychimpd_env(&args, &env);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command:?}: {}",
+            out.stderr_text()
+        );
+        assert!(out.stderr_text().contains(said), "{}", out.stderr_text());
+    }
+    let out = skychimpd_env(&["--root", root, "report", "alice/weekly"], &env);
+    assert!(
+        !out.stdout_text().contains("manual"),
+        "no run: {}",
+        out.stdout_text()
+    );
+    // An empty password is one: the variable is set.
+    let mut env = env.to_vec();
+    env.push(("SKYCHIMP_SMTP_PASSWORD", ""));
+    let out = skychimpd_env(&["--root", root, "send", "alice/weekly", "--dry-run"], &env);
+    assert!(!out.stdout_text().contains(said), "{}", out.stdout_text());
+}
+
+/// A manager key's secret_file that cannot be read is named with why, not reported as a
+/// key with no secret set.
+#[test]
+fn an_unreadable_key_file_is_named() {
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/ops2027"), "0123456789abcdef0123\n").unwrap();
+    std::fs::write(dir.path().join("secrets/empty"), "\n").unwrap();
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[manager.keys.ops-2027]\nsecret_file = \"secrets/ops2072\"\n\n\
+             [manager.keys.blank]\nsecret_file = \"secrets/empty\"\n"
+        ),
+    )
+    .unwrap();
+    for (key, said) in [
+        ("ops-2027", "key `ops-2027`: cannot read secret_file "),
+        ("ops-2027", "/secrets/ops2072: No such file"),
+        ("blank", "/secrets/empty is empty"),
+        ("nokey", "no key `nokey` in [manager.keys]"),
+    ] {
+        let out = skychimpd_env(&["--root", root, "manager", "--key", key, "stats"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", out.stderr_text());
+        assert!(out.stderr_text().contains(said), "{}", out.stderr_text());
+    }
+}
+
 #[test]
 fn a_reader_that_stops_early_ends_the_output_not_the_command() {
     // `skychimpd check | head -1`, `… 2>&1 | head -1`: the reader is gone before the command

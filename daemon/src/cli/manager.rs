@@ -380,12 +380,12 @@ pub fn run(cli: &Cli, args: &ManagerArgs) -> anyhow::Result<ExitCode> {
     let target = parse_url(&url)?;
     let keys = crate::daemon::manager_keys(&setup.config);
     let (key_id, secret) = match &args.key {
-        Some(id) => match keys.get(id) {
-            Some(secret) => (id.clone(), secret.clone()),
-            None if setup.config.manager.keys.contains_key(id) => {
-                bail!("key `{id}` has no secret here: set its secret_env variable or secret_file")
+        Some(id) => match crate::daemon::key_secret(&setup.config, id) {
+            Ok(secret) => (id.clone(), secret),
+            Err(_) if !setup.config.manager.keys.contains_key(id) => {
+                bail!("no key `{id}` in [manager.keys]")
             }
-            None => bail!("no key `{id}` in [manager.keys]"),
+            Err(why) => bail!("key {why}"),
         },
         // The configured order (a BTreeMap: by id), first with a secret.
         None => setup

@@ -554,31 +554,50 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
 }
 
 /// The manager keys whose secrets are available: id → secret. Keys without one are
-/// logged and left out.
+/// logged, with why, and left out.
 pub fn manager_keys(config: &crate::config::Config) -> std::collections::HashMap<String, Vec<u8>> {
     let mut keys = std::collections::HashMap::new();
-    for (id, key) in &config.manager.keys {
-        let from_env = (!key.secret_env.is_empty())
-            .then(|| std::env::var(&key.secret_env).ok())
-            .flatten();
-        let from_file = || {
-            (!key.secret_file.is_empty())
-                .then(|| std::fs::read_to_string(config.resolve(&key.secret_file)).ok())
-                .flatten()
-                .map(|s| s.trim().to_string())
-        };
-        match from_env.or_else(from_file).filter(|s| !s.is_empty()) {
-            Some(secret) => {
-                keys.insert(id.clone(), secret.into_bytes());
+    for id in config.manager.keys.keys() {
+        match key_secret(config, id) {
+            Ok(secret) => {
+                keys.insert(id.clone(), secret);
             }
-            None => tracing::warn!(
-                key = %id,
-                "manager key has no secret (set {} or secret_file): its requests are refused",
-                if key.secret_env.is_empty() { "secret_env" } else { &key.secret_env }
-            ),
+            Err(why) => tracing::warn!(key = %id, "manager key {why}; its requests are refused"),
         }
     }
     keys
+}
+
+/// The secret of manager key `id`: its `secret_env` variable if set and not empty, else
+/// its `secret_file`'s content (trimmed). Or why there is none, to follow "manager key ".
+pub fn key_secret(config: &crate::config::Config, id: &str) -> Result<Vec<u8>, String> {
+    let Some(key) = config.manager.keys.get(id) else {
+        return Err(format!("`{id}` is not in [manager.keys]"));
+    };
+    if let Some(secret) = (!key.secret_env.is_empty())
+        .then(|| std::env::var(&key.secret_env).ok())
+        .flatten()
+        .filter(|s| !s.is_empty())
+    {
+        return Ok(secret.into_bytes());
+    }
+    if key.secret_file.is_empty() {
+        let env = if key.secret_env.is_empty() {
+            "secret_env"
+        } else {
+            &key.secret_env
+        };
+        return Err(format!("`{id}` has no secret: set {env} or secret_file"));
+    }
+    let path = config.resolve(&key.secret_file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => Err(format!("`{id}`: secret_file {} is empty", path.display())),
+        Err(e) => Err(format!(
+            "`{id}`: cannot read secret_file {}: {e}",
+            path.display()
+        )),
+    }
 }
 
 async fn print_startup(

@@ -111,9 +111,22 @@ pub fn transport_from_config(config: &Config) -> Result<Transport, DeliveryError
         .map(|(_, d)| d.trim_end_matches('>').trim().to_string())
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| "localhost".into());
+    let password = std::env::var(&config.smtp.password_env).ok();
+    // A user without a password would AUTH with an empty one, and a server refusing it
+    // defers every message with a reply that names neither AUTH nor the variable. A
+    // variable set to the empty string is taken as meant.
+    if let (TransportUrl::Smtp(smtp), None) = (&url, &password)
+        && let Some(user) = &smtp.user
+    {
+        return Err(DeliveryError::Setup(format!(
+            "[smtp] url names the user `{user}` but {} is not set: the SMTP password comes \
+             from that environment variable ([smtp] password_env), never from the URL",
+            config.smtp.password_env
+        )));
+    }
     let options = SmtpOptions {
         hello_name: hello,
-        password: std::env::var(&config.smtp.password_env).ok(),
+        password,
         connect_timeout: config.smtp.timeout.0,
         command_timeout: config.smtp.timeout.0,
         ..SmtpOptions::default()
