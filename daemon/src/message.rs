@@ -1,8 +1,10 @@
 //! Message templates: what a subject or body may say and how it is checked.
 //!
 //! Subjects and bodies are Tera templates rendered once per recipient. `skychimpd check`
-//! compiles each one and renders it against a sample recipient, so a typo such as
-//! `{{ client.nmae }}` is caught in review rather than at 9 a.m. on the day of sending.
+//! compiles each one, refuses a variable no message has wherever it is read, and renders
+//! it against a sample recipient (and then, in `cli::check`, for every recipient), so a
+//! typo such as `{{ client.nmae }}` or `{% if client.coment %}` is caught in review rather
+//! than at 9 a.m. on the day of sending.
 
 use serde::Serialize;
 
@@ -88,35 +90,197 @@ fn sample() -> TemplateContext<'static> {
     }
 }
 
-/// Compile `source` and render it for a sample recipient.
+/// Compile `source`, look for variables no message has, and render it for a sample
+/// recipient.
 pub fn check(source: &str) -> Result<(), TemplateError> {
     let mut tera = tera::Tera::default();
     tera.add_raw_template("template", source)
         .map_err(|e| located(&e, source))?;
+    if let Ok(template) = tera.get_template("template")
+        && let Some(name) = unknown_variable(template)
+    {
+        let (line, column) = first_use(source, &name).unwrap_or((1, 1));
+        return Err(TemplateError {
+            line,
+            column,
+            message: format!(
+                "template: no variable `{name}`; a message has {}",
+                VARIABLES.join(", ")
+            ),
+        });
+    }
     let context = tera::Context::from_serialize(sample()).map_err(|e| to_error(&e))?;
     tera.render("template", &context)
         .map_err(|e| located(&e, source))?;
     Ok(())
 }
 
-/// A Tera error in `source` with the best position known: a syntax error's own, or for a
-/// variable that is not found (Tera gives no position then) its first use in the source;
-/// else the template's start.
+/// Every variable a message has (see [`TemplateContext`]).
+pub const VARIABLES: [&str; 8] = [
+    "client.email",
+    "client.name",
+    "client.comment",
+    "mailing.id",
+    "mailing.title",
+    "owner.name",
+    "owner.email",
+    "unsubscribe_url",
+];
+
+/// The first variable `template` names that no message has, in the order of the source.
+/// Rendering finds such a variable only in `{{ … }}`; in `{% if client.coment %}` Tera
+/// reads it as false, and the branch silently never shows. Names the template binds itself
+/// (`for`, `set`, macro arguments, `loop`) are its own.
+fn unknown_variable(template: &tera::Template) -> Option<String> {
+    let mut bound: Vec<&str> = vec!["loop", "__tera_context"];
+    let mut used: Vec<&str> = Vec::new();
+    let macros = template.macros.values();
+    for m in macros.clone() {
+        bound.extend(m.args.keys().map(String::as_str));
+    }
+    walk(&template.ast, &mut bound, &mut used);
+    for m in macros {
+        walk(&m.body, &mut bound, &mut used);
+    }
+    let known = |name: &str| {
+        let root = name.split(['.', '[']).next().unwrap_or(name);
+        VARIABLES.contains(&name)
+            || bound.contains(&root)
+            || (matches!(root, "client" | "mailing" | "owner")
+                && (name == root || name[root.len()..].starts_with('[')))
+    };
+    used.into_iter()
+        .find(|name| !known(name))
+        .map(str::to_string)
+}
+
+/// The variables `nodes` read (into `used`) and the names they bind (into `bound`).
+fn walk<'t>(nodes: &'t [tera::ast::Node], bound: &mut Vec<&'t str>, used: &mut Vec<&'t str>) {
+    use tera::ast::Node;
+    for node in nodes {
+        match node {
+            Node::VariableBlock(_, e) => expr(e, used),
+            Node::Set(_, set) => {
+                bound.push(&set.key);
+                expr(&set.value, used);
+            }
+            Node::FilterSection(_, section, _) => {
+                section.filter.args.values().for_each(|e| expr(e, used));
+                walk(&section.body, bound, used);
+            }
+            Node::Block(_, block, _) => walk(&block.body, bound, used),
+            Node::Forloop(_, each, _) => {
+                expr(&each.container, used);
+                bound.extend(each.key.as_deref());
+                bound.push(&each.value);
+                walk(&each.body, bound, used);
+                if let Some(empty) = &each.empty_body {
+                    walk(empty, bound, used);
+                }
+            }
+            Node::If(branches, _) => {
+                for (_, condition, body) in &branches.conditions {
+                    expr(condition, used);
+                    walk(body, bound, used);
+                }
+                if let Some((_, body)) = &branches.otherwise {
+                    walk(body, bound, used);
+                }
+            }
+            Node::MacroDefinition(_, m, _) => {
+                bound.extend(m.args.keys().map(String::as_str));
+                walk(&m.body, bound, used);
+            }
+            Node::Super
+            | Node::Text(_)
+            | Node::Extends(..)
+            | Node::Include(..)
+            | Node::ImportMacro(..)
+            | Node::Raw(..)
+            | Node::Break(_)
+            | Node::Continue(_)
+            | Node::Comment(..) => {}
+        }
+    }
+}
+
+/// The variables an expression reads, its filters' arguments included.
+fn expr<'t>(e: &'t tera::ast::Expr, used: &mut Vec<&'t str>) {
+    value(&e.val, used);
+    for filter in &e.filters {
+        filter.args.values().for_each(|a| expr(a, used));
+    }
+}
+
+fn value<'t>(v: &'t tera::ast::ExprVal, used: &mut Vec<&'t str>) {
+    use tera::ast::ExprVal;
+    match v {
+        ExprVal::Ident(name) => used.push(name),
+        ExprVal::Math(m) => {
+            expr(&m.lhs, used);
+            expr(&m.rhs, used);
+        }
+        ExprVal::Logic(l) => {
+            expr(&l.lhs, used);
+            expr(&l.rhs, used);
+        }
+        ExprVal::Test(t) => {
+            used.push(&t.ident);
+            t.args.iter().for_each(|a| expr(a, used));
+        }
+        ExprVal::MacroCall(call) => call.args.values().for_each(|a| expr(a, used)),
+        ExprVal::FunctionCall(call) => call.args.values().for_each(|a| expr(a, used)),
+        ExprVal::Array(items) => items.iter().for_each(|a| expr(a, used)),
+        ExprVal::StringConcat(concat) => concat.values.iter().for_each(|v| value(v, used)),
+        ExprVal::In(i) => {
+            expr(&i.lhs, used);
+            expr(&i.rhs, used);
+        }
+        ExprVal::String(_) | ExprVal::Int(_) | ExprVal::Float(_) | ExprVal::Bool(_) => {}
+    }
+}
+
+/// A Tera error in `source` with the best position known: a syntax error's own; for a
+/// variable that is not found, or a filter that failed (Tera gives no position then), its
+/// first use in the source; else the template's start.
 pub fn located(error: &tera::Error, source: &str) -> TemplateError {
     let mut e = to_error(error);
-    if e.line == 1
-        && e.column == 1
-        && let Some(name) = e
-            .message
-            .split_once("Variable `")
+    let named = |prefix: &str| {
+        e.message
+            .split_once(prefix)
             .and_then(|(_, rest)| rest.split_once('`'))
-            .map(|(name, _)| name)
-        && let Some((line, column)) = first_use(source, name)
-    {
+            .map(|(name, _)| name.to_string())
+    };
+    let at = if e.line == 1 && e.column == 1 {
+        named("Variable `")
+            .and_then(|name| first_use(source, &name))
+            .or_else(|| named("Filter `").and_then(|name| first_filter_use(source, &name)))
+    } else {
+        None
+    };
+    if let Some((line, column)) = at {
         e.line = line;
         e.column = column;
     }
     e
+}
+
+/// Where the filter `name` is first applied in `source` (`| name`).
+fn first_filter_use(source: &str, name: &str) -> Option<(usize, usize)> {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let at = source.match_indices(name).map(|(i, _)| i).find(|&i| {
+        source[..i].trim_end().ends_with('|')
+            && !source[i + name.len()..].chars().next().is_some_and(word)
+    })?;
+    Some(line_and_column(source, at))
+}
+
+/// The 1-based line and column (in characters) of byte `at` of `source`.
+fn line_and_column(source: &str, at: usize) -> (usize, usize) {
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 /// Where `name` (a variable path such as `client.nmae`) first appears in `source` as a
@@ -127,10 +291,7 @@ fn first_use(source: &str, name: &str) -> Option<(usize, usize)> {
         !source[..i].chars().next_back().is_some_and(word)
             && !source[i + name.len()..].chars().next().is_some_and(word)
     })?;
-    let before = &source[..at];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
-    Some((line, before[line_start..].chars().count() + 1))
+    Some(line_and_column(source, at))
 }
 
 /// A Tera error (with its chain of causes) as one line for a log or an attempt row.
@@ -191,6 +352,70 @@ mod tests {
     fn accepts_the_documented_variables() {
         check("Hi {{ client.name }} <{{ client.email }}> {{ client.comment }} {{ mailing.id }} {{ mailing.title }} {{ owner.name }} {{ unsubscribe_url }}").unwrap();
         check("{% if client.comment %}x{% endif %}{{ client.name | upper }}").unwrap();
+    }
+
+    /// A variable no message has is refused wherever it is read, also where Tera would
+    /// take it as false; names the template binds itself are its own.
+    #[test]
+    fn unknown_variables_are_refused_in_every_place() {
+        for (source, name, at) in [
+            (
+                "{% if client.coment %}x{% endif %}",
+                "client.coment",
+                (1, 7),
+            ),
+            (
+                "a\n{% if not clent.name %}x{% endif %}",
+                "clent.name",
+                (2, 11),
+            ),
+            (
+                "{% if client.name and owner.nmae %}x{% endif %}",
+                "owner.nmae",
+                (1, 23),
+            ),
+            (
+                "{% if client.nickname is defined %}x{% endif %}",
+                "client.nickname",
+                (1, 7),
+            ),
+            (
+                "{{ client.name | default(value=client.alias) }}",
+                "client.alias",
+                (1, 32),
+            ),
+            (
+                "{% for x in [mailing.titel] %}{{ x }}{% endfor %}",
+                "mailing.titel",
+                (1, 14),
+            ),
+            ("{% set y = unsubscribe %}{{ y }}", "unsubscribe", (1, 12)),
+            ("{{ \"a\" ~ client.mail }}", "client.mail", (1, 10)),
+            (
+                "{% if \"vip\" in client.comments %}x{% endif %}",
+                "client.comments",
+                (1, 16),
+            ),
+        ] {
+            let e = check(source).unwrap_err();
+            assert!(
+                e.message.starts_with(&format!(
+                    "template: no variable `{name}`; a message has client.email"
+                )),
+                "{source}: {}",
+                e.message
+            );
+            assert_eq!((e.line, e.column), at, "{source}");
+        }
+        for fine in [
+            "{% for c in [client.name, owner.name] %}{{ c }}{{ loop.index }}{% endfor %}",
+            "{% set greeting = \"Hi \" ~ client.name %}{{ greeting }}",
+            "{% macro hi(who) %}Hi {{ who }}{% endmacro hi %}{{ self::hi(who=client.name) }}",
+            "{% if client.comment is defined and client.comment %}x{% endif %}",
+            "{% if client %}{{ owner.email }} {{ mailing.id }}{% endif %}",
+        ] {
+            assert_eq!(check(fine), Ok(()), "{fine}");
+        }
     }
 
     #[test]

@@ -354,6 +354,31 @@ fn an_unreadable_key_file_is_named() {
     }
 }
 
+/// `send` exits 0 only when every recipient got the message: with the server down all are
+/// deferred (for the daemon to retry), and a script must not read that as success.
+#[test]
+fn send_exits_1_when_messages_are_only_deferred() {
+    let dir = example_copy();
+    let root = dir.path().to_str().unwrap();
+    let env = [
+        ("SKYCHIMP_SMTP_URL", "smtp://127.0.0.1:1?tls=none"),
+        ("SKYCHIMP_USERS_REQUIRE_VERIFICATION", "false"),
+    ];
+    let out = skychimpd_env(&["--root", root, "send", "alice/launch"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains("0 sent, 0 failed, 2 deferred"),
+        "{}",
+        out.stdout_text()
+    );
+    assert!(
+        out.stdout_text()
+            .contains("deferred deliveries are retried by `skychimpd run`"),
+        "{}",
+        out.stdout_text()
+    );
+}
+
 #[test]
 fn a_reader_that_stops_early_ends_the_output_not_the_command() {
     // `skychimpd check | head -1`, `… 2>&1 | head -1`: the reader is gone before the command
@@ -642,7 +667,7 @@ fn check_renders_for_every_recipient() {
     let file = format!("mailings/alice/messages/{message}.toml");
     std::fs::write(
         dir.path().join(&file),
-        "subject = \"News\"\nbody = \"\"\"\nHello {{ client.name }},\n\n{% if client.comment %}\n  Note: {{ client.coment }}\n{% endif %}\n\"\"\"\n",
+        "subject = \"News\"\nbody = \"\"\"\nHello {{ client.name }},\n\n{% if client.comment %}\n  Note: {{ client.comment | replace(from=\\\"V\\\", too=\\\"v\\\") }}\n{% endif %}\n\"\"\"\n",
     )
     .unwrap();
     let out = skychimpd(&["--root", root, "check"]);
@@ -650,7 +675,7 @@ fn check_renders_for_every_recipient() {
     let said = out.stdout_text();
     assert!(
         said.contains(&format!(
-            "{file}:6:12: body: template: Variable `client.coment` not found in context, for 1 of 2"
+            "{file}:6:29: body: template: Filter `replace` expected an arg called `to`, for 1 of 2"
         )),
         "{said}"
     );
@@ -664,7 +689,7 @@ fn check_renders_for_every_recipient() {
     );
     assert!(
         out.stdout_text().contains(&format!(
-            "note: a real send would fail some recipients: {file}:6:12: body:"
+            "note: a real send would fail some recipients: {file}:6:29: body:"
         )),
         "{}{}",
         out.stdout_text(),

@@ -196,7 +196,9 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         if left > 0 {
             outln!("stopped before the end: {left} left queued, which `skychimpd run` sends")?;
         }
-        Ok(if r.failed > 0 || left > 0 {
+        // 0 only when every recipient got the message (or was skipped): a script must not
+        // read "nothing reached anyone yet" as success, even if the daemon retries later.
+        Ok(if r.failed + r.deferred + r.unknown + left > 0 {
             ExitCode::from(1)
         } else {
             ExitCode::SUCCESS
