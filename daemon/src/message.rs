@@ -132,112 +132,22 @@ pub const VARIABLES: [&str; 8] = [
 /// reads it as false, and the branch silently never shows. Names the template binds itself
 /// (`for`, `set`, macro arguments, `loop`) are its own.
 fn unknown_variable(template: &tera::Template) -> Option<String> {
-    let mut bound: Vec<&str> = vec!["loop", "__tera_context"];
-    let mut used: Vec<&str> = Vec::new();
-    let macros = template.macros.values();
-    for m in macros.clone() {
-        bound.extend(m.args.keys().map(String::as_str));
-    }
-    walk(&template.ast, &mut bound, &mut used);
-    for m in macros {
-        walk(&m.body, &mut bound, &mut used);
-    }
+    use skychimp_site::tera_names::{Name, names};
+    let names = names(&template.ast);
+    let bound = |root: &str| {
+        matches!(root, "loop" | "__tera_context") || names.contains(&Name::Bound(root))
+    };
     let known = |name: &str| {
         let root = name.split(['.', '[']).next().unwrap_or(name);
         VARIABLES.contains(&name)
-            || bound.contains(&root)
+            || bound(root)
             || (matches!(root, "client" | "mailing" | "owner")
                 && (name == root || name[root.len()..].starts_with('[')))
     };
-    used.into_iter()
-        .find(|name| !known(name))
-        .map(str::to_string)
-}
-
-/// The variables `nodes` read (into `used`) and the names they bind (into `bound`).
-fn walk<'t>(nodes: &'t [tera::ast::Node], bound: &mut Vec<&'t str>, used: &mut Vec<&'t str>) {
-    use tera::ast::Node;
-    for node in nodes {
-        match node {
-            Node::VariableBlock(_, e) => expr(e, used),
-            Node::Set(_, set) => {
-                bound.push(&set.key);
-                expr(&set.value, used);
-            }
-            Node::FilterSection(_, section, _) => {
-                section.filter.args.values().for_each(|e| expr(e, used));
-                walk(&section.body, bound, used);
-            }
-            Node::Block(_, block, _) => walk(&block.body, bound, used),
-            Node::Forloop(_, each, _) => {
-                expr(&each.container, used);
-                bound.extend(each.key.as_deref());
-                bound.push(&each.value);
-                walk(&each.body, bound, used);
-                if let Some(empty) = &each.empty_body {
-                    walk(empty, bound, used);
-                }
-            }
-            Node::If(branches, _) => {
-                for (_, condition, body) in &branches.conditions {
-                    expr(condition, used);
-                    walk(body, bound, used);
-                }
-                if let Some((_, body)) = &branches.otherwise {
-                    walk(body, bound, used);
-                }
-            }
-            Node::MacroDefinition(_, m, _) => {
-                bound.extend(m.args.keys().map(String::as_str));
-                walk(&m.body, bound, used);
-            }
-            Node::Super
-            | Node::Text(_)
-            | Node::Extends(..)
-            | Node::Include(..)
-            | Node::ImportMacro(..)
-            | Node::Raw(..)
-            | Node::Break(_)
-            | Node::Continue(_)
-            | Node::Comment(..) => {}
-        }
-    }
-}
-
-/// The variables an expression reads, its filters' arguments included.
-fn expr<'t>(e: &'t tera::ast::Expr, used: &mut Vec<&'t str>) {
-    value(&e.val, used);
-    for filter in &e.filters {
-        filter.args.values().for_each(|a| expr(a, used));
-    }
-}
-
-fn value<'t>(v: &'t tera::ast::ExprVal, used: &mut Vec<&'t str>) {
-    use tera::ast::ExprVal;
-    match v {
-        ExprVal::Ident(name) => used.push(name),
-        ExprVal::Math(m) => {
-            expr(&m.lhs, used);
-            expr(&m.rhs, used);
-        }
-        ExprVal::Logic(l) => {
-            expr(&l.lhs, used);
-            expr(&l.rhs, used);
-        }
-        ExprVal::Test(t) => {
-            used.push(&t.ident);
-            t.args.iter().for_each(|a| expr(a, used));
-        }
-        ExprVal::MacroCall(call) => call.args.values().for_each(|a| expr(a, used)),
-        ExprVal::FunctionCall(call) => call.args.values().for_each(|a| expr(a, used)),
-        ExprVal::Array(items) => items.iter().for_each(|a| expr(a, used)),
-        ExprVal::StringConcat(concat) => concat.values.iter().for_each(|v| value(v, used)),
-        ExprVal::In(i) => {
-            expr(&i.lhs, used);
-            expr(&i.rhs, used);
-        }
-        ExprVal::String(_) | ExprVal::Int(_) | ExprVal::Float(_) | ExprVal::Bool(_) => {}
-    }
+    names.iter().find_map(|n| match n {
+        Name::Variable(name) if !known(name) => Some(name.to_string()),
+        _ => None,
+    })
 }
 
 /// A Tera error in `source` with the best position known: a syntax error's own; for a

@@ -24,6 +24,7 @@ mod site;
 mod stats;
 mod taxonomy;
 mod templates;
+pub mod tera_names;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

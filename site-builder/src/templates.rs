@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tera::ast::{Expr, ExprVal, Node};
 use tera::{Tera, Value};
 
 use crate::config::MarkdownConfig;
 use crate::error::{Location, SiteError};
 use crate::markdown::{self, MarkdownContext};
+use crate::tera_names::Name;
 
 const BUILTIN_ATOM: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <feed xmlns="http://www.w3.org/2005/Atom" xml:lang="{{ lang }}">
@@ -270,10 +270,14 @@ impl Templates {
             let Ok(template) = self.tera.get_template(name) else {
                 continue;
             };
-            let mut found = Vec::new();
-            for node in &template.ast {
-                walk_node(node, &mut found);
-            }
+            let found = crate::tera_names::names(&template.ast)
+                .into_iter()
+                .filter_map(|name| match name {
+                    Name::Function(f) => Some((Kind::Function, f.to_string())),
+                    Name::Filter(f) => Some((Kind::Filter, f.to_string())),
+                    Name::Test(t) => Some((Kind::Test, t.to_string())),
+                    Name::Variable(_) | Name::Bound(_) => None,
+                });
             for (kind, used) in found {
                 let known = match kind {
                     Kind::Function => self.tera.functions.contains_key(&used),
@@ -491,105 +495,6 @@ fn find_line(text: &str, name: &str, kind: Kind) -> Option<usize> {
         }
     }
     None
-}
-
-fn walk_nodes(nodes: &[Node], out: &mut Vec<(Kind, String)>) {
-    for node in nodes {
-        walk_node(node, out);
-    }
-}
-
-fn walk_node(node: &Node, out: &mut Vec<(Kind, String)>) {
-    match node {
-        Node::VariableBlock(_, e) => walk_expr(e, out),
-        Node::MacroDefinition(_, def, _) => {
-            for e in def.args.values().flatten() {
-                walk_expr(e, out);
-            }
-            walk_nodes(&def.body, out);
-        }
-        Node::Set(_, set) => walk_expr(&set.value, out),
-        Node::FilterSection(_, section, _) => {
-            out.push((Kind::Filter, section.filter.name.clone()));
-            for e in section.filter.args.values() {
-                walk_expr(e, out);
-            }
-            walk_nodes(&section.body, out);
-        }
-        Node::Block(_, block, _) => walk_nodes(&block.body, out),
-        Node::Forloop(_, fl, _) => {
-            walk_expr(&fl.container, out);
-            walk_nodes(&fl.body, out);
-            if let Some(body) = &fl.empty_body {
-                walk_nodes(body, out);
-            }
-        }
-        Node::If(cond, _) => {
-            for (_, e, body) in &cond.conditions {
-                walk_expr(e, out);
-                walk_nodes(body, out);
-            }
-            if let Some((_, body)) = &cond.otherwise {
-                walk_nodes(body, out);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn walk_expr(expr: &Expr, out: &mut Vec<(Kind, String)>) {
-    for f in &expr.filters {
-        out.push((Kind::Filter, f.name.clone()));
-        for e in f.args.values() {
-            walk_expr(e, out);
-        }
-    }
-    walk_val(&expr.val, out);
-}
-
-fn walk_val(val: &ExprVal, out: &mut Vec<(Kind, String)>) {
-    match val {
-        ExprVal::Math(m) => {
-            walk_expr(&m.lhs, out);
-            walk_expr(&m.rhs, out);
-        }
-        ExprVal::Logic(l) => {
-            walk_expr(&l.lhs, out);
-            walk_expr(&l.rhs, out);
-        }
-        ExprVal::Test(t) => {
-            out.push((Kind::Test, t.name.clone()));
-            for e in &t.args {
-                walk_expr(e, out);
-            }
-        }
-        ExprVal::MacroCall(m) => {
-            for e in m.args.values() {
-                walk_expr(e, out);
-            }
-        }
-        ExprVal::FunctionCall(f) => {
-            out.push((Kind::Function, f.name.clone()));
-            for e in f.args.values() {
-                walk_expr(e, out);
-            }
-        }
-        ExprVal::Array(items) => {
-            for e in items {
-                walk_expr(e, out);
-            }
-        }
-        ExprVal::StringConcat(c) => {
-            for v in &c.values {
-                walk_val(v, out);
-            }
-        }
-        ExprVal::In(i) => {
-            walk_expr(&i.lhs, out);
-            walk_expr(&i.rhs, out);
-        }
-        _ => {}
-    }
 }
 
 // ---- functions -------------------------------------------------------------------------
