@@ -47,6 +47,17 @@ impl TokenSecret {
     /// `[manager] token_secret_env` if set, else `token_secret_file`, generated (32 random
     /// bytes, hex, mode 0600) when it does not exist yet.
     pub fn load(config: &Config) -> anyhow::Result<Self> {
+        Self::read(config, true).map(|(secret, _)| secret)
+    }
+
+    /// [`TokenSecret::load`] for commands that write nothing (`preview`, `send --dry-run`):
+    /// when there is no secret yet, a random one for this process only, and `true`
+    /// (the links it signs open nowhere).
+    pub fn load_or_sample(config: &Config) -> anyhow::Result<(Self, bool)> {
+        Self::read(config, false)
+    }
+
+    fn read(config: &Config, create: bool) -> anyhow::Result<(Self, bool)> {
         use anyhow::Context as _;
         if let Ok(value) = std::env::var(&config.manager.token_secret_env) {
             if value.len() < 16 {
@@ -55,16 +66,24 @@ impl TokenSecret {
                     config.manager.token_secret_env
                 );
             }
-            return Ok(Self(value.into_bytes()));
+            return Ok((Self(value.into_bytes()), false));
         }
         let path = config.resolve(&config.manager.token_secret_file);
         match std::fs::read_to_string(&path) {
-            Ok(text) if text.trim().len() >= 16 => Ok(Self(text.trim().as_bytes().to_vec())),
+            Ok(text) if text.trim().len() >= 16 => {
+                Ok((Self(text.trim().as_bytes().to_vec()), false))
+            }
             Ok(_) => anyhow::bail!(
                 "{}: the token secret is too short (16 characters at least)",
                 path.display()
             ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                let mut raw = [0u8; 32];
+                getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+                Ok((Self(raw.to_vec()), true))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => generate(&path)
+                .map(|secret| (secret, false))
                 .with_context(|| format!("generating the token secret {}", path.display())),
             Err(e) => {
                 Err(e).with_context(|| format!("reading the token secret {}", path.display()))

@@ -220,7 +220,7 @@ fn environment_overrides_reach_the_commands() {
 }
 
 #[test]
-fn a_dry_run_on_a_fresh_clone_creates_no_database() {
+fn a_dry_run_or_preview_on_a_fresh_clone_writes_nothing() {
     let dir = example_copy();
     let root = dir.path().to_str().unwrap();
     let out = skychimpd(&["--root", root, "send", "alice/weekly", "--dry-run"]);
@@ -239,6 +239,19 @@ fn a_dry_run_on_a_fresh_clone_creates_no_database() {
     assert!(
         !dir.path().join("var/skychimp.db").exists(),
         "a dry run creates no database"
+    );
+    // Nor does it or a preview make the link secret: their links are samples.
+    let out = skychimpd(&["--root", root, "preview", "alice/weekly"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    for text in [&text, &out.stdout_text()] {
+        assert!(
+            text.contains("note: no token secret exists yet (the first `send` or `run` makes one)"),
+            "{text}"
+        );
+    }
+    assert!(
+        !dir.path().join("var").exists(),
+        "nothing written under var/"
     );
 }
 

@@ -327,7 +327,8 @@ fn render_preview(
     m: &Mailing,
     client: &Client,
 ) -> anyhow::Result<String> {
-    let secret = TokenSecret::load(&setup.config)?;
+    // Nothing is written here, not even a first token secret.
+    let (secret, sample) = TokenSecret::load_or_sample(&setup.config)?;
     let url = tokens::unsubscribe_url(
         &setup.config.manager.public_url,
         &secret.unsubscribe_token(&m.id, &address_key(&client.email)),
@@ -369,6 +370,12 @@ fn render_preview(
     out.push_str(&rendered.text);
     out.push_str("\n--- text/html ---\n");
     out.push_str(&rendered.html);
+    if sample {
+        out.push_str(
+            "\nnote: no token secret exists yet (the first `send` or `run` makes one), so this \
+             unsubscribe link is a sample that opens nowhere\n",
+        );
+    }
     Ok(out)
 }
 
