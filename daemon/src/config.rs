@@ -350,7 +350,7 @@ impl Config {
             }
         };
         let mut config: Config =
-            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().to_string()))?;
+            toml::from_str(text).map_err(|e| invalid(e.span(), in_words(e.message())))?;
         config.base_dir = base_dir;
         let env: Vec<(String, String)> = env.into_iter().collect();
         let from_env = config.apply_env(env.iter().cloned())?;
@@ -438,7 +438,7 @@ impl Config {
             // Checked one variable at a time, so an error names the variable.
             let _: Config = toml::Value::Table(table.clone())
                 .try_into()
-                .map_err(|e: toml::de::Error| env_err(e.message().to_string()))?;
+                .map_err(|e: toml::de::Error| env_err(in_words(e.message())))?;
             applied.push((section, key, var));
         }
         if !applied.is_empty() {
@@ -451,7 +451,7 @@ impl Config {
                         .map(|(.., var)| var.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    message: e.message().to_string(),
+                    message: in_words(e.message()),
                 })?;
             self.base_dir = base_dir;
         }
@@ -651,6 +651,33 @@ fn base_url_problem(url: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// A parser's message with Rust's type names said in words: `expected u32` is "expected a
+/// whole number (0 or more)".
+fn in_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 10] = [
+        ("u8", "a whole number (0 or more)"),
+        ("u16", "a whole number (0 or more)"),
+        ("u32", "a whole number (0 or more)"),
+        ("u64", "a whole number (0 or more)"),
+        ("usize", "a whole number (0 or more)"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+        ("a boolean", "true or false"),
+    ];
+    let mut out = message.to_string();
+    for (rust, words) in TYPES {
+        let from = format!("expected {rust}");
+        if let Some(at) = out.find(&from)
+            && !out[at + from.len()..].starts_with(|c: char| c.is_alphanumeric())
+        {
+            out.replace_range(at..at + from.len(), &format!("expected {words}"));
+        }
+    }
+    out
 }
 
 /// Where the value of `key` starts in `[section]` of a config file's text, for an error's line
@@ -901,7 +928,18 @@ mod tests {
         let e = parse("[smtp]\nrate = \"fast\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("config.toml:2:8:"), "{e}");
+        assert_eq!(
+            e,
+            "config.toml:2:8: invalid type: string \"fast\", expected a whole number (0 or more)"
+        );
+        let e = parse("", &[("SKYCHIMP_SMTP_RATE", "-1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("expected a whole number (0 or more)"), "{e}");
+        let e = parse("[users]\nrequire_verification = \"no\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("expected true or false"), "{e}");
         let e = parse("[smtp]\nspeed = 5\n", &[]).unwrap_err().to_string();
         assert!(
             e.starts_with("config.toml:2:1:") && e.contains("speed"),
