@@ -113,7 +113,7 @@ fn a_once_mailing_in_the_past_is_a_warning_not_an_error() {
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
     assert_eq!(
         out.stdout_text().trim(),
-        "mailings/alice/late.toml:3:9: warning: this `once` mailing's start (2026-01-01 09:00 UTC) has passed: deploying it sends it at once"
+        "mailings/alice/late.toml:3:9: warning: this `once` mailing's start (2026-01-01 09:00 UTC) has passed: unless it went out already, deploying it sends it now (delete it, or set `enabled = false`, once it has)"
     );
     let out = skychimpd(&[
         "check",

@@ -849,7 +849,10 @@ fn parse_mailing(
             .format("%Y-%m-%d %H:%M UTC");
         ctx.warning(
             &raw.start,
-            format!("this `once` mailing's start ({at}) has passed: deploying it sends it at once"),
+            format!(
+                "this `once` mailing's start ({at}) has passed: unless it went out already, \
+                 deploying it sends it now (delete it, or set `enabled = false`, once it has)"
+            ),
         );
     }
     Some(Ok(MailingDraft {
