@@ -18,7 +18,10 @@
 #                        (since-schema.sql), so the mark is a HOT update like the lease
 #   noattempts.sql       claim-then-mark without the attempt log: what the log costs (a
 #                        diagnostic; every attempt must be logged)
-#   (since and noattempts are written below as edits of claim-then-mark.sql, queue-inflight
+#   attemptspk.sql       claim-then-mark with the attempt log's primary key on (mailing_id,
+#                        id), the log pages' index, instead of on id beside that index
+#                        (attemptspk-schema.sql)
+#   (since, noattempts and attemptspk are written below as edits of claim-then-mark.sql, queue-inflight
 #   as one of queue.sql and inflight.sql, not as files)
 # Usage: bench/claim-model/run.sh [SCRIPT-N…]  (default: claim-then-mark-16 claim-sending-16
 # claim-then-mark-64 claim-sending-64; N divides 512). Prints chunks per second (pgbench's
@@ -50,6 +53,7 @@ variant() { # variant FILE
                       -e "s/ AND status NOT IN ('sending', 'sent', 'failed', 'skipped', 'unknown') ON CONFLICT/ ON CONFLICT/"
               sed -n '17,$p' "$here/queue.sql"; } ;;
         noattempts.sql) sed -e 's/^a AS (INSERT INTO attempts .*$/a AS (SELECT 1 FROM u),/' "$base" ;;
+        attemptspk.sql) cat "$base" ;;
         *) cat "$here/$1" ;;
     esac
 }
@@ -60,6 +64,7 @@ for script in "${scripts[@]}"; do
     for m in "$migrations"/*.sql; do psql_ -d "$DB" -f "$m" >/dev/null; done
     [[ "$file" != hot.sql ]] || psql_ -d "$DB" -f "$here/hot-schema.sql" >/dev/null
     [[ "$file" != since.sql ]] || psql_ -d "$DB" -f "$here/since-schema.sql" >/dev/null
+    [[ "$file" != attemptspk.sql ]] || psql_ -d "$DB" -f "$here/attemptspk-schema.sql" >/dev/null
     [[ "$file" != queue*.sql ]] || psql_ -d "$DB" -f "$here/queue-schema.sql" >/dev/null
     psql_ -d "$DB" -c "CREATE TABLE inflight (worker TEXT PRIMARY KEY, ids BIGINT[] NOT NULL)" >/dev/null
     psql_ -d "$DB" >/dev/null <<'SQL'
