@@ -362,6 +362,10 @@ storage_interface! {
     /// Totals: messages sent in the last 24 hours, 30 days and ever, runs, queued work.
     fn stats(&self, now: DateTime<Utc>) -> Stats;
 
+    /// Messages sent ever (the `sent_total` of [`Storage::stats`] alone): what the site
+    /// shows, asked each `[site] refresh` without the other totals' scans.
+    fn sent_total(&self) -> i64;
+
     /// Deliveries not yet done (queued, deferred or sending): zero means idle.
     fn pending_count(&self) -> i64;
 

@@ -940,6 +940,14 @@ impl Storage for SqliteStore {
         })
     }
 
+    async fn sent_total(&self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM attempts WHERE outcome = 'sent'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn pending_count(&self) -> Result<i64, StorageError> {
         Ok(sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM deliveries WHERE status IN ('queued', 'deferred')) \

@@ -1431,6 +1431,7 @@ async fn stats_count_sent_within_windows(store: Store) {
         }
     );
     assert_eq!(store.pending_count().await.expect("pending"), 4);
+    assert_eq!(store.sent_total().await.expect("sent total"), 3);
     // Exactly 24 h old falls out of the day's window.
     let edge = store
         .stats(now - secs(3600) + secs(86400))

@@ -339,7 +339,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                 let now = clock.now();
                 let facts =
                     crate::facts::load(&store, &catalog, config.users.require_verification).await;
-                let sent = store.stats(now).await.map(|s| s.sent_total);
+                let sent = store.sent_total().await;
                 let (facts, sent) = match (facts, sent) {
                     (Ok(f), Ok(s)) => (f, s),
                     (Err(e), _) | (_, Err(e)) => {
