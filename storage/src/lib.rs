@@ -376,9 +376,10 @@ storage_interface! {
     fn user_states(&self) -> Vec<UserState>;
 
     /// Records that a verification link with `nonce` goes to `email` now, unless the user is
-    /// already verified for that address or a link to it was recorded after `fresh_since`. Returns whether this call recorded it: the caller that gets `true`
-    /// sends the link, so of several daemons trying at once exactly one mails the user.
-    /// Recording it makes any older link stop working.
+    /// already verified for that address or a link to it was recorded after `fresh_since`.
+    /// Returns whether this call recorded it: the caller that gets `true` sends the link,
+    /// so of several daemons trying at once exactly one mails the user. Recording it makes
+    /// any older link stop working.
     fn claim_verification(
         &self,
         user_id: &str,
