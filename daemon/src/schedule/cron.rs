@@ -3,8 +3,9 @@
 //! Written here rather than taken from the `cron` crate because that crate wants 6–7 fields
 //! with seconds and numbers weekdays 1–7 from Sunday, so a user's `0 9 * * 1` would silently
 //! fire on Sundays. This parser speaks the syntax users know: 0 and 7 are Sunday, names like
-//! `MON-FRI` and `JAN`, ranges, lists, steps, `@daily` and friends, and Vixie cron's rule that
-//! when both day fields are restricted a day matching either one fires.
+//! `MON-FRI` and `JAN`, ranges, lists, steps, `@daily` and friends, and Vixie cron's rule for
+//! the two day fields: when neither starts with `*`, a day matching either one fires; when
+//! one does (`*`, `*/2`), a day must match both.
 
 use std::fmt;
 
@@ -19,10 +20,11 @@ pub struct CronSpec {
     days_of_month: u32,
     months: u16,
     days_of_week: u8,
-    /// Whether the day-of-month field was `*` (then only day-of-week restricts days).
-    dom_any: bool,
-    /// Whether the day-of-week field was `*`.
-    dow_any: bool,
+    /// Whether the day-of-month field starts with `*` (`*`, `*/2`) or is `?`: then a day
+    /// must match both day fields, else either (Vixie cron's `DOM_STAR`).
+    dom_star: bool,
+    /// The same for the day-of-week field.
+    dow_star: bool,
 }
 
 /// Why a cron expression was refused; the message names the field.
@@ -122,8 +124,8 @@ impl CronSpec {
             days_of_month: bits[2] as u32,
             months: bits[3] as u16,
             days_of_week: dow as u8,
-            dom_any: parts[2] == "*" || parts[2] == "?",
-            dow_any: parts[4] == "*" || parts[4] == "?",
+            dom_star: parts[2].starts_with('*') || parts[2] == "?",
+            dow_star: parts[4].starts_with('*') || parts[4] == "?",
         };
         if !spec.can_ever_fire() {
             return Err(CronError(format!(
@@ -145,12 +147,12 @@ impl CronSpec {
         }
         let dom = self.days_of_month & (1 << date.day()) != 0;
         let dow = self.days_of_week & (1 << date.weekday().num_days_from_sunday()) != 0;
-        match (self.dom_any, self.dow_any) {
-            (true, true) => true,
-            (false, true) => dom,
-            (true, false) => dow,
-            // Vixie cron: both restricted means either may match.
-            (false, false) => dom || dow,
+        // Vixie cron: a field written from `*` restricts together with the other one (`*`
+        // itself has every bit set); two fields written without one mean either.
+        if self.dom_star || self.dow_star {
+            dom && dow
+        } else {
+            dom || dow
         }
     }
 
@@ -176,7 +178,9 @@ impl CronSpec {
     /// A day-of-month that no selected month has (`30 2`, `31 4,6`) never fires unless the
     /// weekday field can fire instead.
     fn can_ever_fire(&self) -> bool {
-        if self.dom_any || !self.dow_any {
+        // `*/N` days always include the 1st; a weekday field written without `*` can fire
+        // on its own.
+        if self.dom_star || !self.dow_star {
             return true;
         }
         const LONGEST: [u32; 13] = [0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
@@ -307,6 +311,23 @@ mod tests {
         assert!(s.matches_day(date(2026, 12, 1))); // a Tuesday, but the 1st
         assert!(s.matches_day(date(2026, 12, 7))); // a Monday
         assert!(!s.matches_day(date(2026, 12, 8)));
+    }
+
+    /// A day field written from `*` (`*/2`) restricts together with the other one, as in
+    /// Vixie cron: every other day, and only on weekdays.
+    #[test]
+    fn a_stepped_star_day_field_restricts_with_the_other() {
+        let s = CronSpec::parse("0 9 */2 * MON-FRI").unwrap();
+        assert!(s.matches_day(date(2027, 1, 1))); // Friday the 1st
+        assert!(!s.matches_day(date(2027, 1, 2))); // Saturday the 2nd
+        assert!(!s.matches_day(date(2027, 1, 3))); // Sunday the 3rd: odd, but a Sunday
+        assert!(!s.matches_day(date(2027, 1, 4))); // Monday the 4th: even
+        assert!(s.matches_day(date(2027, 1, 5))); // Tuesday the 5th
+        // `*/7` in the weekday field is 0 and 7, Sunday: the 13th when it is a Sunday.
+        let s = CronSpec::parse("0 9 13 * */7").unwrap();
+        assert!(s.matches_day(date(2027, 6, 13)));
+        assert!(!s.matches_day(date(2027, 1, 13)), "the 13th, a Wednesday");
+        assert!(!s.matches_day(date(2027, 1, 17)), "a Sunday, the 17th");
     }
 
     #[test]

@@ -292,10 +292,15 @@ pub fn due(
         Some(last) if last >= latest => None,
         Some(_) => {
             let late = (now - latest).to_std().unwrap_or_default();
-            (late <= catch_up).then_some(latest)
+            (late <= catch_up.max(ON_TIME)).then_some(latest)
         }
     }
 }
+
+/// How late the scheduler may reach an occurrence and still be on time rather than catching
+/// up: it wakes a few milliseconds after each occurrence (seconds on a busy machine), so with
+/// `catch_up = "0"` ("never catch up after downtime") nothing would ever go out otherwise.
+pub const ON_TIME: Duration = Duration::from_secs(60);
 
 /// A mailing's status, as DESIGN.md names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

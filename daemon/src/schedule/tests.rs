@@ -377,3 +377,31 @@ fn last_day_of_month(y: i32, m: u32) -> u32 {
         .unwrap()
         .day()
 }
+
+/// `catch_up = "0"` means no catching up after downtime, not "never on time": the
+/// scheduler reaches an occurrence a little after it.
+#[test]
+fn an_occurrence_reached_within_a_minute_is_on_time_whatever_catch_up_says() {
+    let s = Schedule {
+        start: NaiveDate::from_ymd_opt(2027, 1, 1)
+            .unwrap()
+            .and_hms_opt(9, 0, 0)
+            .unwrap(),
+        end: None,
+        repeat: Repeat::Daily,
+        timezone: chrono_tz::UTC,
+    };
+    let at = Utc.with_ymd_and_hms(2027, 1, 5, 9, 0, 0).unwrap();
+    let last = Some(at - chrono::Duration::days(1));
+    for late in [0, 1, 59, 60] {
+        let now = at + chrono::Duration::seconds(late);
+        assert_eq!(
+            due(&s, now, last, Duration::ZERO),
+            Some(at),
+            "{late} s late"
+        );
+    }
+    let now = at + chrono::Duration::seconds(61);
+    assert_eq!(due(&s, now, last, Duration::ZERO), None, "after downtime");
+    assert_eq!(due(&s, now, last, Duration::from_secs(3600)), Some(at));
+}
