@@ -882,6 +882,27 @@ fn a_deleted_mailing_keeps_its_log_and_reports() {
         .call("GET", "/v1/mailings/alice/gone/logs?limit=2", "")
         .json();
     assert!(page["next_before"].is_i64(), "{page}");
+    // Past its last page, a deleted mailing's log is empty, not unknown.
+    let oldest = logs.json()["attempts"][2]["id"].as_i64().unwrap();
+    let past = d.call(
+        "GET",
+        &format!("/v1/mailings/alice/gone/logs?before={oldest}"),
+        "",
+    );
+    assert_eq!(past.status, 200, "{}", past.body);
+    assert_eq!(past.json()["attempts"].as_array().unwrap().len(), 0);
+    let out = Command::new(bin())
+        .args([
+            "logs",
+            "alice/gone",
+            "--before",
+            &oldest.to_string(),
+            "--root",
+        ])
+        .arg(repo.root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let a = d.call("GET", "/v1/mailings/alice/never/logs?before=2", "");
     assert_eq!(a.status, 404, "{}", a.body);
 

@@ -19,14 +19,17 @@ pub fn logs(
     let setup = Setup::new(cli)?;
     let rt = super::runtime()?;
     rt.block_on(async {
-        let (rows, next_before) = if setup.fresh_database() {
-            (Vec::new(), None)
+        let (rows, next_before, has_runs) = if setup.fresh_database() {
+            (Vec::new(), None, false)
         } else {
             let store = setup.store().await?;
             let page = crate::attempts::page(&store, id, limit, before.map(AttemptId)).await?;
-            (page.attempts, page.next_before)
+            // An empty page (past the last one) of a mailing deleted from the repository:
+            // it exists while the database has its runs.
+            let has_runs = page.attempts.is_empty() && !store.runs_of(id).await?.is_empty();
+            (page.attempts, page.next_before, has_runs)
         };
-        if rows.is_empty() {
+        if rows.is_empty() && !has_runs {
             known(&setup, id)?;
         }
         match format {

@@ -633,7 +633,11 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
                     cell(&v["skipped"])
                 )?;
             } else {
-                outln!("{mailing} enabled{why}; it sends from its next occurrence")?;
+                outln!(
+                    "{mailing} enabled{why}; it sends by the due rule: an occurrence missed \
+                     while disabled goes now if within catch_up (any age if it never ran), \
+                     else the next one"
+                )?;
             }
         }
         ManagerAction::ListUsers => {

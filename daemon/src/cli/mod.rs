@@ -89,7 +89,7 @@ pub enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Only attempts older than this attempt id (the next page).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
         before: Option<i64>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]

@@ -96,7 +96,12 @@ impl Scheduler {
             if let Some(occurrence) = schedule::due(&m.schedule, now, f.last_run, catch_up) {
                 let run = delivery::new_run(&catalog, m, occurrence, RunKind::Scheduled);
                 if let Some(id) = self.store.create_run(&run, now).await? {
-                    tracing::info!(mailing = %m.id, %occurrence, run = id.0, recipients = run.recipients.len(), "run created");
+                    // The run's own count: the catalog's less who unsubscribed.
+                    let recipients = match self.store.run(id).await? {
+                        Some(created) => created.recipients,
+                        None => run.recipients.len() as i64,
+                    };
+                    tracing::info!(mailing = %m.id, %occurrence, run = id.0, recipients, "run created");
                     tick.created.push((m.id.clone(), occurrence, id));
                 }
             }

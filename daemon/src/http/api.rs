@@ -511,7 +511,15 @@ fn logs(
         .runtime
         .block_on(crate::attempts::page(&state.store, id, limit, before))
         .map_err(db_error)?;
-    if page.attempts.is_empty() {
+    // An empty page (past the last one) of a mailing deleted from the repository: it
+    // exists while the database has its runs.
+    if page.attempts.is_empty()
+        && state
+            .runtime
+            .block_on(state.store.runs_of(id))
+            .map_err(db_error)?
+            .is_empty()
+    {
         known(catalog, id)?;
     }
     let attempts: Vec<Value> = page.attempts.iter().map(crate::attempts::json).collect();
