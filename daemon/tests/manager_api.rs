@@ -818,6 +818,44 @@ fn a_dropped_mailing_holds_its_run_until_it_is_back_or_disabled() {
     assert_eq!(unique.len(), sent, "a recipient got the run twice");
 }
 
+/// A mailing file renamed mid-run, its content unchanged, is the same mailing: its run goes
+/// on under the new id (not held under the old one), the occurrence is not sent again as a
+/// new mailing's, and the log and report follow the new id.
+#[test]
+fn a_renamed_mailing_file_goes_on_without_sending_twice() {
+    let (repo, d) = flood_going_out();
+    let db = repo.root().join("var/skychimp.db");
+    let dir = repo.root().join("mailings/alice");
+    std::fs::rename(dir.join("flood.toml"), dir.join("flood-renamed.toml")).unwrap();
+    wait_for("all forty", Duration::from_secs(30), || {
+        d.sent().len() >= 40
+    });
+    // The occurrence under way has one run (a later minute may have its own).
+    let first = "(SELECT min(occurrence) FROM runs)";
+    assert_eq!(
+        sqlite(
+            &db,
+            &format!(
+                "SELECT mailing_id, count(*) FROM runs WHERE occurrence = {first} GROUP BY mailing_id"
+            )
+        ),
+        "alice/flood-renamed|1\n"
+    );
+    let sent = sqlite(
+        &db,
+        &format!(
+            "SELECT count(*), count(DISTINCT address) FROM attempts WHERE outcome = 'sent' \
+             AND run_id IN (SELECT id FROM runs WHERE occurrence = {first})"
+        ),
+    );
+    assert_eq!(sent, "40|40\n", "each recipient once");
+    let run = &report(&d, "alice/flood-renamed")["runs"];
+    assert_eq!(run.as_array().unwrap().last().unwrap()["sent"], 40, "{run}");
+    let log = d.log_text();
+    assert!(log.contains("mailing file renamed"), "{log}");
+    assert!(!log.contains("its unfinished run is held"), "{log}");
+}
+
 /// Cached reads follow the repository: a mailing added to it shows in `/v1/stats` at the
 /// next reload, not when something is next sent.
 #[test]

@@ -21,6 +21,30 @@
 
 #![warn(missing_docs)]
 
+/// [`Storage::rename_mailing`] on a back end's pool: [`RENAME_RUNS`], [`RENAME_ATTEMPTS`]
+/// and [`RENAME_MAILING_STATE`] in one transaction, the same on both (written once here,
+/// since their pools and transactions are different types).
+macro_rules! rename_mailing_in {
+    ($pool:expr, $from:expr, $to:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let moved = sqlx::query(crate::RENAME_RUNS)
+            .bind($from)
+            .bind($to)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for statement in [crate::RENAME_ATTEMPTS, crate::RENAME_MAILING_STATE] {
+            sqlx::query(statement)
+                .bind($from)
+                .bind($to)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }};
+}
+
 mod error;
 mod model;
 mod postgres;
@@ -90,6 +114,20 @@ pub const RUN_PENDING: &str = "SELECT \
        (SELECT count(*) FROM deliveries \
         WHERE status IN ('queued', 'deferred') AND status = 'queued' AND run_id + 0 = $1) \
      + (SELECT count(*) FROM deliveries WHERE status = 'sending' AND run_id + 0 = $1)";
+
+/// [`Storage::rename_mailing`]'s three statements, the same on both back ends (`$1` the old
+/// id, `$2` the new): the runs (leaving any whose occurrence the new id already has, which
+/// UNIQUE (mailing_id, occurrence) would refuse), the attempts of the runs moved, and the
+/// manager's switch unless the new id has its own.
+pub(crate) const RENAME_RUNS: &str = "UPDATE runs SET mailing_id = $2 \
+     WHERE mailing_id = $1 \
+       AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.mailing_id = $2 \
+                                              AND r.occurrence = runs.occurrence)";
+pub(crate) const RENAME_ATTEMPTS: &str = "UPDATE attempts SET mailing_id = $2 \
+     WHERE mailing_id = $1 AND run_id IN (SELECT id FROM runs WHERE mailing_id = $2)";
+pub(crate) const RENAME_MAILING_STATE: &str = "UPDATE mailing_state SET mailing_id = $2 \
+     WHERE mailing_id = $1 \
+       AND NOT EXISTS (SELECT 1 FROM mailing_state m WHERE m.mailing_id = $2)";
 
 /// The storage of one daemon: whichever back end the database URL named.
 ///
@@ -217,6 +255,18 @@ storage_interface! {
     /// The mailings with a run not finished yet (deliveries queued, deferred or in flight),
     /// sorted.
     fn mailings_sending(&self) -> Vec<String>;
+
+    /// Every mailing id that has a run, sorted.
+    fn mailings_with_runs(&self) -> Vec<String>;
+
+    /// The (mailing id, mailing file's blob id) of the runs made from any of `blobs`, sorted,
+    /// without repeats: which mailings a file with that content was before.
+    fn mailings_of_blobs(&self, blobs: &[String]) -> Vec<(String, String)>;
+
+    /// Moves mailing `from`'s history to `to` (its file was renamed): its runs (those whose
+    /// occurrence `to` has no run for), their attempts, and a manager's switch on it unless
+    /// `to` has one. One transaction; returns the runs moved.
+    fn rename_mailing(&self, from: &str, to: &str) -> u64;
 
     /// The deliveries of a run in creation order (for `skychimpd send`'s progress and for
     /// inspection).

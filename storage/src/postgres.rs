@@ -390,6 +390,31 @@ impl Storage for PgStore {
         .await?)
     }
 
+    async fn mailings_with_runs(&self) -> Result<Vec<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT mailing_id FROM runs ORDER BY mailing_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn mailings_of_blobs(
+        &self,
+        blobs: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT mailing_id, mailing_blob FROM runs \
+             WHERE mailing_blob = ANY($1) ORDER BY mailing_id, mailing_blob",
+        )
+        .bind(blobs)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn rename_mailing(&self, from: &str, to: &str) -> Result<u64, StorageError> {
+        rename_mailing_in!(self.pool, from, to)
+    }
+
     async fn deliveries_of(&self, run_id: RunId) -> Result<Vec<Delivery>, StorageError> {
         let sql =
             format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id = $1 ORDER BY id");

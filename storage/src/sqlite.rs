@@ -490,6 +490,37 @@ impl Storage for SqliteStore {
         .await?)
     }
 
+    async fn mailings_with_runs(&self) -> Result<Vec<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT mailing_id FROM runs ORDER BY mailing_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn mailings_of_blobs(
+        &self,
+        blobs: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        if blobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT DISTINCT mailing_id, mailing_blob FROM runs \
+             WHERE mailing_blob IN ({}) ORDER BY mailing_id, mailing_blob",
+            placeholders(blobs.len())
+        );
+        let mut query = sqlx::query_as(AssertSqlSafe(sql));
+        for blob in blobs {
+            query = query.bind(blob);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    async fn rename_mailing(&self, from: &str, to: &str) -> Result<u64, StorageError> {
+        rename_mailing_in!(self.pool, from, to)
+    }
+
     async fn deliveries_of(&self, run_id: RunId) -> Result<Vec<Delivery>, StorageError> {
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ? ORDER BY id");
         sqlx::query(AssertSqlSafe(sql))

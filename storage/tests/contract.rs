@@ -75,6 +75,7 @@ contract!(
     generation_changes_with_every_write,
     record_and_mark_in_one_transaction,
     in_flight_lookups_read_only_rows_in_flight,
+    a_renamed_mailing_takes_its_history_along,
 );
 
 /// PostgreSQL-only: what the planner does with statements whose plan decides throughput.
@@ -2223,4 +2224,75 @@ async fn connection_errors_say_why() {
         .expect_err("refused");
     let text = e.to_string();
     assert!(text.contains("Connection refused"), "{text}");
+}
+
+/// A renamed mailing file: the old id's runs, their attempts and the manager's switch move
+/// to the new id in one go; a run whose occurrence the new id already has stays.
+async fn a_renamed_mailing_takes_its_history_along(store: Store) {
+    let blob = new_run("x/y", t0(), Vec::new()).mailing_blob;
+    let first = create(&store, "alice/old", t0(), 3).await;
+    send_n(&store, 2, t0()).await;
+    let second = create(&store, "alice/old", t0() + secs(86400), 2).await;
+    let clash = create(&store, "alice/old", t0() + secs(2 * 86400), 1).await;
+    let theirs = create(&store, "alice/new", t0() + secs(2 * 86400), 1).await;
+    create(&store, "bob/other", t0(), 1).await;
+    store
+        .set_mailing_disabled("alice/old", true, Some("paused for review"), t0())
+        .await
+        .expect("disable");
+    assert_eq!(
+        store.mailings_with_runs().await.expect("with runs"),
+        ["alice/new", "alice/old", "bob/other"]
+    );
+    let mut before = store
+        .mailings_of_blobs(&[blob.clone(), "0".repeat(40)])
+        .await
+        .expect("of blobs");
+    before.sort();
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.iter().all(|(_, b)| *b == blob), "{before:?}");
+    assert!(store.mailings_of_blobs(&[]).await.expect("none").is_empty());
+
+    assert_eq!(
+        store
+            .rename_mailing("alice/old", "alice/new")
+            .await
+            .expect("rename"),
+        2
+    );
+    let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.runs_of("alice/new").await.expect("new")),
+        [theirs, second, first]
+    );
+    assert_eq!(ids(store.runs_of("alice/old").await.expect("old")), [clash]);
+    let logs = store.logs("alice/new", 10, None).await.expect("logs");
+    assert_eq!(logs.len(), 2, "the attempts moved with their run");
+    assert!(
+        logs.iter()
+            .all(|a| a.mailing_id == "alice/new" && a.run_id == first)
+    );
+    assert!(
+        store
+            .logs("alice/old", 10, None)
+            .await
+            .expect("old logs")
+            .is_empty()
+    );
+    let state = store
+        .mailing_state("alice/new")
+        .await
+        .expect("state")
+        .expect("moved");
+    assert!(state.disabled);
+    assert_eq!(state.reason.as_deref(), Some("paused for review"));
+    assert_eq!(store.mailing_state("alice/old").await.expect("state"), None);
+    // Nothing left to move: a second daemon doing the same changes nothing.
+    assert_eq!(
+        store
+            .rename_mailing("alice/old", "alice/new")
+            .await
+            .expect("again"),
+        0
+    );
 }

@@ -170,6 +170,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             None
         });
     let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(config.smtp.rate));
+    Deliverer::adopt_renamed(&store, &catalog).await?;
     let handle: CatalogHandle = Arc::new(RwLock::new(Arc::new(catalog)));
 
     let deliverer = Arc::new(Deliverer::new(
@@ -383,7 +384,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         );
         let (tz, clock) = (config.timezone(), clock.clone());
         let metrics = deliverer.metrics();
-        let deliverer = deliverer.clone();
+        let (deliverer, store) = (deliverer.clone(), store.clone());
         tokio::spawn(async move {
             loop {
                 let change = tokio::select! {
@@ -411,6 +412,10 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                 match loaded {
                     Ok(Ok((catalog, previous))) => {
                         log_problems(&catalog, Some(&previous));
+                        // Before the scheduler can see a renamed mailing as a new one.
+                        if let Err(e) = Deliverer::adopt_renamed(&store, &catalog).await {
+                            tracing::error!("following renamed mailing files: {e}");
+                        }
                         tracing::info!(
                             mailings = catalog.mailings().len(),
                             lists = catalog.lists().len(),

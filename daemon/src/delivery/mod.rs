@@ -507,6 +507,50 @@ impl Deliverer {
         Ok(())
     }
 
+    /// A mailing file renamed within its owner's folder, its content unchanged (so its
+    /// blob id too), is the same mailing under a new id: the history of the id it replaced
+    /// (runs, log, a manager's switch) moves to it, so it neither sends its latest
+    /// occurrence again as a new mailing nor leaves the old id's run held. Call with the
+    /// catalog about to be used, before the scheduler sees it. A copy (the old file still
+    /// there), a move to another owner (other lists, other unsubscribes) and a rename with
+    /// an edit stay new mailings; so do two new files with the same content.
+    pub async fn adopt_renamed(
+        store: &Store,
+        catalog: &Catalog,
+    ) -> Result<(), skychimp_storage::StorageError> {
+        let ran: HashSet<String> = store.mailings_with_runs().await?.into_iter().collect();
+        let new: Vec<&Arc<Mailing>> = catalog
+            .mailings()
+            .values()
+            .filter(|m| !ran.contains(&m.id))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let blobs: Vec<String> = new.iter().map(|m| m.blob.clone()).collect();
+        let before = store.mailings_of_blobs(&blobs).await?;
+        for m in &new {
+            let old: Vec<&str> = before
+                .iter()
+                .filter(|(id, blob)| {
+                    *blob == m.blob
+                        && catalog.mailing(id).is_none()
+                        && skychimp_storage::owner_of(id) == m.owner
+                })
+                .map(|(id, _)| id.as_str())
+                .collect();
+            let twins = new.iter().filter(|n| n.blob == m.blob).count();
+            let ([from], 1) = (old.as_slice(), twins) else {
+                continue;
+            };
+            let moved = store.rename_mailing(from, &m.id).await?;
+            if moved > 0 {
+                tracing::info!(from = %from, to = %m.id, runs = moved, "mailing file renamed: its runs, log and manager state follow it");
+            }
+        }
+        Ok(())
+    }
+
     /// Run the workers until `stop` turns true (or, for [`Scope::Run`], the run is done).
     /// On stop each worker finishes the message in flight, records it, and returns.
     pub async fn run(
