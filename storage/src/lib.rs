@@ -256,8 +256,8 @@ storage_interface! {
     /// sorted.
     fn mailings_sending(&self) -> Vec<String>;
 
-    /// Every mailing id that has a run, sorted.
-    fn mailings_with_runs(&self) -> Vec<String>;
+    /// Which of `mailing_ids` have a run, sorted (one index lookup each).
+    fn mailings_with_runs(&self, mailing_ids: &[String]) -> Vec<String>;
 
     /// The (mailing id, mailing file's blob id) of the runs made from any of `blobs`, sorted,
     /// without repeats: which mailings a file with that content was before.

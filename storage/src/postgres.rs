@@ -390,12 +390,17 @@ impl Storage for PgStore {
         .await?)
     }
 
-    async fn mailings_with_runs(&self) -> Result<Vec<String>, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT mailing_id FROM runs ORDER BY mailing_id")
-                .fetch_all(&self.pool)
-                .await?,
+    async fn mailings_with_runs(
+        &self,
+        mailing_ids: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT m FROM UNNEST($1::text[]) AS m \
+             WHERE EXISTS (SELECT 1 FROM runs WHERE mailing_id = m) ORDER BY m",
         )
+        .bind(mailing_ids)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn mailings_of_blobs(

@@ -490,12 +490,22 @@ impl Storage for SqliteStore {
         .await?)
     }
 
-    async fn mailings_with_runs(&self) -> Result<Vec<String>, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT mailing_id FROM runs ORDER BY mailing_id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+    async fn mailings_with_runs(
+        &self,
+        mailing_ids: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        if mailing_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT DISTINCT mailing_id FROM runs WHERE mailing_id IN ({}) ORDER BY mailing_id",
+            placeholders(mailing_ids.len())
+        );
+        let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+        for id in mailing_ids {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 
     async fn mailings_of_blobs(

@@ -2240,9 +2240,17 @@ async fn a_renamed_mailing_takes_its_history_along(store: Store) {
         .set_mailing_disabled("alice/old", true, Some("paused for review"), t0())
         .await
         .expect("disable");
+    let asked = ["bob/other", "alice/old", "carol/none", "alice/new"].map(String::from);
     assert_eq!(
-        store.mailings_with_runs().await.expect("with runs"),
+        store.mailings_with_runs(&asked).await.expect("with runs"),
         ["alice/new", "alice/old", "bob/other"]
+    );
+    assert!(
+        store
+            .mailings_with_runs(&[])
+            .await
+            .expect("none")
+            .is_empty()
     );
     let mut before = store
         .mailings_of_blobs(&[blob.clone(), "0".repeat(40)])

@@ -518,7 +518,8 @@ impl Deliverer {
         store: &Store,
         catalog: &Catalog,
     ) -> Result<(), skychimp_storage::StorageError> {
-        let ran: HashSet<String> = store.mailings_with_runs().await?.into_iter().collect();
+        let ids: Vec<String> = catalog.mailings().keys().cloned().collect();
+        let ran: HashSet<String> = store.mailings_with_runs(&ids).await?.into_iter().collect();
         let new: Vec<&Arc<Mailing>> = catalog
             .mailings()
             .values()
