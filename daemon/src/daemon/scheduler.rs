@@ -5,8 +5,8 @@
 //! even with several daemons: the database's unique key decides), and says when the next
 //! occurrence falls so the task can sleep until then rather than wake for nothing.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +23,9 @@ pub struct Tick {
     pub created: Vec<(String, DateTime<Utc>, RunId)>,
     /// The next instant an occurrence falls, if any mailing has one.
     pub next: Option<DateTime<Utc>>,
+    /// Occurrences found missed now and left out for being later than `catch_up`:
+    /// (mailing id, occurrence). Each is reported (and logged) once.
+    pub missed: Vec<(String, DateTime<Utc>)>,
 }
 
 /// Why a mailing is not scheduled now, if it is held.
@@ -45,6 +48,8 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
     catch_up: Duration,
     require_verification: bool,
+    /// The missed occurrences already reported, so a pass logs each once.
+    missed: Mutex<HashSet<(String, DateTime<Utc>)>>,
 }
 
 impl Scheduler {
@@ -62,6 +67,7 @@ impl Scheduler {
             clock,
             catch_up,
             require_verification,
+            missed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -93,7 +99,25 @@ impl Scheduler {
                 continue;
             }
             let catch_up = m.catch_up.unwrap_or(self.catch_up);
-            if let Some(occurrence) = schedule::due(&m.schedule, now, f.last_run, catch_up) {
+            let due = schedule::due(&m.schedule, now, f.last_run, catch_up);
+            // A run before the latest occurrence and none for it: that one was missed
+            // (downtime) and is later than catch_up.
+            if due.is_none()
+                && let (Some(last), Some(latest)) =
+                    (f.last_run, m.schedule.latest_at_or_before(now))
+                && last < latest
+                && self
+                    .missed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((m.id.clone(), latest))
+            {
+                use crate::duration::HumanDuration;
+                let late = HumanDuration((now - latest).to_std().unwrap_or_default());
+                tracing::warn!(mailing = %m.id, occurrence = %latest, %late, catch_up = %HumanDuration(catch_up), "missed occurrence not sent: it is later than catch_up; the next one goes on schedule");
+                tick.missed.push((m.id.clone(), latest));
+            }
+            if let Some(occurrence) = due {
                 let run = delivery::new_run(&catalog, m, occurrence, RunKind::Scheduled);
                 if let Some(id) = self.store.create_run(&run, now).await? {
                     // The run's own count: the catalog's less who unsubscribed.
