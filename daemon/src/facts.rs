@@ -45,9 +45,10 @@ pub async fn load(
     let mailings: Vec<_> = catalog.mailings().values().collect();
     let ids: Vec<String> = mailings.iter().map(|m| m.id.clone()).collect();
     let last_runs = store.last_occurrences(&ids).await?;
+    let first_seen = store.first_seen(&ids).await?;
     let sending: HashSet<String> = store.mailings_sending().await?.into_iter().collect();
     let mut out = HashMap::with_capacity(mailings.len());
-    for (m, last_run) in mailings.into_iter().zip(last_runs) {
+    for ((m, last_run), first_seen) in mailings.into_iter().zip(last_runs).zip(first_seen) {
         let user = users.get(&m.owner);
         let email = catalog
             .users()
@@ -61,6 +62,7 @@ pub async fn load(
                 owner_unverified: require_verification
                     && !user.is_some_and(|u| u.is_verified_for(email)),
                 last_run,
+                first_seen,
                 sending: sending.contains(&m.id),
             },
         );

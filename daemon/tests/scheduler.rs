@@ -241,3 +241,45 @@ async fn a_new_mailing_inside_its_interval_runs_at_once_and_a_future_one_waits()
         utc(2027, 6, 1, 9, 0)
     )));
 }
+
+/// A mailing a daemon knew before an occurrence it missed (down, or its owner not verified
+/// yet) is not new, although it never ran: that occurrence goes only within catch_up. One
+/// first seen after its occurrence (deployed late) is new and sends it at once.
+#[tokio::test]
+async fn a_mailing_seen_before_the_occurrence_it_missed_is_not_new() {
+    let cron = "start = 2027-01-01T00:00:00\ncron = \"45 13 * * MON-FRI\"";
+    let friday = utc(2027, 1, 1, 9, 0);
+    let f = fixture(&[("standup", cron), ("late", cron)], friday).await;
+    // Seen on Friday morning, then the daemon was down until Sunday.
+    f.store
+        .note_seen(&["alice/standup".to_string()], friday)
+        .await
+        .unwrap();
+    // Deployed on Sunday.
+    let sunday = utc(2027, 1, 3, 9, 0);
+    f.store
+        .note_seen(
+            &["alice/late".to_string(), "alice/standup".to_string()],
+            sunday,
+        )
+        .await
+        .unwrap();
+    f.clock.set(sunday);
+    let tick = f.scheduler.tick().await.unwrap();
+    let created: Vec<(String, DateTime<Utc>)> = tick
+        .created
+        .iter()
+        .map(|(m, o, _)| (m.clone(), *o))
+        .collect();
+    let missed_friday = utc(2027, 1, 1, 13, 45);
+    assert_eq!(created, [("alice/late".to_string(), missed_friday)]);
+    assert_eq!(tick.missed, [("alice/standup".to_string(), missed_friday)]);
+    // Both go on schedule from Monday.
+    let created = drive(&f, utc(2027, 1, 4, 14, 0)).await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert!(
+        created
+            .iter()
+            .all(|(_, o, _)| *o == utc(2027, 1, 4, 13, 45))
+    );
+}

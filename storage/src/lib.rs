@@ -256,6 +256,13 @@ storage_interface! {
     /// sorted.
     fn mailings_sending(&self) -> Vec<String>;
 
+    /// Records that a daemon has `mailing_ids` in its catalog now; a mailing keeps the first
+    /// time it was seen.
+    fn note_seen(&self, mailing_ids: &[String], now: DateTime<Utc>) -> ();
+
+    /// When each of `mailing_ids` was first seen by a daemon, in their order.
+    fn first_seen(&self, mailing_ids: &[String]) -> Vec<Option<DateTime<Utc>>>;
+
     /// Which of `mailing_ids` have a run, sorted (one index lookup each).
     fn mailings_with_runs(&self, mailing_ids: &[String]) -> Vec<String>;
 

@@ -6,7 +6,7 @@
 //! so concurrent daemons take disjoint rows without waiting for each other.
 //! Timestamps are TIMESTAMPTZ, cut to milliseconds on the way in (see [`crate::to_millis`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -95,6 +95,13 @@ fn migrator() -> sqlx::migrate::Migrator {
             "lighter deliveries".into(),
             MigrationType::Simple,
             include_str!("../migrations/postgres/0002_lighter_deliveries.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            "mailings seen".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0003_mailings_seen.sql").into_sql_str(),
             false,
         ),
     ])
@@ -418,6 +425,37 @@ impl Storage for PgStore {
 
     async fn rename_mailing(&self, from: &str, to: &str) -> Result<u64, StorageError> {
         rename_mailing_in!(self.pool, from, to)
+    }
+
+    async fn note_seen(
+        &self,
+        mailing_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO mailings_seen (mailing_id, first_seen) \
+             SELECT m, $2 FROM UNNEST($1::text[]) AS m \
+             ON CONFLICT (mailing_id) DO NOTHING",
+        )
+        .bind(mailing_ids)
+        .bind(to_millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn first_seen(
+        &self,
+        mailing_ids: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StorageError> {
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT mailing_id, first_seen FROM mailings_seen WHERE mailing_id = ANY($1)",
+        )
+        .bind(mailing_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let seen: HashMap<String, DateTime<Utc>> = rows.into_iter().collect();
+        Ok(mailing_ids.iter().map(|id| seen.get(id).copied()).collect())
     }
 
     async fn deliveries_of(&self, run_id: RunId) -> Result<Vec<Delivery>, StorageError> {

@@ -188,13 +188,22 @@ impl SqliteStore {
 
 fn migrator() -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "initial".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/sqlite/0001_initial.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "initial".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0001_initial.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "mailings seen".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0002_mailings_seen.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -529,6 +538,48 @@ impl Storage for SqliteStore {
 
     async fn rename_mailing(&self, from: &str, to: &str) -> Result<u64, StorageError> {
         rename_mailing_in!(self.pool, from, to)
+    }
+
+    async fn note_seen(
+        &self,
+        mailing_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        for id in mailing_ids {
+            sqlx::query(
+                "INSERT INTO mailings_seen (mailing_id, first_seen) VALUES (?, ?) \
+                 ON CONFLICT (mailing_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn first_seen(
+        &self,
+        mailing_ids: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StorageError> {
+        let mut seen = Vec::with_capacity(mailing_ids.len());
+        for id in mailing_ids {
+            let at: Option<i64> =
+                sqlx::query_scalar("SELECT first_seen FROM mailings_seen WHERE mailing_id = ?")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            seen.push(
+                at.map(|v| {
+                    DateTime::from_timestamp_millis(v)
+                        .ok_or_else(|| StorageError::corrupt("mailings_seen.first_seen", v))
+                })
+                .transpose()?,
+            );
+        }
+        Ok(seen)
     }
 
     async fn deliveries_of(&self, run_id: RunId) -> Result<Vec<Delivery>, StorageError> {

@@ -76,6 +76,7 @@ contract!(
     record_and_mark_in_one_transaction,
     in_flight_lookups_read_only_rows_in_flight,
     a_renamed_mailing_takes_its_history_along,
+    a_mailing_keeps_when_it_was_first_seen,
 );
 
 /// PostgreSQL-only: what the planner does with statements whose plan decides throughput.
@@ -2302,5 +2303,23 @@ async fn a_renamed_mailing_takes_its_history_along(store: Store) {
             .await
             .expect("again"),
         0
+    );
+}
+
+async fn a_mailing_keeps_when_it_was_first_seen(store: Store) {
+    let ids = ["alice/a", "alice/b", "alice/c"].map(String::from);
+    assert_eq!(
+        store.first_seen(&ids).await.expect("none"),
+        [None, None, None]
+    );
+    store.note_seen(&ids[..2], t0()).await.expect("note");
+    store
+        .note_seen(&ids[1..], t0() + secs(60))
+        .await
+        .expect("again");
+    store.note_seen(&[], t0()).await.expect("nothing");
+    assert_eq!(
+        store.first_seen(&ids).await.expect("seen"),
+        [Some(t0()), Some(t0()), Some(t0() + secs(60))]
     );
 }

@@ -634,9 +634,8 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
                 )?;
             } else {
                 outln!(
-                    "{mailing} enabled{why}; it sends by the due rule: an occurrence missed \
-                     while disabled goes now if within catch_up (any age if it never ran), \
-                     else the next one"
+                    "{mailing} enabled{why}; an occurrence missed while it was disabled goes \
+                     now if within catch_up, else it sends from its next occurrence"
                 )?;
             }
         }

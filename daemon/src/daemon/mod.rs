@@ -170,7 +170,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             None
         });
     let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(config.smtp.rate));
-    Deliverer::adopt_renamed(&store, &catalog).await?;
+    Deliverer::catalog_arrives(&store, &catalog, clock.now()).await?;
     let handle: CatalogHandle = Arc::new(RwLock::new(Arc::new(catalog)));
 
     let deliverer = Arc::new(Deliverer::new(
@@ -413,8 +413,10 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                     Ok(Ok((catalog, previous))) => {
                         log_problems(&catalog, Some(&previous));
                         // Before the scheduler can see a renamed mailing as a new one.
-                        if let Err(e) = Deliverer::adopt_renamed(&store, &catalog).await {
-                            tracing::error!("following renamed mailing files: {e}");
+                        if let Err(e) =
+                            Deliverer::catalog_arrives(&store, &catalog, clock.now()).await
+                        {
+                            tracing::error!("noting the catalog's mailings: {e}");
                         }
                         tracing::info!(
                             mailings = catalog.mailings().len(),

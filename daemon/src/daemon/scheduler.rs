@@ -99,12 +99,14 @@ impl Scheduler {
                 continue;
             }
             let catch_up = m.catch_up.unwrap_or(self.catch_up);
-            let due = schedule::due(&m.schedule, now, f.last_run, catch_up);
-            // A run before the latest occurrence and none for it: that one was missed
+            let due = schedule::due_for(&m.schedule, now, f, catch_up);
+            // Known before the latest occurrence and no run for it: that one was missed
             // (downtime) and is later than catch_up.
             if due.is_none()
-                && let (Some(last), Some(latest)) =
-                    (f.last_run, m.schedule.latest_at_or_before(now))
+                && let (Some(last), Some(latest)) = (
+                    schedule::known_since(&m.schedule, now, f),
+                    m.schedule.latest_at_or_before(now),
+                )
                 && last < latest
                 && self
                     .missed

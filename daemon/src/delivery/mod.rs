@@ -507,6 +507,20 @@ impl Deliverer {
         Ok(())
     }
 
+    /// What the database must know before the scheduler sees `catalog`: the history of
+    /// renamed mailing files follows them ([`Deliverer::adopt_renamed`]), then every mailing
+    /// is noted as seen now (the due rule tells a new mailing from one that missed an
+    /// occurrence by it).
+    pub async fn catalog_arrives(
+        store: &Store,
+        catalog: &Catalog,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), skychimp_storage::StorageError> {
+        Self::adopt_renamed(store, catalog).await?;
+        let ids: Vec<String> = catalog.mailings().keys().cloned().collect();
+        store.note_seen(&ids, now).await
+    }
+
     /// A mailing file renamed within its owner's folder, its content unchanged (so its
     /// blob id too), is the same mailing under a new id: the history of the id it replaced
     /// (runs, log, a manager's switch) moves to it, so it neither sends its latest

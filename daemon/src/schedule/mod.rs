@@ -270,11 +270,12 @@ pub fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
 
 /// The due rule: the occurrence that should run now, if any.
 ///
-/// The latest occurrence at or before `now` runs if no run exists for it yet. A mailing that
-/// has never run sends it whatever its age while its interval lasts (a new mailing sends at
-/// once, as the original Skychimp did), and nothing once its `end` has passed; after
-/// downtime only the latest missed occurrence is considered, and only if it is no older
-/// than `catch_up`.
+/// The latest occurrence at or before `now` runs if no run exists for it yet. With no
+/// `last_run` the mailing is new: it sends it whatever its age while its interval lasts (a
+/// new mailing sends at once, as the original Skychimp did), and nothing once its `end` has
+/// passed; after downtime only the latest missed occurrence is considered, and only if it
+/// is no older than `catch_up`. [`due_for`] passes a never-run mailing's first sighting as
+/// its `last_run` when it was seen before that occurrence.
 pub fn due(
     schedule: &Schedule,
     now: DateTime<Utc>,
@@ -295,6 +296,33 @@ pub fn due(
             (late <= catch_up.max(ON_TIME)).then_some(latest)
         }
     }
+}
+
+/// [`due`] for a mailing as the database knows it. A mailing that never ran but that a
+/// daemon saw before its latest occurrence is not new: that occurrence was missed (downtime,
+/// an owner not verified yet, a paused mailing), so it goes only within `catch_up`, as for a
+/// mailing that has run. One first seen at or after its latest occurrence (deployed late)
+/// is new and sends it at once.
+pub fn due_for(
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    facts: &MailingFacts,
+    catch_up: Duration,
+) -> Option<DateTime<Utc>> {
+    due(schedule, now, known_since(schedule, now, facts), catch_up)
+}
+
+/// What [`due_for`] compares with: the latest run's occurrence, or for a mailing that never
+/// ran, when it was first seen if that was before its latest occurrence.
+pub fn known_since(
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    facts: &MailingFacts,
+) -> Option<DateTime<Utc>> {
+    facts.last_run.or_else(|| {
+        let latest = schedule.latest_at_or_before(now)?;
+        facts.first_seen.filter(|&seen| seen < latest)
+    })
 }
 
 /// How late the scheduler may reach an occurrence and still be on time rather than catching
@@ -348,6 +376,8 @@ pub struct MailingFacts {
     pub owner_unverified: bool,
     /// The occurrence of its latest scheduled run.
     pub last_run: Option<DateTime<Utc>>,
+    /// When a daemon first had it in its catalog.
+    pub first_seen: Option<DateTime<Utc>>,
     /// A run of it is still going out (even with no occurrence left).
     pub sending: bool,
 }
@@ -364,7 +394,7 @@ pub fn next_send(
 ) -> (Status, Option<DateTime<Utc>>) {
     let status = status(schedule, enabled, facts, now, catch_up);
     let next = matches!(status, Status::Created | Status::Running)
-        .then(|| due(schedule, now, facts.last_run, catch_up).or_else(|| schedule.next_after(now)))
+        .then(|| due_for(schedule, now, facts, catch_up).or_else(|| schedule.next_after(now)))
         .flatten();
     (status, next)
 }
@@ -388,7 +418,7 @@ pub fn status(
         Status::Paused
     } else if !facts.sending
         && schedule.next_after(now).is_none()
-        && due(schedule, now, facts.last_run, catch_up).is_none()
+        && due_for(schedule, now, facts, catch_up).is_none()
     {
         Status::Finished
     } else if facts.last_run.is_some() {

@@ -382,15 +382,7 @@ fn last_day_of_month(y: i32, m: u32) -> u32 {
 /// scheduler reaches an occurrence a little after it.
 #[test]
 fn an_occurrence_reached_within_a_minute_is_on_time_whatever_catch_up_says() {
-    let s = Schedule {
-        start: NaiveDate::from_ymd_opt(2027, 1, 1)
-            .unwrap()
-            .and_hms_opt(9, 0, 0)
-            .unwrap(),
-        end: None,
-        repeat: Repeat::Daily,
-        timezone: chrono_tz::UTC,
-    };
+    let s = schedule(Repeat::Daily, local(2027, 1, 1, 9, 0), chrono_tz::UTC);
     let at = Utc.with_ymd_and_hms(2027, 1, 5, 9, 0, 0).unwrap();
     let last = Some(at - chrono::Duration::days(1));
     for late in [0, 1, 59, 60] {
@@ -404,4 +396,35 @@ fn an_occurrence_reached_within_a_minute_is_on_time_whatever_catch_up_says() {
     let now = at + chrono::Duration::seconds(61);
     assert_eq!(due(&s, now, last, Duration::ZERO), None, "after downtime");
     assert_eq!(due(&s, now, last, Duration::from_secs(3600)), Some(at));
+}
+
+/// A mailing that never ran but was seen before its latest occurrence missed it: that one
+/// goes only within catch_up. Seen at or after it, the mailing is new and sends it at once.
+#[test]
+fn a_never_run_mailing_seen_before_its_occurrence_follows_catch_up() {
+    let s = schedule(Repeat::Daily, local(2027, 1, 1, 9, 0), chrono_tz::UTC);
+    let occurrence = Utc.with_ymd_and_hms(2027, 1, 5, 9, 0, 0).unwrap();
+    let now = occurrence + chrono::Duration::hours(5);
+    let facts = |seen: Option<DateTime<Utc>>| MailingFacts {
+        first_seen: seen,
+        ..MailingFacts::default()
+    };
+    let hour = Duration::from_secs(3600);
+    let day = Duration::from_secs(86_400);
+    let before = Some(occurrence - chrono::Duration::minutes(1));
+    assert_eq!(due_for(&s, now, &facts(before), hour), None, "5 h late");
+    assert_eq!(due_for(&s, now, &facts(before), day), Some(occurrence));
+    for new in [None, Some(occurrence), Some(now)] {
+        assert_eq!(
+            due_for(&s, now, &facts(new), hour),
+            Some(occurrence),
+            "{new:?}"
+        );
+    }
+    // A run counts before a sighting.
+    let ran = MailingFacts {
+        last_run: Some(occurrence),
+        ..facts(before)
+    };
+    assert_eq!(due_for(&s, now, &ran, day), None);
 }
