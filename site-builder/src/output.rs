@@ -3,7 +3,8 @@
 //! removes its temp folder and leaves the last good site untouched; readers never see a
 //! half-written site.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +22,8 @@ pub(crate) struct Staging {
     out_dir: PathBuf,
     old: PathBuf,
     /// Every generated path, to refuse two outputs at one path.
-    written: Mutex<HashSet<String>>,
+    /// Each output written so far, with the file that produced it.
+    written: Mutex<HashMap<String, PathBuf>>,
     count: AtomicUsize,
     committed: bool,
 }
@@ -71,7 +73,7 @@ impl Staging {
             tmp: parent.join(format!(".{name}.tmp-{stamp}")),
             out_dir: out_dir.to_path_buf(),
             old: parent.join(format!(".{name}.old-{stamp}")),
-            written: Mutex::new(HashSet::new()),
+            written: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
             committed: false,
         };
@@ -94,15 +96,28 @@ impl Staging {
     /// error rather than a silent overwrite; `blame` is the file named in that error.
     pub(crate) fn write(&self, files: Vec<OutFile>, blame: &Path) -> Result<(), SiteError> {
         for f in files {
-            let fresh = match self.written.lock() {
-                Ok(mut set) => set.insert(f.rel.clone()),
-                Err(_) => true,
+            let first = match self.written.lock() {
+                Ok(mut written) => match written.entry(f.rel.clone()) {
+                    Entry::Occupied(first) => Some(first.get().clone()),
+                    Entry::Vacant(slot) => {
+                        slot.insert(blame.to_path_buf());
+                        None
+                    }
+                },
+                Err(_) => None,
             };
-            if !fresh {
+            if let Some(first) = first {
+                // Both sources are named: which of them got there first is a race.
+                let other = if first == blame {
+                    "twice from this file".to_string()
+                } else {
+                    format!("from this file and from {}", first.display())
+                };
                 return Err(SiteError::invalid(
                     blame,
                     format!(
-                        "two outputs would be written to {} (check `aliases` and `path`)",
+                        "two outputs would be written to {}, {other} (check `aliases` and \
+                         `path`)",
                         f.rel
                     ),
                 ));

@@ -253,6 +253,20 @@ fn two_pages_on_one_path_are_refused() {
     assert!(msg.contains("/post/"), "{msg}");
 }
 
+/// An alias over another page's output names both files, whichever was written first.
+#[test]
+fn an_alias_over_a_page_names_both_files() {
+    let msg = error_of(&[(
+        "content/other.md",
+        "+++\ntitle = \"Other\"\naliases = [\"/post/\"]\n+++\n",
+    )]);
+    assert!(
+        msg.contains("two outputs would be written to post/index.html"),
+        "{msg}"
+    );
+    assert!(msg.contains("other.md") && msg.contains("post.md"), "{msg}");
+}
+
 #[test]
 fn load_data_errors_name_the_data_file() {
     let msg = error_of(&[
