@@ -99,14 +99,13 @@ impl Scheduler {
                 continue;
             }
             let catch_up = m.catch_up.unwrap_or(self.catch_up);
-            let due = schedule::due_for(&m.schedule, now, f, catch_up);
+            // `due_for`, with what it compares kept for the missed-occurrence check.
+            let known = schedule::known_since(&m.schedule, now, f);
+            let due = schedule::due(&m.schedule, now, known, catch_up);
             // Known before the latest occurrence and no run for it: that one was missed
             // (downtime) and is later than catch_up.
             if due.is_none()
-                && let (Some(last), Some(latest)) = (
-                    schedule::known_since(&m.schedule, now, f),
-                    m.schedule.latest_at_or_before(now),
-                )
+                && let (Some(last), Some(latest)) = (known, m.schedule.latest_at_or_before(now))
                 && last < latest
                 && self
                     .missed
