@@ -115,16 +115,17 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// Every variable a message has (see [`TemplateContext`]).
+/// Every variable a message has (see [`TemplateContext`]). The renderer's plain templates
+/// number their values in this order.
 pub const VARIABLES: [&str; 8] = [
     "client.email",
     "client.name",
     "client.comment",
+    "unsubscribe_url",
     "mailing.id",
     "mailing.title",
     "owner.name",
     "owner.email",
-    "unsubscribe_url",
 ];
 
 /// The first variable `template` names that no message has, in the order of the source.

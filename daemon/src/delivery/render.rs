@@ -288,17 +288,9 @@ enum PlainPiece {
     Value(usize),
 }
 
-/// The variables a [`Plain`] template can name, in [`PlainPiece::Value`]'s order.
-const PLAIN_VARIABLES: [&str; 8] = [
-    "client.email",
-    "client.name",
-    "client.comment",
-    "unsubscribe_url",
-    "mailing.id",
-    "mailing.title",
-    "owner.name",
-    "owner.email",
-];
+/// The variables a [`Plain`] template can name, in [`PlainPiece::Value`]'s order: every
+/// variable a message has.
+const PLAIN_VARIABLES: [&str; 8] = crate::message::VARIABLES;
 
 /// One recipient's values for a [`Plain`] template.
 struct Values<'a> {
