@@ -336,25 +336,47 @@ fn refusals_have_a_status_and_a_code() {
         400,
         "bad_query",
     );
-    for (i, query) in [
-        "before=0",
-        "before=-1",
-        "before=",
-        "limit=+5",
-        "limit=5&limit=6",
-        "limt=5",
-    ]
-    .iter()
-    .enumerate()
+    // The attempt log and the audit log page alike.
+    for (r, route) in ["/v1/mailings/alice/later/logs", "/v1/audit"]
+        .iter()
+        .enumerate()
     {
-        let path = format!("/v1/mailings/alice/later/logs?{query}");
-        check(
-            query,
-            ok(PINNED_TS + 90 + i as i64, &path),
-            400,
-            "bad_query",
-        );
+        for (i, query) in [
+            "before=0",
+            "before=-1",
+            "before=",
+            "limit=+5",
+            "limit=1001",
+            "limit=5&limit=6",
+            "limt=5",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let path = format!("{route}?{query}");
+            let ts = PINNED_TS + 90 + 10 * r as i64 + i as i64;
+            check(&path, ok(ts, &path), 400, "bad_query");
+        }
     }
+    // The two disables above, newest first.
+    let newest = ok(PINNED_TS + 110, "/v1/audit?limit=1").json();
+    let entries = newest["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{newest}");
+    assert_eq!(newest["next_before"], entries[0]["id"], "{newest}");
+    let path = format!("/v1/audit?before={}", entries[0]["id"]);
+    let older = ok(PINNED_TS + 112, &path).json();
+    let entries = older["entries"].as_array().unwrap();
+    assert_eq!(
+        (entries.len(), &entries[0]["reason"], &older["next_before"]),
+        (1, &serde_json::json!("once"), &serde_json::Value::Null),
+        "{older}"
+    );
+    check(
+        "POST on the audit log",
+        signed(p, "ops", SECRET, PINNED_TS + 111, "POST", "/v1/audit", b""),
+        405,
+        "method_not_allowed",
+    );
     for (i, trick) in [
         "/v1/mailings/alice/../alice/later",
         "/v1/mailings/alice/./later",
@@ -652,6 +674,49 @@ fn block_stops_the_owners_mail() {
         ),
         "user.block|bob|spam\nuser.unblock|bob|-\n"
     );
+    // The same log through the API and the CLI, newest first, a page at a time.
+    let audit = d.call("GET", "/v1/audit", "").json();
+    let entries = audit["entries"].as_array().unwrap();
+    let seen: Vec<(&str, &str, &str, &serde_json::Value)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+                &e["reason"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ops", "user.unblock", "bob", &serde_json::Value::Null),
+            ("ops", "user.block", "bob", &serde_json::json!("spam")),
+        ],
+        "{audit}"
+    );
+    assert_eq!(audit["next_before"], serde_json::Value::Null);
+    let out = d.manager(repo.root(), &["audit", "--limit", "1"]);
+    let page = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = page.lines();
+    assert!(lines.next().unwrap().starts_with("ID  AT "), "{page}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[2..6], ["ops", "user.unblock", "bob", "-"], "{page}");
+    let more = lines
+        .next()
+        .and_then(|l| l.strip_prefix("more: skychimpd "))
+        .unwrap_or_else(|| panic!("no next-page hint: {page}"));
+    assert!(more.ends_with(&format!(" audit --limit 1 --before {}", entries[0]["id"])));
+    let out = Command::new(bin())
+        .args(more.split(' '))
+        .env("SKYCHIMP_MANAGER_KEY_OPS", SECRET)
+        .output()
+        .unwrap();
+    let last = String::from_utf8_lossy(&out.stdout).to_string();
+    let row: Vec<&str> = last.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[2..6], ["ops", "user.block", "bob", "spam"], "{last}");
+    assert_eq!(last.lines().count(), 2, "{last}");
 }
 
 /// One-click unsubscribe (RFC 8058) from the link in a sent message: the next run leaves

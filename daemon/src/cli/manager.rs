@@ -106,6 +106,16 @@ pub enum ManagerAction {
     Stats,
     /// Validation problems of the files on the daemon's disk (GET /v1/problems).
     Problems,
+    /// The manager actions taken, newest first: who blocked, unblocked, disabled or
+    /// enabled what, when and why (GET /v1/audit).
+    Audit {
+        /// At most this many rows (1 to 1000; the daemon's default is 50).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Only entries older than this entry id (the next page).
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
+    },
 }
 
 /// One request to make: method, path and query, body.
@@ -137,24 +147,11 @@ impl ManagerAction {
                 mailing,
                 limit,
                 before,
-            } => {
-                let mut query = Vec::new();
-                if let Some(l) = limit {
-                    query.push(format!("limit={l}"));
-                }
-                if let Some(b) = before {
-                    query.push(format!("before={b}"));
-                }
-                let query = if query.is_empty() {
-                    String::new()
-                } else {
-                    format!("?{}", query.join("&"))
-                };
-                get(format!(
-                    "/v1/mailings/{}/logs{query}",
-                    mailing_path(mailing)?
-                ))
-            }
+            } => get(format!(
+                "/v1/mailings/{}/logs{}",
+                mailing_path(mailing)?,
+                page_query(*limit, *before)
+            )),
             Self::Report { mailing } => {
                 get(format!("/v1/mailings/{}/report", mailing_path(mailing)?))
             }
@@ -175,7 +172,26 @@ impl ManagerAction {
             }
             Self::Stats => get("/v1/stats".into()),
             Self::Problems => get("/v1/problems".into()),
+            Self::Audit { limit, before } => {
+                get(format!("/v1/audit{}", page_query(*limit, *before)))
+            }
         })
+    }
+}
+
+/// `?limit=…&before=…` of a paged route, or nothing.
+fn page_query(limit: Option<u32>, before: Option<i64>) -> String {
+    let mut query = Vec::new();
+    if let Some(l) = limit {
+        query.push(format!("limit={l}"));
+    }
+    if let Some(b) = before {
+        query.push(format!("before={b}"));
+    }
+    if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
     }
 }
 
@@ -571,20 +587,7 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
             } else {
                 print_table(&table)?;
             }
-            if let Some(next) = v["next_before"].as_i64() {
-                // The same command, for the next page.
-                let mut more = format!("{} manager", super::as_run(cli));
-                for (option, value) in [("--url", &args.url), ("--key", &args.key)] {
-                    if let Some(value) = value {
-                        more += &format!(" {option} {value}");
-                    }
-                }
-                more += &format!(" logs {mailing}");
-                if let Some(limit) = limit {
-                    more += &format!(" --limit {limit}");
-                }
-                outln!("more: {more} --before {next}")?;
-            }
+            next_page(cli, args, &format!("logs {mailing}"), *limit, v)?;
         }
         ManagerAction::Report { mailing } => {
             let mut table = vec![[
@@ -703,6 +706,34 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
             }
             print_table(&table)?;
         }
+        ManagerAction::Audit { limit, .. } => {
+            let mut table = vec![[
+                "ID".to_string(),
+                "AT".into(),
+                "KEY".into(),
+                "ACTION".into(),
+                "TARGET".into(),
+                "REASON".into(),
+                "PEER".into(),
+            ]];
+            for e in items(v, "entries") {
+                table.push([
+                    cell(&e["id"]),
+                    cell(&e["at"]),
+                    cell(&e["key"]),
+                    cell(&e["action"]),
+                    cell(&e["target"]),
+                    cell(&e["reason"]),
+                    cell(&e["peer"]),
+                ]);
+            }
+            if table.len() == 1 {
+                outln!("no manager actions yet")?;
+            } else {
+                print_table(&table)?;
+            }
+            next_page(cli, args, "audit", *limit, v)?;
+        }
         ManagerAction::Problems => {
             let problems = items(v, "problems");
             if problems.is_empty() {
@@ -724,6 +755,31 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// After a page that has more: the same command for the next one.
+fn next_page(
+    cli: &Cli,
+    args: &ManagerArgs,
+    action: &str,
+    limit: Option<u32>,
+    v: &Value,
+) -> anyhow::Result<()> {
+    let Some(next) = v["next_before"].as_i64() else {
+        return Ok(());
+    };
+    let mut more = format!("{} manager", super::as_run(cli));
+    for (option, value) in [("--url", &args.url), ("--key", &args.key)] {
+        if let Some(value) = value {
+            more += &format!(" {option} {value}");
+        }
+    }
+    more += &format!(" {action}");
+    if let Some(limit) = limit {
+        more += &format!(" --limit {limit}");
+    }
+    outln!("more: {more} --before {next}")?;
     Ok(())
 }
 

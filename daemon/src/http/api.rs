@@ -236,8 +236,9 @@ pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
         ["v1", "mailings"] if get => mailings(state),
         ["v1", "mailings", owner, name] if get => mailing(state, &format!("{owner}/{name}")),
         ["v1", "mailings", owner, name, "logs"] if get => {
-            logs_query(query).and_then(|(limit, before)| {
+            page_query(query, "logs").and_then(|(limit, before)| {
                 cached(state, req.path_and_query, Window::None, |catalog| {
+                    let before = before.map(AttemptId);
                     logs(state, catalog, &format!("{owner}/{name}"), limit, before)
                 })
             })
@@ -268,6 +269,11 @@ pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
             stats(state, catalog)
         }),
         ["v1", "problems"] if get => problems(state),
+        ["v1", "audit"] if get => page_query(query, "audit").and_then(|(limit, before)| {
+            cached(state, req.path_and_query, Window::None, |_| {
+                audit_log(state, limit, before)
+            })
+        }),
         ["v1", "mailings"]
         | ["v1", "mailings", _, _]
         | [
@@ -280,7 +286,8 @@ pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
         | ["v1", "users"]
         | ["v1", "users", _, "block" | "unblock"]
         | ["v1", "stats"]
-        | ["v1", "problems"] => Err(Reply::error(
+        | ["v1", "problems"]
+        | ["v1", "audit"] => Err(Reply::error(
             405,
             "method_not_allowed",
             "this route does not take that method",
@@ -455,7 +462,9 @@ fn mailing(state: &HttpState, id: &str) -> Answer {
 /// The logs route's query: `limit` (1 to 1000, default 50) and `before` (an attempt id),
 /// each at most once, as plain decimal numbers; any other parameter is refused rather than
 /// ignored, so a misspelt one is not mistaken for the default.
-fn logs_query(query: &str) -> Result<(u32, Option<AttemptId>), Reply> {
+/// `limit` and `before` of a paged route (`logs`, `audit`): at most 1000 rows, 50 unless
+/// asked, older than the row id `before`.
+fn page_query(query: &str, route: &str) -> Result<(u32, Option<i64>), Reply> {
     let bad = |message: String| Reply::error(400, "bad_query", &message);
     let (mut limit, mut before) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -476,22 +485,22 @@ fn logs_query(query: &str) -> Result<(u32, Option<AttemptId>), Reply> {
                 );
             }
             "before" if before.is_none() => {
-                before = Some(
-                    number()
-                        .filter(|&id| id >= 1)
-                        .ok_or_else(|| bad("before must be an attempt id".into()))?,
-                );
+                before = Some(number().filter(|&id| id >= 1).ok_or_else(|| {
+                    bad(format!(
+                        "before must be the id of a row of {route} (1 or more)"
+                    ))
+                })?);
             }
             "limit" | "before" => return Err(bad(format!("{name} is given twice"))),
             _ => {
                 return Err(bad(format!(
-                    "unknown parameter {name:?}: logs takes limit and before"
+                    "unknown parameter {name:?}: {route} takes limit and before"
                 )));
             }
         }
     }
     let limit = limit.map_or(50, |l| u32::try_from(l).unwrap_or(50));
-    Ok((limit, before.map(AttemptId)))
+    Ok((limit, before))
 }
 
 /// Nothing in the database for `id`: a mailing of the repository that has not sent yet, or
@@ -600,6 +609,28 @@ fn audit(
     let reason = reason.as_deref();
     tracing::info!(key = key_id, action, target, reason, "manager action");
     Ok(())
+}
+
+/// The manager actions, newest first: a page of `limit` older than entry `before`.
+fn audit_log(state: &HttpState, limit: u32, before: Option<i64>) -> Answer {
+    let mut entries = state
+        .runtime
+        .block_on(state.store.audit_log(limit + 1, before))
+        .map_err(db_error)?;
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    let next = entries.last().map(|e| e.id).filter(|_| more);
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({"id": e.id, "at": e.at, "key": e.key_id, "action": e.action,
+                   "target": e.target, "reason": e.reason, "peer": e.peer})
+        })
+        .collect();
+    Ok(Reply::json(
+        200,
+        &json!({ "entries": entries, "next_before": next }),
+    ))
 }
 
 /// `text` cut to at most `max` characters, with `…` when cut.
