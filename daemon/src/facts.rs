@@ -1,12 +1,13 @@
 //! What the database knows of each mailing, gathered in one place for the scheduler,
 //! `skychimpd status` and the site's statistics: disabled, owner blocked or not verified,
-//! and the occurrence of its last scheduled run.
+//! and the occurrence of its last scheduled run; and how many of its recipients are still
+//! subscribed.
 
 use std::collections::{HashMap, HashSet};
 
-use skychimp_storage::{Storage, StorageError, Store, UserState};
+use skychimp_storage::{Storage, StorageError, Store, UserState, address_key};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Mailing};
 use crate::schedule::MailingFacts;
 
 /// Facts before there is a database (a fresh SQLite clone): nothing disabled, blocked or
@@ -66,6 +67,39 @@ pub async fn load(
                 sending: sending.contains(&m.id),
             },
         );
+    }
+    Ok(out)
+}
+
+/// How many of each mailing's recipients have not unsubscribed: the recipients a run created
+/// now would have. By mailing id. One query per owner; a mailing whose owner nobody left
+/// is counted without looking at its addresses.
+pub async fn subscribed<'m>(
+    store: &Store,
+    mailings: impl IntoIterator<Item = &'m Mailing>,
+) -> Result<HashMap<String, usize>, StorageError> {
+    let mut gone: HashMap<&str, HashSet<String>> = HashMap::new();
+    let mut out = HashMap::new();
+    for m in mailings {
+        let left = match gone.entry(m.owner.as_str()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                store
+                    .unsubscribes(&m.owner)
+                    .await?
+                    .into_iter()
+                    .map(|u| u.address)
+                    .collect(),
+            ),
+        };
+        let count = if left.is_empty() {
+            m.recipient_count()
+        } else {
+            m.recipients()
+                .filter(|c| !left.contains(&address_key(&c.email)))
+                .count()
+        };
+        out.insert(m.id.clone(), count);
     }
     Ok(out)
 }

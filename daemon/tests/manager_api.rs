@@ -779,6 +779,31 @@ fn one_click_unsubscribe_stops_mail_to_that_address() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
+    // The mailing's count is of those still subscribed, in the API and in `status`.
+    let shown = d.call("GET", "/v1/mailings/alice/news", "").json();
+    assert_eq!(
+        (&shown["recipients"], &shown["unsubscribed"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "{shown}"
+    );
+    let listed = d.call("GET", "/v1/mailings", "").json();
+    assert_eq!(listed["mailings"][0]["recipients"], 1, "{listed}");
+    let status = Command::new(bin())
+        .args([
+            "--root",
+            repo.root().to_str().unwrap(),
+            "status",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        (&status[0]["recipients"], &status[0]["unsubscribed"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "{status}"
+    );
 
     // The next occurrence (within a minute) goes to the other client only: the
     // unsubscribed address is not among its recipients at all.

@@ -145,7 +145,10 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
             errln!("\nstopping: finishing the messages in flight…");
             let _ = stop_tx.send(true);
         });
-        let progress = progress_bar(mailing.recipient_count() as u64);
+        // The run's recipients: the lists' addresses less those who unsubscribed.
+        let recipients = store.run(run_id).await?.map_or(0, |r| r.recipients);
+        let recipients = u64::try_from(recipients).unwrap_or(0);
+        let progress = progress_bar(recipients);
         // Progress from this process's own counters: it delivers only this run, and asking
         // the database several times a second would slow the run it is watching.
         let watcher = {

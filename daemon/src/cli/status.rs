@@ -18,12 +18,21 @@ struct Row {
     status: Status,
     schedule: String,
     timezone: String,
+    /// Those a run created now would have: the lists' addresses less the unsubscribed.
     recipients: usize,
+    /// The lists' addresses that unsubscribed.
+    unsubscribed: usize,
     next_local: Option<String>,
     next_utc: Option<DateTime<Utc>>,
 }
 
-fn row(m: &Mailing, facts: MailingFacts, now: DateTime<Utc>, catch_up: std::time::Duration) -> Row {
+fn row(
+    m: &Mailing,
+    facts: MailingFacts,
+    subscribed: usize,
+    now: DateTime<Utc>,
+    catch_up: std::time::Duration,
+) -> Row {
     let catch_up = m.catch_up.unwrap_or(catch_up);
     let (status, next) = schedule::next_send(&m.schedule, m.enabled, &facts, now, catch_up);
     Row {
@@ -32,7 +41,8 @@ fn row(m: &Mailing, facts: MailingFacts, now: DateTime<Utc>, catch_up: std::time
         status,
         schedule: m.schedule.repeat.to_string(),
         timezone: m.schedule.timezone.to_string(),
-        recipients: m.recipient_count(),
+        recipients: subscribed,
+        unsubscribed: m.recipient_count().saturating_sub(subscribed),
         next_local: next.map(|t| {
             t.with_timezone(&m.schedule.timezone)
                 .format("%Y-%m-%d %H:%M %Z")
@@ -48,19 +58,25 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
     let catalog = setup.catalog()?;
     let now = setup.clock.now();
     let catch_up = setup.config.daemon.catch_up.0;
-    let facts = facts(&setup, &catalog)?;
-    let fact = |m: &Mailing| facts.get(&m.id).copied().unwrap_or_default();
-    let rows: Vec<Row> = match only {
-        Some(id) => {
-            let m = setup.find_mailing(&catalog, id)?;
-            vec![row(m, fact(m), now, catch_up)]
-        }
-        None => catalog
-            .mailings()
-            .values()
-            .map(|m| row(m, fact(m), now, catch_up))
-            .collect(),
+    let shown: Vec<&Mailing> = match only {
+        Some(id) => vec![setup.find_mailing(&catalog, id)?],
+        None => catalog.mailings().values().map(|m| &**m).collect(),
     };
+    let (facts, subscribed) = facts(&setup, &catalog, &shown)?;
+    let rows: Vec<Row> = shown
+        .into_iter()
+        .map(|m| {
+            let fact = facts.get(&m.id).copied().unwrap_or_default();
+            let subscribed = subscribed.get(&m.id).copied();
+            row(
+                m,
+                fact,
+                subscribed.unwrap_or(m.recipient_count()),
+                now,
+                catch_up,
+            )
+        })
+        .collect();
     match format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?)?,
         Format::Text => {
@@ -101,16 +117,23 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
 }
 
 /// What the database knows of each mailing (last run, disabled, owner blocked or not
-/// verified). Without a database yet (a fresh SQLite clone), the files alone.
-fn facts(setup: &Setup, catalog: &Catalog) -> anyhow::Result<HashMap<String, MailingFacts>> {
+/// verified), and how many of its recipients are still subscribed. Without a database yet
+/// (a fresh SQLite clone), the files alone, and nobody has left.
+type Known = (HashMap<String, MailingFacts>, HashMap<String, usize>);
+
+fn facts(setup: &Setup, catalog: &Catalog, shown: &[&Mailing]) -> anyhow::Result<Known> {
     let require_verification = setup.config.users.require_verification;
     if setup.fresh_database() {
-        return Ok(crate::facts::fresh(catalog, require_verification));
+        let facts = crate::facts::fresh(catalog, require_verification);
+        return Ok((facts, HashMap::new()));
     }
     let rt = super::runtime()?;
     rt.block_on(async {
         let store = setup.store().await?;
-        Ok(crate::facts::load(&store, catalog, require_verification).await?)
+        Ok((
+            crate::facts::load(&store, catalog, require_verification).await?,
+            crate::facts::subscribed(&store, shown.iter().copied()).await?,
+        ))
     })
 }
 

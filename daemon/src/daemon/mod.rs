@@ -226,6 +226,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
 
     print_startup(
         &setup,
+        &store,
         &handle,
         &scheduler,
         &transport,
@@ -609,6 +610,7 @@ pub fn key_secret(config: &crate::config::Config, id: &str) -> Result<Vec<u8>, S
 
 async fn print_startup(
     setup: &Setup,
+    store: &skychimp_storage::Store,
     handle: &CatalogHandle,
     scheduler: &Scheduler,
     transport: &skychimp_transport::Transport,
@@ -618,6 +620,9 @@ async fn print_startup(
     let catalog = handle.read().unwrap_or_else(|e| e.into_inner()).clone();
     let clients: usize = catalog.lists().values().map(|l| l.clients.len()).sum();
     let facts = scheduler.facts().await.unwrap_or_default();
+    let subscribed = crate::facts::subscribed(store, catalog.mailings().values().map(|m| &**m))
+        .await
+        .unwrap_or_default();
     let mut out = format!(
         "skychimpd {}: {}, {} ({}, {} unique), {}; {} in the files\n",
         env!("CARGO_PKG_VERSION"),
@@ -650,7 +655,13 @@ async fn print_startup(
             "  {:<28} {:<24} {:>17}  next: {next}\n",
             m.id,
             m.schedule.repeat.to_string(),
-            counted(m.recipient_count() as i64, "recipient")
+            counted(
+                subscribed
+                    .get(&m.id)
+                    .copied()
+                    .unwrap_or(m.recipient_count()) as i64,
+                "recipient"
+            )
         ));
     }
     out.push_str(&format!("  mail goes to   {}\n", transport.url()));

@@ -368,6 +368,16 @@ fn facts(
         .map_err(db_error)
 }
 
+fn subscribed<'m>(
+    state: &HttpState,
+    mailings: impl IntoIterator<Item = &'m crate::catalog::Mailing>,
+) -> Result<HashMap<String, usize>, Reply> {
+    state
+        .runtime
+        .block_on(crate::facts::subscribed(&state.store, mailings))
+        .map_err(db_error)
+}
+
 fn report_json(r: &RunReport) -> Value {
     json!({
         "run": r.run_id.0, "occurrence": r.occurrence, "kind": r.kind.as_str(),
@@ -380,6 +390,7 @@ fn report_json(r: &RunReport) -> Value {
 fn mailing_json(
     m: &crate::catalog::Mailing,
     f: MailingFacts,
+    subscribed: usize,
     last: Option<&RunReport>,
     now: DateTime<Utc>,
     catch_up: Duration,
@@ -389,7 +400,8 @@ fn mailing_json(
     json!({
         "id": m.id, "owner": m.owner, "title": m.title, "status": status,
         "schedule": m.schedule.repeat.to_string(), "timezone": m.schedule.timezone.to_string(),
-        "enabled": m.enabled, "recipients": m.recipient_count(),
+        "enabled": m.enabled, "recipients": subscribed,
+        "unsubscribed": m.recipient_count().saturating_sub(subscribed),
         "next_occurrence": next,
         "last_run": last.map(report_json),
     })
@@ -398,6 +410,7 @@ fn mailing_json(
 fn mailings(state: &HttpState) -> Answer {
     let catalog = catalog(state);
     let facts = facts(state, &catalog)?;
+    let subscribed = subscribed(state, catalog.mailings().values().map(|m| &**m))?;
     let latest = state
         .runtime
         .block_on(state.store.latest_reports())
@@ -412,6 +425,10 @@ fn mailings(state: &HttpState) -> Answer {
             mailing_json(
                 m,
                 facts.get(&m.id).copied().unwrap_or_default(),
+                subscribed
+                    .get(&m.id)
+                    .copied()
+                    .unwrap_or(m.recipient_count()),
                 latest.get(m.id.as_str()).copied(),
                 now,
                 state.catch_up,
@@ -442,9 +459,11 @@ fn mailing(state: &HttpState, id: &str) -> Answer {
         .runtime
         .block_on(state.store.mailing_state(id))
         .map_err(db_error)?;
+    let subscribed = subscribed(state, [&**m])?;
     let mut value = mailing_json(
         m,
         facts.get(id).copied().unwrap_or_default(),
+        subscribed.get(id).copied().unwrap_or(m.recipient_count()),
         runs.first(),
         state.clock.now(),
         state.catch_up,
