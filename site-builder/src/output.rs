@@ -4,7 +4,6 @@
 //! half-written site.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +20,8 @@ pub(crate) struct Staging {
     tmp: PathBuf,
     out_dir: PathBuf,
     old: PathBuf,
-    /// Every generated path, to refuse two outputs at one path.
-    /// Each output written so far, with the file that produced it.
-    written: Mutex<HashMap<String, PathBuf>>,
+    /// Every output so far, to refuse two at one path.
+    written: Mutex<Outputs>,
     count: AtomicUsize,
     committed: bool,
 }
@@ -73,11 +71,12 @@ impl Staging {
             tmp: parent.join(format!(".{name}.tmp-{stamp}")),
             out_dir: out_dir.to_path_buf(),
             old: parent.join(format!(".{name}.old-{stamp}")),
-            written: Mutex::new(HashMap::new()),
+            written: Mutex::new(Outputs::default()),
             count: AtomicUsize::new(0),
             committed: false,
         };
         remove_stale(&parent, &name);
+        refuse_inside(out_dir, &parent, &name, static_dir)?;
         std::fs::create_dir_all(&staging.tmp).map_err(|e| SiteError::io(&staging.tmp, e))?;
         let marker = staging.tmp.join(BUILD_MARKER);
         std::fs::write(
@@ -86,42 +85,29 @@ impl Staging {
         )
         .map_err(|e| SiteError::io(&marker, e))?;
         if static_dir.is_dir() {
-            let n = copy_tree(static_dir, &staging.tmp)?;
-            staging.count.fetch_add(n, Ordering::Relaxed);
+            let mut copied = Vec::new();
+            copy_tree(static_dir, &staging.tmp, "", &mut copied)?;
+            staging.count.fetch_add(copied.len(), Ordering::Relaxed);
+            let mut written = staging.lock();
+            for (rel, from) in copied {
+                if let Err(taken) = written.claim(&rel, &from) {
+                    return Err(taken.error(&from));
+                }
+            }
         }
         Ok(staging)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outputs> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes rendered files. Two outputs at one path (an alias over a page, say) are an
     /// error rather than a silent overwrite; `blame` is the file named in that error.
     pub(crate) fn write(&self, files: Vec<OutFile>, blame: &Path) -> Result<(), SiteError> {
         for f in files {
-            let first = match self.written.lock() {
-                Ok(mut written) => match written.entry(f.rel.clone()) {
-                    Entry::Occupied(first) => Some(first.get().clone()),
-                    Entry::Vacant(slot) => {
-                        slot.insert(blame.to_path_buf());
-                        None
-                    }
-                },
-                Err(_) => None,
-            };
-            if let Some(first) = first {
-                // Both sources are named: which of them got there first is a race.
-                let other = if first == blame {
-                    "twice from this file".to_string()
-                } else {
-                    format!("from this file and from {}", first.display())
-                };
-                return Err(SiteError::invalid(
-                    blame,
-                    format!(
-                        "two outputs would be written to {}, {other} (check `aliases` and \
-                         `path`)",
-                        f.rel
-                    ),
-                ));
-            }
+            let claimed = self.lock().claim(&f.rel, blame);
+            claimed.map_err(|taken| taken.error(blame))?;
             // Front matter is checked when it is read; this is the last line of defence.
             let inside = Path::new(&f.rel)
                 .components()
@@ -145,6 +131,8 @@ impl Staging {
     /// Copies content assets (`from`, relative destination).
     pub(crate) fn copy(&self, copies: &[(PathBuf, String)]) -> Result<(), SiteError> {
         copies.par_iter().try_for_each(|(from, rel)| {
+            let claimed = self.lock().claim(rel, from);
+            claimed.map_err(|taken| taken.error(from))?;
             let to = self.tmp.join(rel);
             if let Some(dir) = to.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| SiteError::io(dir, e))?;
@@ -199,22 +187,141 @@ fn remove_stale(parent: &Path, name: &str) {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<usize, SiteError> {
-    let mut count = 0;
+/// Copies the folder `from` into `to`, adding each file's path under `to` (below `rel`)
+/// and its source to `copied`.
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    rel: &str,
+    copied: &mut Vec<(String, PathBuf)>,
+) -> Result<(), SiteError> {
     std::fs::create_dir_all(to).map_err(|e| SiteError::io(to, e))?;
     for entry in std::fs::read_dir(from).map_err(|e| SiteError::io(from, e))? {
         let entry = entry.map_err(|e| SiteError::io(from, e))?;
         let src = entry.path();
         let dst = to.join(entry.file_name());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
         let kind = entry.file_type().map_err(|e| SiteError::io(&src, e))?;
         if kind.is_dir() {
-            count += copy_tree(&src, &dst)?;
+            copy_tree(&src, &dst, &rel, copied)?;
         } else {
             std::fs::copy(&src, &dst).map_err(|e| SiteError::io(&src, e))?;
-            count += 1;
+            copied.push((rel, src));
         }
     }
-    Ok(count)
+    Ok(())
+}
+
+/// The output folder must not be inside `static_dir`, which is copied into it: each build
+/// would copy the last one into itself, deeper every time.
+fn refuse_inside(
+    out_dir: &Path,
+    parent: &Path,
+    name: &str,
+    static_dir: &Path,
+) -> Result<(), SiteError> {
+    let (Ok(parent), Ok(static_dir)) = (parent.canonicalize(), static_dir.canonicalize()) else {
+        return Ok(());
+    };
+    if parent.join(name).starts_with(&static_dir) {
+        return Err(SiteError::invalid(
+            out_dir,
+            format!(
+                "the output folder is inside {}, whose files are copied into it: choose \
+                 --out outside it",
+                static_dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where the outputs written so far are: each file with the source that produced it, and
+/// each folder they make with the first source that made it. A file where a folder is (an
+/// alias `robots.txt` makes `robots.txt/index.html`), or a folder where a file is, is as
+/// much a clash as two files at one path.
+#[derive(Default)]
+struct Outputs {
+    files: HashMap<String, PathBuf>,
+    folders: HashMap<String, PathBuf>,
+}
+
+/// An output that cannot be written: the path of the clash, the source of what is already
+/// there, and what that is.
+struct Taken {
+    rel: String,
+    by: PathBuf,
+    clash: Clash,
+}
+
+enum Clash {
+    /// Two files at one path.
+    File,
+    /// A file where the other source made a folder.
+    FolderThere,
+    /// A folder (on the way to a file) where the other source wrote a file.
+    FileThere,
+}
+
+impl Outputs {
+    /// Takes `rel` for `source`, or says who has it (or a path on its way).
+    fn claim(&mut self, rel: &str, source: &Path) -> Result<(), Taken> {
+        let taken = |rel: &str, by: &PathBuf, clash| Taken {
+            rel: rel.to_string(),
+            by: by.clone(),
+            clash,
+        };
+        if let Some(by) = self.files.get(rel) {
+            return Err(taken(rel, by, Clash::File));
+        }
+        if let Some(by) = self.folders.get(rel) {
+            return Err(taken(rel, by, Clash::FolderThere));
+        }
+        let folders: Vec<&str> = rel.match_indices('/').map(|(i, _)| &rel[..i]).collect();
+        if let Some((folder, by)) = folders
+            .iter()
+            .find_map(|f| self.files.get(*f).map(|by| (*f, by)))
+        {
+            return Err(taken(folder, by, Clash::FileThere));
+        }
+        self.files.insert(rel.to_string(), source.to_path_buf());
+        for folder in folders {
+            self.folders
+                .entry(folder.to_string())
+                .or_insert_with(|| source.to_path_buf());
+        }
+        Ok(())
+    }
+}
+
+impl Taken {
+    /// The error naming both sources (which of them got there first is a race).
+    fn error(&self, blame: &Path) -> SiteError {
+        let (rel, by) = (&self.rel, self.by.display());
+        let what = match self.clash {
+            Clash::File if self.by == blame => {
+                format!("two outputs would be written to {rel}, twice from this file")
+            }
+            Clash::File => {
+                format!("two outputs would be written to {rel}, from this file and from {by}")
+            }
+            Clash::FolderThere => {
+                format!("{rel} would be a file from this file and a folder from {by}")
+            }
+            Clash::FileThere => {
+                format!("{rel} would be a folder from this file and a file from {by}")
+            }
+        };
+        SiteError::invalid(
+            blame,
+            format!("{what} (check `aliases`, `path` and the files in static/)"),
+        )
+    }
 }
 
 /// `out_dir` → `old`, `tmp` → `out_dir`, then delete `old`. If the second rename fails the

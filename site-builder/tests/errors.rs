@@ -267,6 +267,78 @@ fn an_alias_over_a_page_names_both_files() {
     assert!(msg.contains("other.md") && msg.contains("post.md"), "{msg}");
 }
 
+/// A static file, a generated file and an alias's folder are outputs too: each clash names
+/// both sources, never a temp folder.
+#[test]
+fn an_alias_over_a_static_or_generated_file_names_both_sources() {
+    let alias = |to: &str| {
+        (
+            "content/other.md".to_string(),
+            format!("+++\ntitle = \"Other\"\naliases = [\"{to}\"]\n+++\n"),
+        )
+    };
+    let static_file = |rel: &str, text: &str| (rel.to_string(), text.to_string());
+    let cases = [
+        (
+            vec![
+                alias("favicon.svg"),
+                static_file("static/favicon.svg", "<svg/>"),
+            ],
+            vec![
+                "content/other.md: favicon.svg would be a folder from this file and a file from",
+                "static/favicon.svg",
+            ],
+        ),
+        (
+            vec![
+                alias("css/site.css"),
+                static_file("static/css/site.css", "a{}"),
+            ],
+            vec![
+                "content/other.md: css/site.css would be a folder from this file and a file from",
+                "static/css/site.css",
+            ],
+        ),
+        // Written in parallel: either may come first.
+        (
+            vec![alias("robots.txt")],
+            vec!["robots.txt would be", "other.md", "config.toml"],
+        ),
+        (
+            vec![static_file("static/post/index.html", "<p>mine</p>")],
+            vec![
+                "content/post.md: two outputs would be written to post/index.html, from this file \
+                 and from",
+                "static/post/index.html",
+            ],
+        ),
+    ];
+    for (files, expected) in cases {
+        let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (&**a, &**b)).collect();
+        let msg = error_of(&files);
+        for part in expected {
+            assert!(msg.contains(part), "{part:?} in {msg}");
+        }
+        assert!(!msg.contains(".tmp-"), "a temp folder named: {msg}");
+    }
+}
+
+/// `--out` inside `static/` would copy each build into the next one.
+#[test]
+fn an_output_folder_inside_static_is_refused() {
+    let (tmp, first) = build_with(&[("static/favicon.svg", "<svg/>")]);
+    first.expect("the first build");
+    let site = tmp.path().join("site");
+    let result = build(&BuildOptions {
+        site_dir: site.clone(),
+        out_dir: site.join("static/gen"),
+        base_url: None,
+    });
+    let msg = result.expect_err("refused").to_string();
+    assert!(msg.contains("the output folder is inside"), "{msg}");
+    assert!(!site.join("static/gen").exists());
+}
+
 #[test]
 fn load_data_errors_name_the_data_file() {
     let msg = error_of(&[
