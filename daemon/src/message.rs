@@ -6,6 +6,8 @@
 //! typo such as `{{ client.nmae }}` or `{% if client.coment %}` is caught in review rather
 //! than at 9 a.m. on the day of sending.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 /// The variables a template may use, as one value per recipient.
@@ -93,20 +95,34 @@ fn sample() -> TemplateContext<'static> {
 /// Compile `source`, look for variables no message has, and render it for a sample
 /// recipient.
 pub fn check(source: &str) -> Result<(), TemplateError> {
-    let mut tera = tera::Tera::default();
+    let mut tera = tera();
     tera.add_raw_template("template", source)
         .map_err(|e| located(&e, source))?;
-    if let Ok(template) = tera.get_template("template")
-        && let Some(name) = unknown_variable(template)
-    {
+    let refused = tera.get_template("template").ok().and_then(|template| {
+        let names = skychimp_site::tera_names::names(&template.ast);
+        let function = refused_function(&names).map(|name| {
+            let message = format!(
+                "template: a message cannot call `{name}()`; it may call {}",
+                FUNCTIONS.join(", ")
+            );
+            (name.to_string(), message)
+        });
+        function.or_else(|| {
+            unknown_variable(&names).map(|name| {
+                let message = format!(
+                    "template: no variable `{name}`; a message has {}",
+                    VARIABLES.join(", ")
+                );
+                (name, message)
+            })
+        })
+    });
+    if let Some((name, message)) = refused {
         let (line, column) = first_use(source, &name).unwrap_or((1, 1));
         return Err(TemplateError {
             line,
             column,
-            message: format!(
-                "template: no variable `{name}`; a message has {}",
-                VARIABLES.join(", ")
-            ),
+            message,
         });
     }
     let context = tera::Context::from_serialize(sample()).map_err(|e| to_error(&e))?;
@@ -128,13 +144,42 @@ pub const VARIABLES: [&str; 8] = [
     "owner.email",
 ];
 
-/// The first variable `template` names that no message has, in the order of the source.
-/// Rendering finds such a variable only in `{{ … }}`; in `{% if client.coment %}` Tera
-/// reads it as false, and the branch silently never shows. Names the template binds itself
-/// (`for`, `set`, macro arguments, `loop`) are its own.
-fn unknown_variable(template: &tera::Template) -> Option<String> {
-    use skychimp_site::tera_names::{Name, names};
-    let names = names(&template.ast);
+/// The functions a message may call: Tera's `range` and `throw`. Tera's others are refused:
+/// `get_env` would read the daemon's environment (the manager keys, the SMTP password) into
+/// mail an owner can send themselves, and `now` and `get_random` would make a preview, the
+/// message sent and its retry differ.
+pub const FUNCTIONS: [&str; 2] = ["range", "throw"];
+
+/// The Tera that message templates are compiled with: Tera's own, with the functions a
+/// message may not call replaced by ones that fail. `check` refuses such calls first; this
+/// is the last line of defence.
+pub fn tera() -> tera::Tera {
+    let mut tera = tera::Tera::default();
+    for name in ["get_env", "now", "get_random"] {
+        tera.register_function(name, move |_: &HashMap<String, tera::Value>| {
+            Err(tera::Error::msg(format!(
+                "a message cannot call `{name}()`"
+            )))
+        });
+    }
+    tera
+}
+
+/// The first function of `names` that a message may not call.
+fn refused_function<'t>(names: &[skychimp_site::tera_names::Name<'t>]) -> Option<&'t str> {
+    use skychimp_site::tera_names::Name;
+    names.iter().find_map(|n| match n {
+        Name::Function(f) if !FUNCTIONS.contains(f) => Some(*f),
+        _ => None,
+    })
+}
+
+/// The first variable of `names` (a template's) that no message has, in the order of the
+/// source. Rendering finds such a variable only in `{{ … }}`; in `{% if client.coment %}`
+/// Tera reads it as false, and the branch silently never shows. Names the template binds
+/// itself (`for`, `set`, macro arguments, `loop`) are its own.
+fn unknown_variable(names: &[skychimp_site::tera_names::Name<'_>]) -> Option<String> {
+    use skychimp_site::tera_names::Name;
     let bound = |root: &str| {
         matches!(root, "loop" | "__tera_context") || names.contains(&Name::Bound(root))
     };
@@ -267,6 +312,48 @@ mod tests {
 
     /// A variable no message has is refused wherever it is read, also where Tera would
     /// take it as false; names the template binds itself are its own.
+    #[test]
+    fn functions_that_leak_or_vary_are_refused() {
+        for (source, name, at) in [
+            (
+                "{{ get_env(name=\"SKYCHIMP_MANAGER_KEY_OPS\", default=\"\") }}",
+                "get_env",
+                (1, 4),
+            ),
+            (
+                "Hi\n{% set k = get_env(name=\"HOME\") %}{{ k }}",
+                "get_env",
+                (2, 12),
+            ),
+            ("{{ now() | date(format=\"%Y\") }}", "now", (1, 4)),
+            (
+                "{% if get_random(end=2) == 1 %}a{% endif %}",
+                "get_random",
+                (1, 7),
+            ),
+        ] {
+            let e = check(source).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!("template: a message cannot call `{name}()`; it may call range, throw"),
+                "{source}"
+            );
+            assert_eq!((e.line, e.column), at, "{source}");
+        }
+        let fine = "{% for i in range(end=2) %}{{ i }}{% endfor %}{% if not client %}\
+                    {{ throw(message=\"no client\") }}{% endif %}";
+        assert_eq!(check(fine), Ok(()));
+        // Past `check` (a run created before this rule), the renderer still refuses.
+        let mut tera = tera();
+        tera.add_raw_template("t", "{{ get_env(name=\"HOME\") }}")
+            .unwrap();
+        let e = tera.render("t", &tera::Context::new()).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("a message cannot call `get_env()`"),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn unknown_variables_are_refused_in_every_place() {
         for (source, name, at) in [

@@ -148,7 +148,7 @@ impl Renderer {
     ) -> Result<Self, tera::Error> {
         // No template name ends in `.html`: Tera escapes nothing; the HTML part's values
         // are escaped before they go in (see the module documentation).
-        let mut tera = Tera::default();
+        let mut tera = crate::message::tera();
         tera.add_raw_templates(vec![("subject", subject), ("body", body)])?;
         let mut text_base = Context::new();
         text_base.insert("mailing", &mailing);
