@@ -289,9 +289,10 @@ fn parse_date(path: &Path, key: &str, value: &toml::Value) -> Result<Date, SiteE
         toml::Value::Datetime(dt) => dt.to_string(),
         toml::Value::String(s) => s.clone(),
         other => {
-            return Err(SiteError::invalid(
+            return Err(invalid_key(
                 path,
-                format!("`{key}` must be a date, not a {}", other.type_str()),
+                key,
+                format!("`{key}` must be a date, not {}", a_type(other)),
             ));
         }
     };
@@ -306,11 +307,23 @@ fn parse_date(path: &Path, key: &str, value: &toml::Value) -> Result<Date, SiteE
         });
     match parsed {
         Ok(value) => Ok(Date { text, value }),
-        Err(_) => Err(SiteError::invalid(
+        Err(_) => Err(invalid_key(
             path,
+            key,
             format!("`{key}` = {text:?} is not a date (use 2026-01-15 or 2026-01-15T09:00:00Z)"),
         )),
     }
+}
+
+/// A TOML value's type with its article: "an integer", "a string".
+fn a_type(value: &toml::Value) -> String {
+    let name = value.type_str();
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {name}")
 }
 
 /// A file name's `YYYY-MM-DD` prefix (followed by `-` or `_`), as Zola takes it for the
@@ -668,14 +681,33 @@ fn stays_inside(file: &Path, field: &str, value: &str) -> Result<(), SiteError> 
         .split(['/', '\\'])
         .any(|seg| seg == ".." || seg == ".")
     {
-        return Err(SiteError::invalid(
+        return Err(invalid_key(
             file,
+            field,
             format!(
                 "`{field}` = {value:?}: `.` and `..` segments are not allowed in an output path"
             ),
         ));
     }
     Ok(())
+}
+
+/// An error about the front matter key `key` of `file`, at the line that sets it. The file
+/// is read again: this is the error path, and the loaded page keeps no positions.
+pub(crate) fn invalid_key(file: &Path, key: &str, message: impl Into<String>) -> SiteError {
+    let line = std::fs::read_to_string(file).ok().and_then(|text| {
+        let (toml, _, offset) = split_front_matter(file, &text).ok()?;
+        let sets = |line: &str| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        toml.lines().position(sets).map(|i| i + 1 + offset)
+    });
+    match line {
+        Some(line) => SiteError::invalid_at(file, line, message),
+        None => SiteError::invalid(file, message),
+    }
 }
 
 /// Reads and parses one Markdown file of `content/`.
@@ -703,8 +735,9 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
             p
         };
         if meta.paginate_path.is_empty() || meta.paginate_path.contains('/') {
-            return Err(SiteError::invalid(
+            return Err(invalid_key(
                 file,
+                "paginate_path",
                 "paginate_path must be a single path segment",
             ));
         }
@@ -737,8 +770,9 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
     }
     for name in meta.taxonomies.keys() {
         if !config.taxonomies.iter().any(|t| &t.name == name) {
-            return Err(SiteError::invalid(
+            return Err(invalid_key(
                 file,
+                name,
                 format!("taxonomy `{name}` is not defined in config.toml `taxonomies`"),
             ));
         }

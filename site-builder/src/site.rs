@@ -518,8 +518,9 @@ impl Renderer<'_> {
         if self.templates.has(name) {
             Ok(())
         } else {
-            Err(SiteError::invalid(
+            Err(crate::content::invalid_key(
                 wanted_by,
+                "template",
                 format!("template `{name}` not found in templates/"),
             ))
         }

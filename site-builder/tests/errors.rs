@@ -240,8 +240,30 @@ fn missing_template_names_the_content_file() {
         "content/post.md",
         "+++\ntitle = \"Post\"\ntemplate = \"fancy.html\"\n+++\n",
     )]);
-    assert_names(&msg, "content/post.md");
-    assert!(msg.contains("fancy.html"), "{msg}");
+    assert_names(&msg, "content/post.md:3: template `fancy.html` not found");
+}
+
+/// A front matter value that parses as TOML but is not what the key takes: the line that
+/// sets it.
+#[test]
+fn a_bad_front_matter_value_names_its_line() {
+    for (text, expected) in [
+        (
+            "+++\ntitle = \"Post\"\ndate = \"2026-02-30\"\n+++\n",
+            "content/post.md:3: `date` = \"2026-02-30\" is not a date",
+        ),
+        (
+            "+++\ntitle = \"Post\"\n\n  updated = 20260101\n+++\n",
+            "content/post.md:4: `updated` must be a date, not an integer",
+        ),
+        (
+            "+++\ntitle = \"Post\"\n[taxonomies]\nflavours = [\"a\"]\n+++\n",
+            "content/post.md:4: taxonomy `flavours` is not defined",
+        ),
+    ] {
+        let msg = error_of(&[("content/post.md", text)]);
+        assert_names(&msg, expected);
+    }
 }
 
 #[test]
@@ -408,22 +430,22 @@ fn a_path_or_alias_that_leaves_the_output_folder_is_refused() {
         (
             "content/escape.md",
             "+++\ntitle = \"E\"\npath = \"../../escape\"\n+++\n",
-            "`path`",
+            ":3: `path`",
         ),
         (
             "content/escape.md",
             "+++\ntitle = \"E\"\naliases = [\"../alias-escape/x.html\"]\n+++\n",
-            "`aliases`",
+            ":3: `aliases`",
         ),
         (
             "content/blog/_index.md",
             "+++\ntitle = \"Blog\"\naliases = [\"/old/../../up\"]\n+++\n",
-            "`aliases`",
+            ":3: `aliases`",
         ),
         (
             "content/_index.md",
             "+++\ntitle = \"Home\"\npaginate_by = 1\npaginate_path = \"..\"\n+++\n",
-            "`paginate_path`",
+            ":4: `paginate_path`",
         ),
     ];
     for (rel, text, field) in cases {
