@@ -59,6 +59,13 @@ pub fn sign(
     format!("v1={}", hex(&tag))
 }
 
+/// The one spelling of a signature header that [`verify`] accepts in several (hex digits in
+/// either case, space around it): what the replay store must key on, or each spelling of
+/// one captured request would be a first use.
+pub fn canonical_signature(signature: &str) -> String {
+    signature.trim().to_ascii_lowercase()
+}
+
 /// Whether `signature` (the header's value) is right for this request, in constant time.
 pub fn verify(
     secret: &[u8],
@@ -71,7 +78,9 @@ pub fn verify(
     let Some(hex_tag) = signature.strip_prefix("v1=") else {
         return false;
     };
-    if hex_tag.len() != 64 {
+    // Hex digits only: `u8::from_str_radix` would also take a sign (`+f`), one more
+    // spelling of the same tag.
+    if hex_tag.len() != 64 || !hex_tag.bytes().all(|b| b.is_ascii_hexdigit()) {
         return false;
     }
     let mut tag = [0u8; 32];

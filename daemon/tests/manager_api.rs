@@ -205,6 +205,36 @@ fn refusals_have_a_status_and_a_code() {
         401,
         "replayed",
     );
+    // Another spelling of the same signature is the same signature: upper-case hex digits
+    // are refused as a replay, a sign before a digit is no signature at all.
+    let mut h = sig_headers("ops", SECRET, PINNED_TS + 10, "GET", "/v1/problems", b"");
+    h[2].1 = format!("v1={}", h[2].1["v1=".len()..].to_ascii_uppercase());
+    assert!(
+        h[2].1[3..].bytes().any(|b| b.is_ascii_uppercase()),
+        "{}",
+        h[2].1
+    );
+    check(
+        "replay in upper case",
+        request(p, "GET", b"/v1/problems", &h, b""),
+        401,
+        "replayed",
+    );
+    let mut h = sig_headers("ops", SECRET, PINNED_TS + 12, "GET", "/v1/problems", b"");
+    let digits = h[2].1["v1=".len()..].to_string();
+    let Some(at) = (0..32)
+        .map(|i| 2 * i)
+        .find(|&i| digits.as_bytes()[i] == b'0')
+    else {
+        panic!("no byte below 16 in {digits}: pick another timestamp");
+    };
+    h[2].1 = format!("v1={}+{}", &digits[..at], &digits[at + 1..]);
+    check(
+        "a sign in the hex",
+        request(p, "GET", b"/v1/problems", &h, b""),
+        401,
+        "bad_signature",
+    );
     // Replay of a POST too (the second disable would otherwise write a second audit row).
     let body = br#"{"reason":"once"}"#;
     let path = "/v1/mailings/alice/later/disable";

@@ -168,6 +168,7 @@ fn authenticate(state: &HttpState, req: &ApiRequest) -> Result<String, Reply> {
         ));
     }
     let ttl = Duration::from_secs(2 * signing::MAX_SKEW_SECS as u64);
+    let signature = signing::canonical_signature(signature);
     if !state
         .replay
         .first_use(&format!("{key}:{signature}"), ttl, now)
