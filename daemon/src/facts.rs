@@ -3,6 +3,7 @@
 //! and the occurrence of its last scheduled run; and how many of its recipients are still
 //! subscribed.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use skychimp_storage::{Storage, StorageError, Store, UserState, address_key};
@@ -82,8 +83,8 @@ pub async fn subscribed<'m>(
     let mut out = HashMap::new();
     for m in mailings {
         let left = match gone.entry(m.owner.as_str()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(
                 store
                     .unsubscribes(&m.owner)
                     .await?

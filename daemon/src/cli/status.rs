@@ -116,11 +116,12 @@ pub fn run(cli: &Cli, only: Option<&str>, format: Format) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the database knows of each mailing (last run, disabled, owner blocked or not
-/// verified), and how many of its recipients are still subscribed. Without a database yet
-/// (a fresh SQLite clone), the files alone, and nobody has left.
+/// Facts by mailing id, and how many of each mailing's recipients are still subscribed.
 type Known = (HashMap<String, MailingFacts>, HashMap<String, usize>);
 
+/// What the database knows of each mailing (last run, disabled, owner blocked or not
+/// verified), and how many of the `shown` mailings' recipients are still subscribed.
+/// Without a database yet (a fresh SQLite clone), the files alone, and nobody has left.
 fn facts(setup: &Setup, catalog: &Catalog, shown: &[&Mailing]) -> anyhow::Result<Known> {
     let require_verification = setup.config.users.require_verification;
     if setup.fresh_database() {
