@@ -296,3 +296,55 @@ fn a_verification_link_that_could_not_go_is_sent_again() {
     assert!(to.iter().any(|t| t.contains("alice@example.com")), "{to:?}");
     assert!(to.iter().any(|t| t.contains("bob@example.org")), "{to:?}");
 }
+
+/// An owner whose address changes while their run goes out must confirm the new one before
+/// the rest goes: the run is held (nothing skipped), and the new link releases it.
+#[test]
+fn a_run_waits_while_its_owners_new_address_is_unconfirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    repository(root);
+    let clients: String = (0..30)
+        .map(|i| format!("[[client]]\nemail = \"c{i}@example.org\"\nname = \"C{i}\"\n\n"))
+        .collect();
+    write(root, "clients/alice/many.toml", &clients);
+    write(root, "mailings/alice/big.toml", &once("many", "Big"));
+    let out = root.join("var/outbox");
+    let env = [("SKYCHIMP_NOW", NOW), ("SKYCHIMP_SMTP_RATE", "5")];
+    let mut daemon = Daemon::start("held-unverified", root, &env);
+    let mails = wait_outbox(&out, "alice's link", |m| {
+        m.iter().any(|m| m.to == "alice@example.com")
+    });
+    let (status, page) = daemon.get(&verification_link(&mails, "alice@example.com"));
+    assert_eq!(status, 200, "{page}");
+    daemon.wait_for(&["run created", "mailing=alice/big"]);
+    wait_outbox(&out, "the run under way", |m| to_of(m, "Big").len() >= 2);
+
+    write(root, "users.toml", &users("alice.new@example.com"));
+    daemon.wait_for(&[
+        "its unfinished run is held",
+        "its owner has not confirmed their address",
+        "mailing=alice/big",
+    ]);
+    let held = to_of(&outbox(&out), "Big").len();
+    assert!(held < 30, "the run ended before the address changed");
+    let (_, report) = skychimpd(root, &["report", "alice/big", "--format", "json"], &env);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report[0]["skipped"], 0, "held, not skipped: {report}");
+    // A message already marked `sending` when the hold came may still go; then nothing.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before = to_of(&outbox(&out), "Big").len();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(to_of(&outbox(&out), "Big").len(), before, "mail while held");
+
+    let mails = wait_outbox(&out, "a link to the new address", |m| {
+        m.iter().any(|m| m.to == "alice.new@example.com")
+    });
+    let (status, page) = daemon.get(&verification_link(&mails, "alice.new@example.com"));
+    assert_eq!(status, 200, "{page}");
+    daemon.wait_for(&["its held run goes on", "mailing=alice/big"]);
+    let mails = wait_outbox(&out, "the rest of the run", |m| to_of(m, "Big").len() == 30);
+    let counts = running::tally(&mails);
+    assert!(counts.values().all(|&n| n == 1), "{counts:#?}");
+    daemon.terminate();
+}

@@ -458,6 +458,10 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                 tokio::pin!(reload, state);
                 reload.as_mut().enable();
                 state.as_mut().enable();
+                // A confirmation through this daemon releases a held run at once.
+                if let Err(e) = deliverer.hold_dropped().await {
+                    tracing::error!("holding the runs of stopped mailings: {e}");
+                }
                 let wait = match scheduler.tick().await {
                     Ok(tick) => {
                         if !tick.created.is_empty() {
@@ -489,8 +493,9 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
 
     // Recovery of expired leases (a dead instance) and finishing runs.
     let recovery_task = {
-        let (store, clock, site_changed, mut stop) = (
+        let (store, deliverer, clock, site_changed, mut stop) = (
             store.clone(),
+            deliverer.clone(),
             clock.clone(),
             site_changed.clone(),
             stop_rx.clone(),
@@ -519,6 +524,11 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                     }
                     Ok(_) => {}
                     Err(e) => tracing::error!("finishing runs: {e}"),
+                }
+                // An owner confirmed on another daemon, or a hold that a failed query left
+                // stale.
+                if let Err(e) = deliverer.hold_dropped().await {
+                    tracing::error!("holding the runs of stopped mailings: {e}");
                 }
             }
         })

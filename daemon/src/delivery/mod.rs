@@ -71,6 +71,9 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// How often an idle worker looks for due work when nobody wakes it (retries coming due).
     pub idle_poll: Duration,
+    /// `[users] require_verification`: an owner whose address is not confirmed has their
+    /// unfinished runs held.
+    pub require_verification: bool,
 }
 
 impl Settings {
@@ -91,6 +94,7 @@ impl Settings {
                 max_total: d.give_up_after.0,
             },
             idle_poll: Duration::from_secs(1),
+            require_verification: config.users.require_verification,
         }
     }
 }
@@ -229,8 +233,8 @@ struct HaltSets {
     /// Owner → why.
     owners: HashMap<String, String>,
     /// Mailings the catalog in use does not send (deleted from the repository, left out
-    /// for an error, or `enabled = false`) → why. Their deliveries are held, not skipped:
-    /// they go out once the mailing is back.
+    /// for an error, `enabled = false`, or of an owner not confirmed) → why. Their
+    /// deliveries are held, not skipped: they go out once the mailing is back.
     held: HashMap<String, String>,
     /// The unfinished runs of the `held` mailings, which claims leave alone.
     held_runs: Vec<RunId>,
@@ -464,22 +468,46 @@ impl Deliverer {
     }
 
     /// Hold the unfinished runs of the mailings the catalog in use does not send: deleted
-    /// from the repository, left out for an error, or `enabled = false`. Their queued
-    /// deliveries stay queued (a checkout caught halfway must not skip anyone for good) and
-    /// go out when the mailing is back; a manager's `disable` skips them instead. Called at
-    /// start and after every reload; logs what it starts and stops holding.
+    /// from the repository, left out for an error, `enabled = false`, or of an owner whose
+    /// address is not confirmed (users.toml changed it, with verification required). Their
+    /// queued deliveries stay queued (a checkout caught halfway must not skip anyone for
+    /// good) and go out when the mailing is back or the address confirmed; a manager's
+    /// `disable` skips them instead. Called at start, after every reload and at each
+    /// recovery pass (a confirmation may reach another daemon); logs what it starts and
+    /// stops holding.
     pub async fn hold_dropped(&self) -> Result<(), skychimp_storage::StorageError> {
         let catalog = self
             .catalog
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let sending = self.store.mailings_sending().await?;
+        let unverified = if self.settings.require_verification && !sending.is_empty() {
+            let states: HashMap<String, skychimp_storage::UserState> = self
+                .store
+                .user_states()
+                .await?
+                .into_iter()
+                .map(|u| (u.user_id.clone(), u))
+                .collect();
+            catalog
+                .users()
+                .iter()
+                .filter(|(id, u)| !states.get(*id).is_some_and(|s| s.is_verified_for(&u.email)))
+                .map(|(id, _)| id.clone())
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let mut held = HashMap::new();
         let mut runs = Vec::new();
-        for id in self.store.mailings_sending().await? {
+        for id in sending {
             let why = match catalog.mailings().get(&id) {
                 None => "it is not in the repository (deleted, or left out for an error)",
                 Some(m) if !m.enabled => "it is paused (enabled = false)",
+                Some(m) if unverified.contains(&m.owner) => {
+                    "its owner has not confirmed their address"
+                }
                 Some(_) => continue,
             };
             let unfinished = self.store.runs_of(&id).await?;

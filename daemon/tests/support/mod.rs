@@ -322,6 +322,7 @@ pub fn settings(concurrency: usize) -> Settings {
             max_total: Duration::from_secs(86_400),
         },
         idle_poll: Duration::from_millis(10),
+        require_verification: false,
     }
 }
 
