@@ -837,3 +837,20 @@ fn site_build_refuses_a_folder_it_did_not_make_and_exits_2() {
         "years of work\n"
     );
 }
+
+/// A symlink within an owner's own folders is theirs to use (another owner's is refused:
+/// see the check corpus).
+#[test]
+fn a_symlink_to_the_owners_own_list_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    std::os::unix::fs::symlink(
+        "newsletter.toml",
+        dir.path().join("clients/alice/readers.toml"),
+    )
+    .unwrap();
+    let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout_text());
+    let said = out.stderr_text();
+    assert!(said.contains("4 lists (6 clients)"), "{said}");
+}

@@ -57,7 +57,7 @@ pub fn discover(root: &Path) -> std::io::Result<(Vec<Entry>, Vec<Problem>)> {
         problems: Vec::new(),
     };
     let users = root.join("users.toml");
-    match walk.resolve(&users, Path::new("users.toml")) {
+    match walk.resolve(&users, Path::new("users.toml"), None) {
         Some(Target::File(abs)) => walk.entries.push(Entry {
             rel: "users.toml".into(),
             abs,
@@ -99,19 +99,36 @@ impl Walk<'_> {
             .push(Problem::warning(rel.as_ref(), Pos::START, message));
     }
 
-    /// Follow a symlink if it stays inside the repository.
-    fn resolve(&mut self, abs: &Path, rel: &Path) -> Option<Target> {
+    /// Follow a symlink if it stays inside the repository and, under an owner's folder,
+    /// inside that owner's own folders: a link from `clients/alice/` to Bob's list would
+    /// let Alice mail Bob's clients, whose unsubscribes are kept as Bob's.
+    fn resolve(&mut self, abs: &Path, rel: &Path, owner: Option<&str>) -> Option<Target> {
         let meta = std::fs::symlink_metadata(abs).ok()?;
         let target = if meta.file_type().is_symlink() {
             match abs.canonicalize() {
-                Ok(t) if t.starts_with(&self.canonical_root) => t,
-                Ok(t) => {
+                Ok(t) if !t.starts_with(&self.canonical_root) => {
                     self.problem(
                         rel,
                         format!("symlink points outside the repository (to {})", t.display()),
                     );
                     return None;
                 }
+                Ok(t) => match owner {
+                    Some(owner) if !self.owned_by(&t, owner) => {
+                        let to = t.strip_prefix(&self.canonical_root).unwrap_or(&t);
+                        self.problem(
+                            rel,
+                            format!(
+                                "symlink points outside {owner}'s own folders (to {}): an \
+                                 owner's lists and messages must be in clients/{owner}/ or \
+                                 mailings/{owner}/",
+                                to.display()
+                            ),
+                        );
+                        return None;
+                    }
+                    _ => t,
+                },
                 Err(_) => {
                     self.problem(rel, "broken symlink");
                     return None;
@@ -125,6 +142,16 @@ impl Walk<'_> {
         } else {
             Some(Target::File(target))
         }
+    }
+
+    /// Whether the canonical path `target` is in `clients/<owner>/` or `mailings/<owner>/`.
+    fn owned_by(&self, target: &Path, owner: &str) -> bool {
+        ["clients", "mailings"].iter().any(|top| {
+            self.canonical_root
+                .join(top)
+                .canonicalize()
+                .is_ok_and(|top| target.starts_with(top.join(owner)))
+        })
     }
 
     /// Sorted, non-hidden children of a folder.
@@ -143,12 +170,12 @@ impl Walk<'_> {
 
     fn owners(&mut self, top: &str, mailings: bool) -> std::io::Result<()> {
         let dir = self.root.join(top);
-        let Some(Target::Dir(dir)) = self.resolve(&dir, Path::new(top)) else {
+        let Some(Target::Dir(dir)) = self.resolve(&dir, Path::new(top), None) else {
             return Ok(());
         };
         for (owner, path) in Self::children(&dir)? {
             let rel = Path::new(top).join(&owner);
-            match self.resolve(&path, &rel) {
+            match self.resolve(&path, &rel, Some(&owner)) {
                 Some(Target::Dir(owner_dir)) => {
                     if !valid_name(&owner) {
                         self.problem(&rel, name_problem("owner folder", &owner));
@@ -177,7 +204,7 @@ impl Walk<'_> {
     ) -> std::io::Result<()> {
         for (name, path) in Self::children(dir)? {
             let rel = rel_dir.join(&name);
-            match self.resolve(&path, &rel) {
+            match self.resolve(&path, &rel, Some(owner)) {
                 Some(Target::Dir(sub)) => {
                     if mailings && depth == 0 && name == "messages" {
                         self.files(&sub, &rel, owner, mailings, 1)?;
