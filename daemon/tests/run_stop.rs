@@ -188,3 +188,51 @@ fn sigint_mid_send_records_what_went_and_leaves_the_rest_queued() {
     );
     assert!(r[0]["queued"].as_u64().unwrap() > 0, "{r}");
 }
+
+/// A manager who disables the mailing while `skychimpd send` runs (here: what
+/// `POST …/disable` writes, from another process) skips the rest; `send` says so and
+/// exits 1, since not every recipient got the message.
+#[test]
+fn a_send_a_manager_stops_exits_1_and_says_why() {
+    let Some((sink, dir)) = blast() else { return };
+    let root = dir.path();
+    let url = sink.url();
+    let mut env = env(&url).to_vec();
+    // 200 a second: the run lasts 10 s, the disable comes after about half of one.
+    env.push(("SKYCHIMP_SMTP_RATE", "200"));
+    let send = running::command(root, &["send", "alice/blast"], &env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("100 messages at the sink", || received(&sink).len() >= 100);
+    let db = format!("sqlite://{}", root.join("var/skychimp.db").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let skipped = rt.block_on(async {
+        use skychimp_storage::{Storage, Store};
+        let store = Store::connect(&db).await.unwrap();
+        let now = chrono::Utc::now();
+        store
+            .set_mailing_disabled("alice/blast", true, Some("complaints"), now)
+            .await
+            .unwrap();
+        store
+            .skip_queued_for_mailing(
+                "alice/blast",
+                "mailing disabled by a manager: complaints",
+                now,
+            )
+            .await
+            .unwrap()
+    });
+    let out = send.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(skipped > 0, "the run ended before the disable: {said}");
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("stopped: mailing `alice/blast` is disabled by a manager (complaints); "),
+        "{said}"
+    );
+    let r = report(root, &env);
+    assert!(r[0]["skipped"].as_u64().unwrap() >= skipped, "{r}");
+}

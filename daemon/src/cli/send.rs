@@ -199,13 +199,26 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         if left > 0 {
             outln!("stopped before the end: {left} left queued, which `skychimpd run` sends")?;
         }
-        // 0 only when every recipient got the message (or was skipped): a script must not
-        // read "nothing reached anyone yet" as success, even if the daemon retries later.
-        Ok(if r.failed + r.deferred + r.unknown + left > 0 {
-            ExitCode::from(1)
+        // A manager who disabled the mailing or blocked its owner meanwhile skipped the
+        // rest: not a run that reached everyone.
+        let stopped = if r.skipped > 0 {
+            refusal(&setup, Some(&store), &catalog, &mailing).await?
         } else {
-            ExitCode::SUCCESS
-        })
+            None
+        };
+        if let Some(why) = &stopped {
+            outln!("stopped: {why}; {} skipped", r.skipped)?;
+        }
+        // 0 only when every recipient got the message (or was skipped as unsubscribed): a
+        // script must not read "nothing reached anyone yet" as success, even if the daemon
+        // retries later.
+        Ok(
+            if r.failed + r.deferred + r.unknown + left > 0 || stopped.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            },
+        )
     })
 }
 
