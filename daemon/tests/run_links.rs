@@ -348,3 +348,45 @@ fn a_run_waits_while_its_owners_new_address_is_unconfirmed() {
     assert!(counts.values().all(|&n| n == 1), "{counts:#?}");
     daemon.terminate();
 }
+
+/// Opening an expired link mails a new one at once (before, the owner waited for the next
+/// start or reload). Eight days pass for the link: its record is aged in the database and
+/// the link opened is one the daemon's secret signed with that age's expiry.
+#[test]
+fn an_expired_link_brings_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    repository(root);
+    let out = root.join("var/outbox");
+    let secret = "a-test-token-secret-of-enough-length";
+    let env = [("SKYCHIMP_NOW", NOW), ("SKYCHIMP_TOKEN_SECRET", secret)];
+    let daemon = Daemon::start("expired-link", root, &env);
+    let links = |mails: &[Mail]| {
+        mails
+            .iter()
+            .filter(|m| m.to == "alice@example.com" && m.subject == CONFIRM)
+            .count()
+    };
+    wait_outbox(&out, "alice's link", |m| links(m) == 1);
+    let now = chrono::DateTime::parse_from_rfc3339(NOW).unwrap();
+    let sent = now - chrono::Duration::days(8);
+    let aged = std::process::Command::new("sqlite3")
+        .arg(root.join("var/skychimp.db"))
+        .arg(format!(
+            "UPDATE user_state SET verification_sent_at = {} WHERE user_id = 'alice'",
+            sent.timestamp_millis()
+        ))
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    let expires = (sent + chrono::Duration::days(7)).timestamp().to_string();
+    let token = skychimpd::tokens::TokenSecret::from_bytes(secret).sign(
+        "verify",
+        &["alice", "alice@example.com", "old-nonce", &expires],
+    );
+    let (status, page) = daemon.get(&format!("/verify/{token}"));
+    assert_eq!(status, 410, "{page}");
+    assert!(page.contains("A new one is on its way"), "{page}");
+    wait_outbox(&out, "a second link to alice", |m| links(m) == 2);
+    daemon.terminate();
+}

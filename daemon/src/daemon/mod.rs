@@ -240,10 +240,11 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
     let reloaded = Arc::new(Notify::new());
     // Verification links: at start and after each reload.
     let verify_task = {
-        let (verifier, transport, reloaded, mut stop) = (
+        let (verifier, transport, reloaded, state_changed, mut stop) = (
             verifier.clone(),
             transport.clone(),
             reloaded.clone(),
+            state_changed.clone(),
             stop_rx.clone(),
         );
         let enabled = config.users.require_verification;
@@ -257,10 +258,13 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
             // waits backoff, doubled each time, up to backoff_max; a reload does not wait.
             let mut failures: u32 = 0;
             loop {
-                // Registered before the pass, so a reload during it is not lost.
+                // Registered before the pass, so a reload (or an expired link opened: a
+                // state change) during it is not lost.
                 let reload = reloaded.notified();
-                tokio::pin!(reload);
+                let state = state_changed.notified();
+                tokio::pin!(reload, state);
                 reload.as_mut().enable();
+                state.as_mut().enable();
                 match verifier.send_pending(&mut sender).await {
                     Ok(pass) if pass.deferred.is_empty() => failures = 0,
                     Ok(_) => failures = failures.saturating_add(1),
@@ -276,6 +280,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                 });
                 tokio::select! {
                     _ = &mut reload => {}
+                    _ = &mut state => {}
                     _ = async {
                         match retry {
                             Some(after) => tokio::time::sleep(after).await,

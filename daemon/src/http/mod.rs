@@ -280,13 +280,17 @@ fn verify(state: &HttpState, token: &str) -> Reply {
                 "A newer confirmation link was sent, or the address changed. Use the latest email you received.",
             ),
         ),
-        Ok(Verified::Expired) => Reply::html(
-            410,
-            pages::page(
-                "Link expired",
-                "This confirmation link has expired. A new one is sent when the daemon next starts or reloads.",
-            ),
-        ),
+        Ok(Verified::Expired) => {
+            // The verifier's next pass mails a new link (the expired one no longer counts).
+            state.state_changed.notify_waiters();
+            Reply::html(
+                410,
+                pages::page(
+                    "Link expired",
+                    "This confirmation link has expired. A new one is on its way to your address: use the latest email you receive.",
+                ),
+            )
+        }
         Ok(Verified::Invalid) => Reply::html(
             400,
             pages::page(
