@@ -721,6 +721,17 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Zola reads `post.fr.md` (and `_index.fr.md`) as a translation: built as a page of
+    // its own here, it would be a silently different site.
+    if let Some((_, language)) = file_name.trim_end_matches(".md").split_once('.') {
+        return Err(SiteError::invalid(
+            file,
+            format!(
+                "`{file_name}` is a translation (language `{language}`, after the first `.`), \
+                 and languages are not supported: rename the file without a `.`"
+            ),
+        ));
+    }
 
     if file_name == "_index.md" {
         let meta: SectionFrontMatter = toml::from_str(toml_text)

@@ -266,6 +266,16 @@ fn a_bad_front_matter_value_names_its_line() {
     }
 }
 
+/// `post.fr.md` is Zola's translation of `post.md`: refused, not built as a page of its own.
+#[test]
+fn a_translation_file_is_refused() {
+    for rel in ["content/post.fr.md", "content/_index.fr.md"] {
+        let msg = error_of(&[(rel, "+++\ntitle = \"Bonjour\"\n+++\n")]);
+        assert_names(&msg, rel);
+        assert!(msg.contains("is a translation (language `fr`"), "{msg}");
+    }
+}
+
 #[test]
 fn two_pages_on_one_path_are_refused() {
     let msg = error_of(&[(
