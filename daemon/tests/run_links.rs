@@ -167,7 +167,9 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
     let (status, page) = daemon.get(&unsubscribe);
     assert_eq!(status, 200, "{page}");
     assert!(
-        page.contains("ivan@example.com") && page.contains("method=\"post\""),
+        page.contains("ivan@example.com")
+            && page.contains("from Alice (alice)")
+            && page.contains("method=\"post\""),
         "{page}"
     );
     write(

@@ -347,7 +347,7 @@ fn cached(
     Ok(reply)
 }
 
-fn catalog(state: &HttpState) -> std::sync::Arc<crate::catalog::Catalog> {
+pub(super) fn catalog(state: &HttpState) -> std::sync::Arc<crate::catalog::Catalog> {
     state
         .catalog
         .read()

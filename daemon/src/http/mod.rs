@@ -330,7 +330,15 @@ fn unsubscribe_page(state: &HttpState, token: &str) -> Reply {
                     ),
                 ),
                 // The form does not need the database; the POST will say if it is down.
-                _ => Reply::html(200, pages::unsubscribe_form(&mailing, &address)),
+                _ => {
+                    // The sender as the recipient knows them: the owner's name from
+                    // users.toml (their id when they are gone from it).
+                    let name = api::catalog(state)
+                        .users()
+                        .get(owner)
+                        .map_or_else(|| owner.to_string(), |u| format!("{} ({owner})", u.name));
+                    Reply::html(200, pages::unsubscribe_form(&name, &address))
+                }
             }
         }
         Err(_) => Reply::html(

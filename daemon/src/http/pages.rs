@@ -23,13 +23,13 @@ pub fn page(title: &str, text: &str) -> String {
 
 /// The confirmation page behind a GET of an unsubscribe link: a GET must not unsubscribe,
 /// since mail scanners follow links; the button POSTs.
-pub fn unsubscribe_form(mailing: &str, address: &str) -> String {
+pub fn unsubscribe_form(sender: &str, address: &str) -> String {
     layout(
         "Unsubscribe",
         &format!(
-            "<p>Stop sending mailings from this sender (<code>{}</code>) to <strong>{}</strong>?</p>\
+            "<p>Stop sending mailings from {} to <strong>{}</strong>?</p>\
              <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>",
-            escape(mailing.split('/').next().unwrap_or(mailing)),
+            escape(sender),
             escape(address)
         ),
     )
