@@ -692,6 +692,27 @@ fn stays_inside(file: &Path, field: &str, value: &str) -> Result<(), SiteError> 
     Ok(())
 }
 
+/// A title or description goes into the feeds, and XML 1.0 cannot carry a control
+/// character other than tab and line breaks, even escaped: refused rather than written
+/// into an `atom.xml` that readers reject.
+fn feed_text(file: &Path, key: &str, text: Option<&str>) -> Result<(), SiteError> {
+    let bad = text.and_then(|t| {
+        t.chars()
+            .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    });
+    match bad {
+        Some(c) => Err(invalid_key(
+            file,
+            key,
+            format!(
+                "`{key}` holds the control character U+{:04X}, which no feed can carry",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An error about the front matter key `key` of `file`, at the line that sets it. The file
 /// is read again: this is the error path, and the loaded page keeps no positions.
 pub(crate) fn invalid_key(file: &Path, key: &str, message: impl Into<String>) -> SiteError {
@@ -736,6 +757,8 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
     if file_name == "_index.md" {
         let meta: SectionFrontMatter = toml::from_str(toml_text)
             .map_err(|e| SiteError::toml(file, toml_text, &e, toml_line_offset))?;
+        feed_text(file, "title", meta.title.as_deref())?;
+        feed_text(file, "description", meta.description.as_deref())?;
         let dir = relative_path.trim_end_matches("_index.md");
         let path: String = {
             let mut p = String::from("/");
@@ -774,6 +797,8 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
 
     let meta: PageFrontMatter = toml::from_str(toml_text)
         .map_err(|e| SiteError::toml(file, toml_text, &e, toml_line_offset))?;
+    feed_text(file, "title", meta.title.as_deref())?;
+    feed_text(file, "description", meta.description.as_deref())?;
     if meta.draft {
         let bundle = (file_name == "index.md")
             .then(|| relative_path.trim_end_matches("index.md").to_string());

@@ -260,6 +260,10 @@ fn a_bad_front_matter_value_names_its_line() {
             "+++\ntitle = \"Post\"\n[taxonomies]\nflavours = [\"a\"]\n+++\n",
             "content/post.md:4: taxonomy `flavours` is not defined",
         ),
+        (
+            "+++\ntitle = \"Post \\u0007 ding\"\n+++\n",
+            "content/post.md:2: `title` holds the control character U+0007",
+        ),
     ] {
         let msg = error_of(&[("content/post.md", text)]);
         assert_names(&msg, expected);
