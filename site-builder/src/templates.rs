@@ -111,6 +111,20 @@ const BUILTIN_ALIAS: &str = r#"<!doctype html>
 </html>
 "#;
 
+/// Zola's functions and filters that this builder does not have (image processing, hashes,
+/// translations, Zola's own extra filters).
+const ZOLA_ONLY: &[&str] = &[
+    "resize_image",
+    "get_image_metadata",
+    "get_hash",
+    "get_taxonomy_term",
+    "trans",
+    "base64_encode",
+    "base64_decode",
+    "regex_replace",
+    "num_format",
+];
+
 /// The loaded templates, with the source of each user template kept for error locations.
 pub struct Templates {
     /// The Tera instance every render uses.
@@ -262,7 +276,8 @@ impl Templates {
         self.check_names()
     }
 
-    /// Refuses unknown functions, filters and tests, naming `file:line`.
+    /// Refuses unknown functions, filters and tests, naming `file:line`. One that Zola has
+    /// ([`ZOLA_ONLY`]) is named as such, not as a misspelling.
     fn check_names(&self) -> Result<(), SiteError> {
         let mut names: Vec<&String> = self.sources.keys().collect();
         names.sort();
@@ -300,9 +315,14 @@ impl Templates {
                             line,
                             col: None,
                         },
-                        message: format!(
-                            "unknown {what} `{used}` (Zola and Tera have no such {what})"
-                        ),
+                        message: if ZOLA_ONLY.contains(&used.as_str()) {
+                            format!(
+                                "{what} `{used}` is Zola's, but this builder does not support \
+                                 it (see the README's list of what it supports)"
+                            )
+                        } else {
+                            format!("unknown {what} `{used}` (Zola and Tera have no such {what})")
+                        },
                     });
                 }
             }

@@ -82,6 +82,16 @@ fn unknown_function_names_file_and_line() {
     )]);
     assert_names(&msg, "templates/index.html:3");
     assert!(msg.contains("unknown function `get_pgae`"), "{msg}");
+    // Zola's own, not a misspelling: said so.
+    let msg = error_of(&[(
+        "templates/index.html",
+        "<h1>ok</h1>\n{{ get_hash(path=\"x.css\") }}\n",
+    )]);
+    assert_names(&msg, "templates/index.html:2");
+    assert!(
+        msg.contains("function `get_hash` is Zola's, but this builder does not support it"),
+        "{msg}"
+    );
 }
 
 #[test]
