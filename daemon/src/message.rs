@@ -100,6 +100,11 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
         .map_err(|e| located(&e, source))?;
     let refused = tera.get_template("template").ok().and_then(|template| {
         let names = skychimp_site::tera_names::names(&template.ast);
+        let recursion = recursive_macro(&template.ast).map(|(name, through)| {
+            let message =
+                format!("template: macro `{name}` calls itself{through}: a message cannot recurse");
+            (name.to_string(), message)
+        });
         let function = refused_function(&names).map(|name| {
             let message = format!(
                 "template: a message cannot call `{name}()`; it may call {}",
@@ -107,7 +112,7 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
             );
             (name.to_string(), message)
         });
-        function.or_else(|| {
+        recursion.or(function).or_else(|| {
             unknown_variable(&names).map(|name| {
                 let message = format!(
                     "template: no variable `{name}`; a message has {}",
@@ -144,15 +149,20 @@ pub const VARIABLES: [&str; 8] = [
     "owner.email",
 ];
 
-/// The functions a message may call: Tera's `range` and `throw`. Tera's others are refused:
+/// The functions a message may call: Tera's `range` (at most [`RANGE_MAX`] numbers) and
+/// `throw`. Tera's others are refused:
 /// `get_env` would read the daemon's environment (the manager keys, the SMTP password) into
 /// mail an owner can send themselves, and `now` and `get_random` would make a preview, the
 /// message sent and its retry differ.
 pub const FUNCTIONS: [&str; 2] = ["range", "throw"];
 
+/// The most numbers one `range` gives a message: enough for any list a person reads, few
+/// enough that a loop cannot hold up `check` or a run.
+pub const RANGE_MAX: i64 = 1000;
+
 /// The Tera that message templates are compiled with: Tera's own, with the functions a
-/// message may not call replaced by ones that fail. `check` refuses such calls first; this
-/// is the last line of defence.
+/// message may not call replaced by ones that fail, and `range` bounded by [`RANGE_MAX`].
+/// `check` refuses such calls first; this is the last line of defence.
 pub fn tera() -> tera::Tera {
     let mut tera = tera::Tera::default();
     for name in ["get_env", "now", "get_random"] {
@@ -162,7 +172,97 @@ pub fn tera() -> tera::Tera {
             )))
         });
     }
+    tera.register_function("range", bounded_range);
     tera
+}
+
+/// Tera's `range(end, start=0, step_by=1)`, refusing more than [`RANGE_MAX`] numbers.
+fn bounded_range(args: &HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
+    let number = |name: &str, default: Option<i64>| match args.get(name) {
+        Some(v) => v.as_i64().ok_or_else(|| {
+            tera::Error::msg(format!("range: `{name}` must be a whole number, not {v}"))
+        }),
+        None => default.ok_or_else(|| tera::Error::msg(format!("range: `{name}` is required"))),
+    };
+    let (start, end, step) = (
+        number("start", Some(0))?,
+        number("end", None)?,
+        number("step_by", Some(1))?,
+    );
+    if step <= 0 {
+        return Err(tera::Error::msg("range: `step_by` must be 1 or more"));
+    }
+    let count = (end.saturating_sub(start).max(0) + step - 1) / step;
+    if count > RANGE_MAX {
+        return Err(tera::Error::msg(format!(
+            "range: {count} numbers, more than the {RANGE_MAX} a message may loop over"
+        )));
+    }
+    let numbers: Vec<i64> = (0..count).map(|i| start + i * step).collect();
+    Ok(tera::Value::from(numbers))
+}
+
+/// A macro of `ast` that calls itself, directly or through others (`" (through `b`)"`):
+/// Tera would recurse until the process's stack overflows, taking `check` or the daemon
+/// down with it.
+pub fn recursive_macro(ast: &[tera::ast::Node]) -> Option<(&str, String)> {
+    use skychimp_site::tera_names::{Name, names};
+    let calls: HashMap<&str, Vec<&str>> = ast
+        .iter()
+        .filter_map(|node| match node {
+            tera::ast::Node::MacroDefinition(_, def, _) => {
+                let called = names(&def.body)
+                    .into_iter()
+                    .filter_map(|n| match n {
+                        Name::Macro(m) => Some(m),
+                        _ => None,
+                    })
+                    .collect();
+                Some((def.name.as_str(), called))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut names: Vec<&str> = calls.keys().copied().collect();
+    names.sort_unstable();
+    // From each macro, the macros it reaches; a path back to itself is a recursion.
+    names.into_iter().find_map(|first| {
+        let mut path = vec![first];
+        let mut seen = std::collections::HashSet::new();
+        reaches(&calls, first, first, &mut path, &mut seen).then(|| {
+            let through: Vec<String> = path[1..].iter().map(|m| format!("`{m}`")).collect();
+            let through = if through.is_empty() {
+                String::new()
+            } else {
+                format!(" (through {})", through.join(", "))
+            };
+            (first, through)
+        })
+    })
+}
+
+/// Whether `target` is called from `from`, depth first; `path` ends with the macros in
+/// between when it is.
+fn reaches<'a>(
+    calls: &HashMap<&'a str, Vec<&'a str>>,
+    from: &'a str,
+    target: &str,
+    path: &mut Vec<&'a str>,
+    seen: &mut std::collections::HashSet<&'a str>,
+) -> bool {
+    for &next in calls.get(from).map(Vec::as_slice).unwrap_or_default() {
+        if next == target {
+            return true;
+        }
+        if seen.insert(next) {
+            path.push(next);
+            if reaches(calls, next, target, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+    }
+    false
 }
 
 /// The first function of `names` that a message may not call.
@@ -312,6 +412,47 @@ mod tests {
 
     /// A variable no message has is refused wherever it is read, also where Tera would
     /// take it as false; names the template binds itself are its own.
+    #[test]
+    fn a_message_cannot_recurse_or_loop_without_bound() {
+        for (source, expected, at) in [
+            (
+                "{% macro f(n) %}{{ self::f(n=n) }}{% endmacro f %}{{ self::f(n=1) }}",
+                "template: macro `f` calls itself: a message cannot recurse",
+                (1, 10),
+            ),
+            (
+                "{% macro a() %}{{ self::b() }}{% endmacro a %}\n\
+                 {% macro b() %}{{ self::c() }}{% endmacro b %}\n\
+                 {% macro c() %}{{ self::a() }}{% endmacro c %}{{ self::a() }}",
+                "template: macro `a` calls itself (through `b`, `c`): a message cannot recurse",
+                (1, 10),
+            ),
+        ] {
+            let e = check(source).unwrap_err();
+            assert_eq!(e.message, expected, "{source}");
+            assert_eq!((e.line, e.column), at, "{source}");
+        }
+        let e = check("{% for i in range(end=100000000) %}{{ i }}{% endfor %}").unwrap_err();
+        assert!(
+            e.message
+                .contains("range: 100000000 numbers, more than the 1000 a message may loop over"),
+            "{}",
+            e.message
+        );
+        for fine in [
+            "{% for i in range(end=1000) %}{% endfor %}",
+            "{% for i in range(start=5, end=2005, step_by=2) %}{{ i }}{% endfor %}",
+            "{% macro a() %}A{% endmacro a %}{% macro b() %}{{ self::a() }}{{ self::a() }}\
+             {% endmacro b %}{{ self::b() }}",
+        ] {
+            assert_eq!(check(fine), Ok(()), "{fine}");
+        }
+        let mut tera = tera();
+        tera.add_raw_template("t", "{{ range(end=5, start=1) | join(sep=\",\") }}")
+            .unwrap();
+        assert_eq!(tera.render("t", &tera::Context::new()).unwrap(), "1,2,3,4");
+    }
+
     #[test]
     fn functions_that_leak_or_vary_are_refused() {
         for (source, name, at) in [

@@ -291,7 +291,7 @@ impl Templates {
                     Name::Function(f) => Some((Kind::Function, f.to_string())),
                     Name::Filter(f) => Some((Kind::Filter, f.to_string())),
                     Name::Test(t) => Some((Kind::Test, t.to_string())),
-                    Name::Variable(_) | Name::Bound(_) => None,
+                    Name::Variable(_) | Name::Bound(_) | Name::Macro(_) => None,
                 });
             for (kind, used) in found {
                 let known = match kind {

@@ -17,6 +17,8 @@ pub enum Name<'t> {
     Test(&'t str),
     /// A function called: `get_url(…)`.
     Function(&'t str),
+    /// A macro called: `self::card(…)` is `card`.
+    Macro(&'t str),
 }
 
 /// Every name `nodes` use or bind, in the order of the source. A `{% filter %}` section's
@@ -105,7 +107,10 @@ fn value<'t>(v: &'t ExprVal, out: &mut Vec<Name<'t>>) {
             out.push(Name::Test(&t.name));
             t.args.iter().for_each(|a| expr(a, out));
         }
-        ExprVal::MacroCall(call) => call.args.values().for_each(|a| expr(a, out)),
+        ExprVal::MacroCall(call) => {
+            out.push(Name::Macro(&call.name));
+            call.args.values().for_each(|a| expr(a, out));
+        }
         ExprVal::FunctionCall(call) => {
             out.push(Name::Function(&call.name));
             call.args.values().for_each(|a| expr(a, out));

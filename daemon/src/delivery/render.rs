@@ -150,6 +150,14 @@ impl Renderer {
         // are escaped before they go in (see the module documentation).
         let mut tera = crate::message::tera();
         tera.add_raw_templates(vec![("subject", subject), ("body", body)])?;
+        // `check` refuses these; a run created before it did must not crash the daemon.
+        for name in ["subject", "body"] {
+            if let Some((m, _)) = crate::message::recursive_macro(&tera.get_template(name)?.ast) {
+                return Err(tera::Error::msg(format!(
+                    "macro `{m}` calls itself: a message cannot recurse"
+                )));
+            }
+        }
         let mut text_base = Context::new();
         text_base.insert("mailing", &mailing);
         text_base.insert("owner", &owner);
