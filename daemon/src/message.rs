@@ -105,6 +105,12 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
                 format!("template: macro `{name}` calls itself{through}: a message cannot recurse");
             (name.to_string(), message)
         });
+        let tag = refused_tag(&template.ast).map(|tag| {
+            let message =
+                format!("template: a message is one template and cannot use `{{% {tag} %}}`");
+            (tag.to_string(), message)
+        });
+        let recursion = tag.or(recursion);
         let function = refused_function(&names).map(|name| {
             let message = format!(
                 "template: a message cannot call `{name}()`; it may call {}",
@@ -200,6 +206,35 @@ fn bounded_range(args: &HashMap<String, tera::Value>) -> tera::Result<tera::Valu
     }
     let numbers: Vec<i64> = (0..count).map(|i| start + i * step).collect();
     Ok(tera::Value::from(numbers))
+}
+
+/// The first tag of `ast` that reaches for another template: `include`, `extends` or
+/// `import`. A message has no other template to reach, and the renderer's two (`subject`
+/// and `body`) could include each other, or themselves, until the stack overflows.
+pub fn refused_tag(ast: &[tera::ast::Node]) -> Option<&'static str> {
+    use tera::ast::Node;
+    ast.iter().find_map(|node| match node {
+        Node::Include(..) => Some("include"),
+        Node::Extends(..) => Some("extends"),
+        Node::ImportMacro(..) => Some("import"),
+        Node::MacroDefinition(_, def, _) => refused_tag(&def.body),
+        Node::FilterSection(_, section, _) => refused_tag(&section.body),
+        Node::Block(_, block, _) => refused_tag(&block.body),
+        Node::Forloop(_, each, _) => {
+            refused_tag(&each.body).or_else(|| each.empty_body.as_deref().and_then(refused_tag))
+        }
+        Node::If(branches, _) => branches
+            .conditions
+            .iter()
+            .find_map(|(_, _, body)| refused_tag(body))
+            .or_else(|| {
+                branches
+                    .otherwise
+                    .as_ref()
+                    .and_then(|(_, b)| refused_tag(b))
+            }),
+        _ => None,
+    })
 }
 
 /// A macro of `ast` that calls itself, directly or through others (`" (through `b`)"`):
@@ -432,6 +467,37 @@ mod tests {
             assert_eq!(e.message, expected, "{source}");
             assert_eq!((e.line, e.column), at, "{source}");
         }
+        for (source, tag) in [
+            ("Hello {% include \"body\" ignore missing %}", "include"),
+            (
+                "{% if client.name == \"x\" %}{% include \"subject\" ignore missing %}{% endif %}",
+                "include",
+            ),
+        ] {
+            let e = check(source).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!("template: a message is one template and cannot use `{{% {tag} %}}`"),
+                "{source}"
+            );
+        }
+        // Tera itself refuses to compile an `extends` of a template it does not have.
+        assert!(check("{% extends \"body\" %}").is_err());
+        assert!(check("{% import \"body\" as m %}x").is_err());
+        // The renderer refuses them too (a run created before `check` did).
+        let refused = crate::delivery::render::Renderer::new(
+            "s",
+            "{% include \"body\" ignore missing %}",
+            MailingVars {
+                id: "a/b",
+                title: "t",
+            },
+            OwnerVars {
+                name: "n",
+                email: "e@example.com",
+            },
+        );
+        assert!(refused.is_err());
         let e = check("{% for i in range(end=100000000) %}{{ i }}{% endfor %}").unwrap_err();
         assert!(
             e.message
