@@ -111,6 +111,20 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
             (tag.to_string(), message)
         });
         let recursion = tag.or(recursion);
+        // Only once no macro recurses: the estimate follows macro calls.
+        let repeats = if recursion.is_none() {
+            let work = work(&template.ast);
+            (work > WORK_MAX).then(|| {
+                let message = format!(
+                    "template: its loops repeat up to {work} times for each recipient; a \
+                     message may repeat at most {WORK_MAX} (nest fewer or shorter loops)"
+                );
+                ("for".to_string(), message)
+            })
+        } else {
+            None
+        };
+        let recursion = recursion.or(repeats);
         let function = refused_function(&names).map(|name| {
             let message = format!(
                 "template: a message cannot call `{name}()`; it may call {}",
@@ -206,6 +220,117 @@ fn bounded_range(args: &HashMap<String, tera::Value>) -> tera::Result<tera::Valu
     }
     let numbers: Vec<i64> = (0..count).map(|i| start + i * step).collect();
     Ok(tera::Value::from(numbers))
+}
+
+/// The most a message's loops may repeat for one recipient, by [`work`]'s estimate.
+pub const WORK_MAX: u64 = 100_000;
+
+/// An upper estimate of how many pieces rendering `ast` once produces: each loop counts
+/// its body as many times as it can repeat (a literal array's length, a literal `range`'s
+/// count, else [`RANGE_MAX`]), and each macro call the work of that macro. Loops nested
+/// over whole ranges would otherwise hold up `check` and the daemon for hours. Call it only
+/// on a template without recursive macros.
+pub fn work(ast: &[tera::ast::Node]) -> u64 {
+    use tera::ast::Node;
+    let macros: HashMap<&str, &[Node]> = ast
+        .iter()
+        .filter_map(|node| match node {
+            Node::MacroDefinition(_, def, _) => Some((def.name.as_str(), def.body.as_slice())),
+            _ => None,
+        })
+        .collect();
+    Work {
+        macros: &macros,
+        known: std::cell::RefCell::new(HashMap::new()),
+    }
+    .nodes(ast)
+}
+
+struct Work<'a> {
+    macros: &'a HashMap<&'a str, &'a [tera::ast::Node]>,
+    /// Each macro's work, once known: macros calling macros twice over would otherwise
+    /// be counted an exponential number of times.
+    known: std::cell::RefCell<HashMap<&'a str, u64>>,
+}
+
+impl Work<'_> {
+    fn nodes(&self, nodes: &[tera::ast::Node]) -> u64 {
+        use tera::ast::Node;
+        nodes
+            .iter()
+            .map(|node| match node {
+                Node::VariableBlock(_, e) => 1 + self.calls(e),
+                Node::Set(_, set) => 1 + self.calls(&set.value),
+                Node::FilterSection(_, section, _) => self.nodes(&section.body),
+                Node::Block(_, block, _) => self.nodes(&block.body),
+                Node::Forloop(_, each, _) => {
+                    let body = self.nodes(&each.body).max(1);
+                    let empty = each.empty_body.as_deref().map_or(0, |b| self.nodes(b));
+                    repeats(&each.container)
+                        .saturating_mul(body)
+                        .max(empty)
+                        .saturating_add(self.calls(&each.container))
+                }
+                Node::If(branches, _) => branches
+                    .conditions
+                    .iter()
+                    .map(|(_, condition, body)| self.calls(condition) + self.nodes(body))
+                    .chain(branches.otherwise.iter().map(|(_, body)| self.nodes(body)))
+                    .max()
+                    .unwrap_or(0),
+                // Counted where it is called.
+                Node::MacroDefinition(..) => 0,
+                _ => 1,
+            })
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The work of the macros an expression calls.
+    fn calls(&self, e: &tera::ast::Expr) -> u64 {
+        use skychimp_site::tera_names::{Name, names};
+        let node = tera::ast::Node::VariableBlock(tera::ast::WS::default(), e.clone());
+        names(std::slice::from_ref(&node))
+            .into_iter()
+            .filter_map(|n| match n {
+                Name::Macro(m) => self.macro_work(m),
+                _ => None,
+            })
+            .fold(0, u64::saturating_add)
+    }
+
+    fn macro_work(&self, name: &str) -> Option<u64> {
+        let (&name, body) = self.macros.get_key_value(name)?;
+        if let Some(&w) = self.known.borrow().get(name) {
+            return Some(w);
+        }
+        let w = self.nodes(body);
+        self.known.borrow_mut().insert(name, w);
+        Some(w)
+    }
+}
+
+/// How many times a loop over `container` can repeat.
+fn repeats(container: &tera::ast::Expr) -> u64 {
+    use tera::ast::ExprVal;
+    let bound = RANGE_MAX as u64;
+    match &container.val {
+        ExprVal::Array(items) if container.filters.is_empty() => items.len() as u64,
+        ExprVal::FunctionCall(call) if call.name == "range" && container.filters.is_empty() => {
+            let int = |name: &str, default: i64| match call.args.get(name).map(|e| &e.val) {
+                None => Some(default),
+                Some(ExprVal::Int(n)) => Some(*n),
+                Some(_) => None,
+            };
+            match (int("start", 0), int("end", i64::MAX), int("step_by", 1)) {
+                (Some(start), Some(end), Some(step)) if step > 0 && end != i64::MAX => {
+                    let count = (end.saturating_sub(start).max(0) + step - 1) / step;
+                    (count as u64).min(bound)
+                }
+                _ => bound,
+            }
+        }
+        _ => bound,
+    }
 }
 
 /// The first tag of `ast` that reaches for another template: `include`, `extends` or
@@ -498,6 +623,28 @@ mod tests {
             },
         );
         assert!(refused.is_err());
+        for source in [
+            "{% for a in range(end=1000) %}{% for b in range(end=1000) %}x{% endfor %}{% endfor %}",
+            "{% macro m() %}{% for b in range(end=500) %}x{% endfor %}{% endmacro m %}\
+             {% for a in range(end=1000) %}{{ self::m() }}{% endfor %}",
+            // Twenty macros each calling the next twice: counted once each, not 2^20 times.
+            &(0..20)
+                .map(|i| format!("{{% macro m{i}() %}}{{{{ self::m{n}() }}}}{{{{ self::m{n}() }}}}{{% endmacro m{i} %}}", n = i + 1))
+                .chain(["{% macro m20() %}{% for i in range(end=1000) %}x{% endfor %}{% endmacro m20 %}{{ self::m0() }}".to_string()])
+                .collect::<String>(),
+        ] {
+            let e = check(source).unwrap_err();
+            assert!(
+                e.message.starts_with("template: its loops repeat up to ")
+                    && e.message.ends_with("a message may repeat at most 100000 (nest fewer or shorter loops)"),
+                "{source}: {}",
+                e.message
+            );
+        }
+        assert_eq!(
+            check("{% for a in [1, 2, 3] %}{% for b in range(end=1000) %}{% endfor %}{% endfor %}"),
+            Ok(())
+        );
         let e = check("{% for i in range(end=100000000) %}{{ i }}{% endfor %}").unwrap_err();
         assert!(
             e.message
