@@ -333,15 +333,17 @@ fn repeats(container: &tera::ast::Expr) -> u64 {
     }
 }
 
-/// The first tag of `ast` that reaches for another template: `include`, `extends` or
-/// `import`. A message has no other template to reach, and the renderer's two (`subject`
-/// and `body`) could include each other, or themselves, until the stack overflows.
+/// The first tag of `ast` that a message may not use: `include`, `extends` or `import` (a
+/// message has no other template to reach, and the renderer's two, `subject` and `body`,
+/// could include each other, or themselves, until the stack overflows), and `set_global`.
 pub fn refused_tag(ast: &[tera::ast::Node]) -> Option<&'static str> {
     use tera::ast::Node;
     ast.iter().find_map(|node| match node {
         Node::Include(..) => Some("include"),
         Node::Extends(..) => Some("extends"),
         Node::ImportMacro(..) => Some("import"),
+        // A value carried from one loop pass to the next, doubled on each, fills memory.
+        Node::Set(_, set) if set.global => Some("set_global"),
         Node::MacroDefinition(_, def, _) => refused_tag(&def.body),
         Node::FilterSection(_, section, _) => refused_tag(&section.body),
         Node::Block(_, block, _) => refused_tag(&block.body),
@@ -594,6 +596,11 @@ mod tests {
         }
         for (source, tag) in [
             ("Hello {% include \"body\" ignore missing %}", "include"),
+            (
+                "{% set_global g = \"y\" %}{% for i in range(end=40) %}\
+                 {% set_global g = g ~ g %}{% endfor %}",
+                "set_global",
+            ),
             (
                 "{% if client.name == \"x\" %}{% include \"subject\" ignore missing %}{% endif %}",
                 "include",
