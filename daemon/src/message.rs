@@ -572,8 +572,8 @@ mod tests {
         check("{% if client.comment %}x{% endif %}{{ client.name | upper }}").unwrap();
     }
 
-    /// A variable no message has is refused wherever it is read, also where Tera would
-    /// take it as false; names the template binds itself are its own.
+    /// What could take `check` or the daemon down is refused: recursion, another
+    /// template, a value grown loop by loop, loops repeating past the budget.
     #[test]
     fn a_message_cannot_recurse_or_loop_without_bound() {
         for (source, expected, at) in [
@@ -673,6 +673,7 @@ mod tests {
         assert_eq!(tera.render("t", &tera::Context::new()).unwrap(), "1,2,3,4");
     }
 
+    /// Tera's functions that read the environment or differ between renders.
     #[test]
     fn functions_that_leak_or_vary_are_refused() {
         for (source, name, at) in [
@@ -715,6 +716,8 @@ mod tests {
         );
     }
 
+    /// A variable no message has is refused wherever it is read, also where Tera would
+    /// take it as false; names the template binds itself are its own.
     #[test]
     fn unknown_variables_are_refused_in_every_place() {
         for (source, name, at) in [
