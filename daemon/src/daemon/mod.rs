@@ -183,7 +183,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         handle.clone(),
         dkim,
     ));
-    deliverer.hold_dropped().await?;
+    deliverer.hold_stopped().await?;
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         handle.clone(),
@@ -432,8 +432,8 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                             "catalog reloaded"
                         );
                         *handle.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
-                        if let Err(e) = deliverer.hold_dropped().await {
-                            tracing::error!("holding the runs of dropped mailings: {e}");
+                        if let Err(e) = deliverer.hold_stopped().await {
+                            tracing::error!("holding the runs of stopped mailings: {e}");
                         }
                         crate::metrics::Metrics::inc(&metrics.reloads);
                         reloaded.notify_waiters();
@@ -464,7 +464,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                 reload.as_mut().enable();
                 state.as_mut().enable();
                 // A confirmation through this daemon releases a held run at once.
-                if let Err(e) = deliverer.hold_dropped().await {
+                if let Err(e) = deliverer.hold_stopped().await {
                     tracing::error!("holding the runs of stopped mailings: {e}");
                 }
                 let wait = match scheduler.tick().await {
@@ -532,7 +532,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
                 }
                 // An owner confirmed on another daemon, or a hold that a failed query left
                 // stale.
-                if let Err(e) = deliverer.hold_dropped().await {
+                if let Err(e) = deliverer.hold_stopped().await {
                     tracing::error!("holding the runs of stopped mailings: {e}");
                 }
             }

@@ -472,10 +472,10 @@ impl Deliverer {
     /// address is not confirmed (users.toml changed it, with verification required). Their
     /// queued deliveries stay queued (a checkout caught halfway must not skip anyone for
     /// good) and go out when the mailing is back or the address confirmed; a manager's
-    /// `disable` skips them instead. Called at start, after every reload and at each
-    /// recovery pass (a confirmation may reach another daemon); logs what it starts and
-    /// stops holding.
-    pub async fn hold_dropped(&self) -> Result<(), skychimp_storage::StorageError> {
+    /// `disable` skips them instead. Called at start, after every reload, and at each
+    /// scheduler and recovery pass (a confirmation may reach another daemon); logs what it
+    /// starts and stops holding.
+    pub async fn hold_stopped(&self) -> Result<(), skychimp_storage::StorageError> {
         let catalog = self
             .catalog
             .read()
