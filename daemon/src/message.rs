@@ -113,14 +113,23 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
         let recursion = tag.or(recursion);
         // Only once no macro recurses: the estimate follows macro calls.
         let repeats = if recursion.is_none() {
-            let work = work(&template.ast);
-            (work > WORK_MAX).then(|| {
-                let message = format!(
-                    "template: its loops repeat up to {work} times for each recipient; a \
-                     message may repeat at most {WORK_MAX} (nest fewer or shorter loops)"
-                );
-                ("for".to_string(), message)
-            })
+            let cost = work(&template.ast);
+            let message = if cost.pieces > WORK_MAX {
+                Some(format!(
+                    "template: its loops repeat up to {} times for each recipient; a message \
+                     may repeat at most {WORK_MAX} (nest fewer or shorter loops)",
+                    cost.pieces
+                ))
+            } else if cost.text > TEXT_MAX {
+                Some(format!(
+                    "template: its loops write up to {} bytes of text for each recipient; a \
+                     message may write at most {TEXT_MAX}",
+                    cost.text
+                ))
+            } else {
+                None
+            };
+            message.map(|m| ("for".to_string(), m))
         } else {
             None
         };
@@ -225,12 +234,17 @@ fn bounded_range(args: &HashMap<String, tera::Value>) -> tera::Result<tera::Valu
 /// The most a message's loops may repeat for one recipient, by [`work`]'s estimate.
 pub const WORK_MAX: u64 = 100_000;
 
-/// An upper estimate of how many pieces rendering `ast` once produces: each loop counts
-/// its body as many times as it can repeat (a literal array's length, a literal `range`'s
-/// count, else [`RANGE_MAX`]), and each macro call the work of that macro. Loops nested
-/// over whole ranges would otherwise hold up `check` and the daemon for hours. Call it only
-/// on a template without recursive macros.
-pub fn work(ast: &[tera::ast::Node]) -> u64 {
+/// The most text a message's template may write for one recipient, by [`work`]'s
+/// estimate: a message is mail, and relays refuse far less than this.
+pub const TEXT_MAX: u64 = 10_000_000;
+
+/// An upper estimate of rendering `ast` once: the pieces it evaluates and the bytes of
+/// text it writes. Each loop counts its body as many times as it can repeat (a literal
+/// array's length, a literal `range`'s count, else [`RANGE_MAX`]), and each macro call
+/// counts that macro. Loops nested over whole ranges would otherwise hold up `check` and
+/// the daemon for hours, or fill memory. Call it only on a template without recursive
+/// macros.
+pub fn work(ast: &[tera::ast::Node]) -> Cost {
     use tera::ast::Node;
     let macros: HashMap<&str, &[Node]> = ast
         .iter()
@@ -246,66 +260,102 @@ pub fn work(ast: &[tera::ast::Node]) -> u64 {
     .nodes(ast)
 }
 
+/// What rendering costs, by [`work`]'s estimate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Pieces evaluated: text, values, tags.
+    pub pieces: u64,
+    /// Bytes of literal text written.
+    pub text: u64,
+}
+
+impl Cost {
+    const ONE: Cost = Cost { pieces: 1, text: 0 };
+
+    fn plus(self, other: Cost) -> Cost {
+        Cost {
+            pieces: self.pieces.saturating_add(other.pieces),
+            text: self.text.saturating_add(other.text),
+        }
+    }
+
+    fn times(self, n: u64) -> Cost {
+        Cost {
+            pieces: self.pieces.saturating_mul(n),
+            text: self.text.saturating_mul(n),
+        }
+    }
+
+    fn max(self, other: Cost) -> Cost {
+        Cost {
+            pieces: self.pieces.max(other.pieces),
+            text: self.text.max(other.text),
+        }
+    }
+}
+
 struct Work<'a> {
     macros: &'a HashMap<&'a str, &'a [tera::ast::Node]>,
-    /// Each macro's work, once known: macros calling macros twice over would otherwise
+    /// Each macro's cost, once known: macros calling macros twice over would otherwise
     /// be counted an exponential number of times.
-    known: std::cell::RefCell<HashMap<&'a str, u64>>,
+    known: std::cell::RefCell<HashMap<&'a str, Cost>>,
 }
 
 impl Work<'_> {
-    fn nodes(&self, nodes: &[tera::ast::Node]) -> u64 {
+    fn nodes(&self, nodes: &[tera::ast::Node]) -> Cost {
         use tera::ast::Node;
         nodes
             .iter()
             .map(|node| match node {
-                Node::VariableBlock(_, e) => 1 + self.calls(e),
-                Node::Set(_, set) => 1 + self.calls(&set.value),
+                Node::Text(text) => Cost {
+                    pieces: 1,
+                    text: text.len() as u64,
+                },
+                Node::VariableBlock(_, e) => Cost::ONE.plus(self.calls(e)),
+                Node::Set(_, set) => Cost::ONE.plus(self.calls(&set.value)),
                 Node::FilterSection(_, section, _) => self.nodes(&section.body),
                 Node::Block(_, block, _) => self.nodes(&block.body),
                 Node::Forloop(_, each, _) => {
-                    let body = self.nodes(&each.body).max(1);
-                    let empty = each.empty_body.as_deref().map_or(0, |b| self.nodes(b));
-                    repeats(&each.container)
-                        .saturating_mul(body)
-                        .max(empty)
-                        .saturating_add(self.calls(&each.container))
+                    let body = self.nodes(&each.body).max(Cost::ONE);
+                    let empty = each.empty_body.as_deref().map(|b| self.nodes(b));
+                    body.times(repeats(&each.container))
+                        .max(empty.unwrap_or_default())
+                        .plus(self.calls(&each.container))
                 }
                 Node::If(branches, _) => branches
                     .conditions
                     .iter()
-                    .map(|(_, condition, body)| self.calls(condition) + self.nodes(body))
+                    .map(|(_, condition, body)| self.calls(condition).plus(self.nodes(body)))
                     .chain(branches.otherwise.iter().map(|(_, body)| self.nodes(body)))
-                    .max()
-                    .unwrap_or(0),
+                    .fold(Cost::default(), Cost::max),
                 // Counted where it is called.
-                Node::MacroDefinition(..) => 0,
-                _ => 1,
+                Node::MacroDefinition(..) => Cost::default(),
+                _ => Cost::ONE,
             })
-            .fold(0, u64::saturating_add)
+            .fold(Cost::default(), Cost::plus)
     }
 
-    /// The work of the macros an expression calls.
-    fn calls(&self, e: &tera::ast::Expr) -> u64 {
+    /// The cost of the macros an expression calls.
+    fn calls(&self, e: &tera::ast::Expr) -> Cost {
         use skychimp_site::tera_names::{Name, names};
         let node = tera::ast::Node::VariableBlock(tera::ast::WS::default(), e.clone());
         names(std::slice::from_ref(&node))
             .into_iter()
             .filter_map(|n| match n {
-                Name::Macro(m) => self.macro_work(m),
+                Name::Macro(m) => self.macro_cost(m),
                 _ => None,
             })
-            .fold(0, u64::saturating_add)
+            .fold(Cost::default(), Cost::plus)
     }
 
-    fn macro_work(&self, name: &str) -> Option<u64> {
+    fn macro_cost(&self, name: &str) -> Option<Cost> {
         let (&name, body) = self.macros.get_key_value(name)?;
-        if let Some(&w) = self.known.borrow().get(name) {
-            return Some(w);
+        if let Some(&cost) = self.known.borrow().get(name) {
+            return Some(cost);
         }
-        let w = self.nodes(body);
-        self.known.borrow_mut().insert(name, w);
-        Some(w)
+        let cost = self.nodes(body);
+        self.known.borrow_mut().insert(name, cost);
+        Some(cost)
     }
 }
 
@@ -648,6 +698,16 @@ mod tests {
                 e.message
             );
         }
+        let text = "y".repeat(20_000);
+        let e = check(&format!(
+            "{{% for a in range(end=1000) %}}{text}{{% endfor %}}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "template: its loops write up to 20000000 bytes of text for each recipient; a \
+             message may write at most 10000000"
+        );
         assert_eq!(
             check("{% for a in [1, 2, 3] %}{% for b in range(end=1000) %}{% endfor %}{% endfor %}"),
             Ok(())
