@@ -706,7 +706,7 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
             }
             print_table(&table)?;
         }
-        ManagerAction::Audit { limit, .. } => {
+        ManagerAction::Audit { limit, before } => {
             let mut table = vec![[
                 "ID".to_string(),
                 "AT".into(),
@@ -723,12 +723,16 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
                     cell(&e["key"]),
                     cell(&e["action"]),
                     cell(&e["target"]),
-                    cell(&e["reason"]),
+                    // A 64 KiB reason would widen every row: `--json` has it whole.
+                    super::shortened(&cell(&e["reason"]), 120).into_owned(),
                     cell(&e["peer"]),
                 ]);
             }
             if table.len() == 1 {
-                outln!("no manager actions yet")?;
+                match before {
+                    Some(id) => outln!("no manager actions before entry {id}")?,
+                    None => outln!("no manager actions yet")?,
+                }
             } else {
                 print_table(&table)?;
             }

@@ -338,15 +338,42 @@ pub(crate) fn as_run(cli: &Cli) -> String {
     command
 }
 
-/// `text` with every control character written as its Rust escape (`\n`, `\u{1b}`), for
-/// text from outside (a reason, an SMTP reply) printed on a terminal.
+/// `text` cut to at most `max` characters, with `…` when cut.
+pub(crate) fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
+}
+
+/// Whether `c` acts on a terminal rather than showing: a control character, a line or
+/// paragraph separator, or an invisible format character (bidirectional overrides and
+/// isolates, zero-width ones), which could reorder or hide the rest of a line.
+pub(crate) fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{061C}'
+                | '\u{FEFF}'
+        )
+}
+
+/// `text` with every [`unprintable`] character written as its Rust escape (`\n`,
+/// `\u{1b}`, `\u{202e}`), for text from outside (a reason, an SMTP reply) printed on a
+/// terminal.
 pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(unprintable) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if unprintable(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

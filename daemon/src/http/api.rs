@@ -593,12 +593,13 @@ fn reason(body: &[u8]) -> Result<Option<String>, Reply> {
     let reason = r.reason.filter(|s| !s.trim().is_empty());
     if reason
         .as_deref()
-        .is_some_and(|s| s.chars().any(char::is_control))
+        .is_some_and(|s| s.chars().any(crate::cli::unprintable))
     {
         return Err(Reply::error(
             400,
             "bad_json",
-            "the reason must be one line of text, without control characters",
+            "the reason must be one line of text, without control characters (line \
+             separators and bidirectional or zero-width marks included)",
         ));
     }
     Ok(reason)
@@ -625,7 +626,7 @@ fn audit(
         .block_on(state.store.audit(&entry))
         .map_err(db_error)?;
     // The audit row keeps the whole reason; the log line its start (a body may be 64 KiB).
-    let reason = reason.map(|r| shortened(r, 200));
+    let reason = reason.map(|r| crate::cli::shortened(r, 200));
     let reason = reason.as_deref();
     tracing::info!(key = key_id, action, target, reason, "manager action");
     Ok(())
@@ -651,14 +652,6 @@ fn audit_log(state: &HttpState, limit: u32, before: Option<i64>) -> Answer {
         200,
         &json!({ "entries": entries, "next_before": next }),
     ))
-}
-
-/// `text` cut to at most `max` characters, with `…` when cut.
-fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => format!("{}…", &text[..end]).into(),
-        None => text.into(),
-    }
 }
 
 /// Which manager decision: what it is called in the audit log and the reply, and how the
@@ -821,12 +814,35 @@ fn problems(state: &HttpState) -> Answer {
 
 #[cfg(test)]
 mod tests {
-    use super::shortened;
+    use crate::cli::{printable, shortened};
 
     #[test]
     fn long_reasons_are_cut_for_the_log_only() {
         assert_eq!(shortened("complaints", 200), "complaints");
         assert_eq!(shortened("ééééé", 3), "ééé…");
         assert_eq!(shortened(&" ".repeat(65_536), 200).chars().count(), 201);
+    }
+
+    /// A reason that would reorder or break the manager's terminal line is refused, and
+    /// tables show such characters escaped.
+    #[test]
+    fn reasons_that_act_on_a_terminal_are_refused() {
+        for reason in [
+            "\u{202e}evil\u{202c}",
+            "line\u{2028}sep",
+            "zero\u{200b}width",
+            "esc\u{1b}[2J",
+        ] {
+            let body = serde_json::json!({ "reason": reason }).to_string();
+            assert!(super::reason(body.as_bytes()).is_err(), "{reason:?}");
+        }
+        assert_eq!(
+            super::reason(br#"{"reason":"spam \u00e9t\u00e9"}"#)
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("spam été")
+        );
+        assert_eq!(printable("a\u{202e}b\u{2028}c"), "a\\u{202e}b\\u{2028}c");
     }
 }
