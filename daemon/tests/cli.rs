@@ -854,3 +854,20 @@ fn a_symlink_to_the_owners_own_list_is_read() {
     let said = out.stderr_text();
     assert!(said.contains("4 lists (6 clients)"), "{said}");
 }
+
+/// A terminal escape in an owner's file reaches the person running `check` escaped, never
+/// acted on: it could clear or recolour their terminal.
+#[test]
+fn check_shows_a_terminal_escape_from_a_file_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    std::fs::write(
+        dir.path().join("clients/alice/esc.toml"),
+        "[[client]]\nemail = \"x\\u001b[2J@example.com\"\nname = \"N\"\n",
+    )
+    .unwrap();
+    let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
+    let said = out.stdout_text();
+    assert!(said.contains("x\\u{1b}[2J@example.com"), "{said}");
+    assert!(!said.contains('\u{1b}'), "{said:?}");
+}

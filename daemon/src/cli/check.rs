@@ -50,7 +50,7 @@ pub fn run(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?)?,
         Format::Text => {
             for p in problems {
-                outln!("{p}")?;
+                outln!("{}", super::printable(&p.to_string()))?;
             }
             let clients: usize = catalog.lists().values().map(|l| l.clients.len()).sum();
             errln!(

@@ -755,7 +755,7 @@ fn print_human(cli: &Cli, args: &ManagerArgs, v: &Value) -> anyhow::Result<()> {
                     },
                     message: cell(&p["message"]),
                 };
-                outln!("{problem}")?;
+                outln!("{}", super::printable(&problem.to_string()))?;
             }
         }
     }
