@@ -871,3 +871,22 @@ fn check_shows_a_terminal_escape_from_a_file_escaped() {
     assert!(said.contains("x\\u{1b}[2J@example.com"), "{said}");
     assert!(!said.contains('\u{1b}'), "{said:?}");
 }
+
+/// A FIFO named like a list would block the reader for good: refused, not read.
+#[test]
+fn a_fifo_in_an_owners_folder_is_refused_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("base"), dir.path());
+    let fifo = dir.path().join("clients/alice/pipe.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = skychimpd(&["check", "--root", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.stdout_text().trim(),
+        "clients/alice/pipe.toml:1:1: not a regular file (a FIFO, socket or device): not read"
+    );
+}

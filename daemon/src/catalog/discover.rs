@@ -137,10 +137,18 @@ impl Walk<'_> {
         } else {
             abs.to_path_buf()
         };
-        if target.is_dir() {
-            Some(Target::Dir(target))
-        } else {
-            Some(Target::File(target))
+        match std::fs::metadata(&target) {
+            Ok(m) if m.is_dir() => Some(Target::Dir(target)),
+            Ok(m) if m.is_file() => Some(Target::File(target)),
+            // A FIFO or a device would block the reader, or never end.
+            Ok(_) => {
+                self.problem(
+                    rel,
+                    "not a regular file (a FIFO, socket or device): not read",
+                );
+                None
+            }
+            Err(_) => Some(Target::File(target)),
         }
     }
 
