@@ -692,20 +692,37 @@ fn stays_inside(file: &Path, field: &str, value: &str) -> Result<(), SiteError> 
     Ok(())
 }
 
-/// A title or description goes into the feeds, and XML 1.0 cannot carry a control
-/// character other than tab and line breaks, even escaped: refused rather than written
-/// into an `atom.xml` that readers reject.
-fn feed_text(file: &Path, key: &str, text: Option<&str>) -> Result<(), SiteError> {
-    let bad = text.and_then(|t| {
-        t.chars()
-            .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-    });
-    match bad {
-        Some(c) => Err(invalid_key(
+/// Whether XML 1.0 forbids `c`: control characters other than tab and line breaks, and
+/// the noncharacters U+FFFE and U+FFFF.
+fn not_in_xml(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+}
+
+/// Every string of a front matter may reach a feed (a title, an author, a tag), and XML
+/// 1.0 cannot carry a control character other than tab and line breaks, even escaped: one
+/// written as a TOML escape (`"\u0001"`) is refused at the line of its key, rather than
+/// written into an `atom.xml` that readers reject.
+fn feed_values(file: &Path, toml_text: &str) -> Result<(), SiteError> {
+    fn first<'v>(key: &'v str, value: &'v toml::Value) -> Option<(&'v str, char)> {
+        match value {
+            toml::Value::String(text) => text
+                .chars()
+                .find(|&c| not_in_xml(c) || (c.is_control() && !matches!(c, '\t' | '\n' | '\r')))
+                .map(|c| (key, c)),
+            toml::Value::Array(items) => items.iter().find_map(|v| first(key, v)),
+            toml::Value::Table(table) => table.iter().find_map(|(k, v)| first(k, v)),
+            _ => None,
+        }
+    }
+    let Ok(table) = toml::from_str::<toml::Table>(toml_text) else {
+        return Ok(());
+    };
+    match table.iter().find_map(|(k, v)| first(k, v)) {
+        Some((key, c)) => Err(invalid_key(
             file,
             key,
             format!(
-                "`{key}` holds the control character U+{:04X}, which no feed can carry",
+                "`{key}` holds U+{:04X}, a character no feed can carry (XML forbids it)",
                 u32::from(c)
             ),
         )),
@@ -734,6 +751,19 @@ pub(crate) fn invalid_key(file: &Path, key: &str, message: impl Into<String>) ->
 /// Reads and parses one Markdown file of `content/`.
 fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded, SiteError> {
     let text = std::fs::read_to_string(file).map_err(|e| SiteError::io(file, e))?;
+    // Anything of the file may reach a feed (a title, an author, a tag, the text), and XML
+    // 1.0 cannot carry these characters, even escaped.
+    if let Some((at, c)) = text.char_indices().find(|&(_, c)| not_in_xml(c)) {
+        let (line, _) = crate::error::line_col(&text, at);
+        return Err(SiteError::invalid_at(
+            file,
+            line,
+            format!(
+                "U+{:04X} is a character no feed can carry (XML forbids it): remove it",
+                u32::from(c)
+            ),
+        ));
+    }
     let relative_path = rel_string(content_dir, file);
     let (toml_text, body, toml_line_offset) = split_front_matter(file, &text)?;
     let body_line_offset = text.len().saturating_sub(body.len());
@@ -744,12 +774,14 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
         .unwrap_or_default();
     // Zola reads `post.fr.md` (and `_index.fr.md`) as a translation: built as a page of
     // its own here, it would be a silently different site.
-    if let Some((_, language)) = file_name.trim_end_matches(".md").split_once('.') {
+    let stem = file_name.strip_suffix(".md").unwrap_or(&file_name);
+    if let Some((_, language)) = stem.rsplit_once('.') {
         return Err(SiteError::invalid(
             file,
             format!(
-                "`{file_name}` is a translation (language `{language}`, after the first `.`), \
-                 and languages are not supported: rename the file without a `.`"
+                "`{file_name}` has a `.` in its name, which Zola reads as a translation \
+                 (language `{language}`), and languages are not supported: rename the file \
+                 without a `.`"
             ),
         ));
     }
@@ -757,8 +789,7 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
     if file_name == "_index.md" {
         let meta: SectionFrontMatter = toml::from_str(toml_text)
             .map_err(|e| SiteError::toml(file, toml_text, &e, toml_line_offset))?;
-        feed_text(file, "title", meta.title.as_deref())?;
-        feed_text(file, "description", meta.description.as_deref())?;
+        feed_values(file, toml_text)?;
         let dir = relative_path.trim_end_matches("_index.md");
         let path: String = {
             let mut p = String::from("/");
@@ -797,8 +828,7 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
 
     let meta: PageFrontMatter = toml::from_str(toml_text)
         .map_err(|e| SiteError::toml(file, toml_text, &e, toml_line_offset))?;
-    feed_text(file, "title", meta.title.as_deref())?;
-    feed_text(file, "description", meta.description.as_deref())?;
+    feed_values(file, toml_text)?;
     if meta.draft {
         let bundle = (file_name == "index.md")
             .then(|| relative_path.trim_end_matches("index.md").to_string());
@@ -821,7 +851,7 @@ fn load_file(content_dir: &Path, file: &Path, config: &Config) -> Result<Loaded,
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     } else {
-        file_name.trim_end_matches(".md").to_string()
+        stem.to_string()
     };
     let colocated_path = if is_bundle {
         Some(relative_path.trim_end_matches("index.md").to_string())

@@ -272,7 +272,23 @@ fn a_bad_front_matter_value_names_its_line() {
         ),
         (
             "+++\ntitle = \"Post \\u0007 ding\"\n+++\n",
-            "content/post.md:2: `title` holds the control character U+0007",
+            "content/post.md:2: `title` holds U+0007, a character no feed can carry",
+        ),
+        (
+            "+++\ntitle = \"Post\"\nauthors = [\"Eve\\u0001\"]\n+++\n",
+            "content/post.md:3: `authors` holds U+0001",
+        ),
+        (
+            "+++\ntitle = \"Post\"\n[taxonomies]\ntags = [\"bad\\u0001tag\"]\n+++\n",
+            "content/post.md:4: `tags` holds U+0001",
+        ),
+        (
+            "+++\ntitle = \"T\\uFFFE\"\n+++\n",
+            "content/post.md:2: `title` holds U+FFFE",
+        ),
+        (
+            "+++\ntitle = \"Post\"\n+++\nHello\n\u{1}there\n",
+            "content/post.md:5: U+0001 is a character no feed can carry",
         ),
     ] {
         let msg = error_of(&[("content/post.md", text)]);
@@ -286,7 +302,15 @@ fn a_translation_file_is_refused() {
     for rel in ["content/post.fr.md", "content/_index.fr.md"] {
         let msg = error_of(&[(rel, "+++\ntitle = \"Bonjour\"\n+++\n")]);
         assert_names(&msg, rel);
-        assert!(msg.contains("is a translation (language `fr`"), "{msg}");
+        assert!(msg.contains("as a translation (language `fr`)"), "{msg}");
+    }
+    // Any `.` in the name reads so in Zola; `.md.md` is no exception.
+    for (rel, language) in [
+        ("content/v1.2-notes.md", "2-notes"),
+        ("content/x.md.md", "md"),
+    ] {
+        let msg = error_of(&[(rel, "+++\ntitle = \"X\"\n+++\n")]);
+        assert!(msg.contains(&format!("(language `{language}`)")), "{msg}");
     }
 }
 
