@@ -369,6 +369,7 @@ fn facts(
         .map_err(db_error)
 }
 
+/// How many of each mailing's recipients are still subscribed ([`crate::facts::subscribed`]).
 fn subscribed<'m>(
     state: &HttpState,
     mailings: impl IntoIterator<Item = &'m crate::catalog::Mailing>,
@@ -479,11 +480,10 @@ fn mailing(state: &HttpState, id: &str) -> Answer {
     Ok(Reply::json(200, &value))
 }
 
-/// The logs route's query: `limit` (1 to 1000, default 50) and `before` (an attempt id),
-/// each at most once, as plain decimal numbers; any other parameter is refused rather than
-/// ignored, so a misspelt one is not mistaken for the default.
-/// `limit` and `before` of a paged route (`logs`, `audit`): at most 1000 rows, 50 unless
-/// asked, older than the row id `before`.
+/// The query of a paged route (`logs`, `audit`): `limit` (1 to 1000, default 50) and
+/// `before` (the id of a row: only older ones), each at most once, as plain decimal
+/// numbers; any other parameter is refused rather than ignored, so a misspelt one is not
+/// mistaken for the default.
 fn page_query(query: &str, route: &str) -> Result<(u32, Option<i64>), Reply> {
     let bad = |message: String| Reply::error(400, "bad_query", &message);
     let (mut limit, mut before) = (None, None);
