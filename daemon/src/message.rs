@@ -100,48 +100,18 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
         .map_err(|e| located(&e, source))?;
     let refused = tera.get_template("template").ok().and_then(|template| {
         let names = skychimp_site::tera_names::names(&template.ast);
-        let recursion = recursive_macro(&template.ast).map(|(name, through)| {
-            let message =
-                format!("template: macro `{name}` calls itself{through}: a message cannot recurse");
-            (name.to_string(), message)
-        });
-        let tag = refused_tag(&template.ast).map(|tag| {
-            let message =
-                format!("template: a message is one template and cannot use `{{% {tag} %}}`");
-            (tag.to_string(), message)
-        });
-        let recursion = tag.or(recursion);
-        // Only once no macro recurses: the estimate follows macro calls.
-        let repeats = if recursion.is_none() {
-            let cost = work(&template.ast);
-            let message = if cost.pieces > WORK_MAX {
-                Some(format!(
-                    "template: its loops repeat up to {} times for each recipient; a message \
-                     may repeat at most {WORK_MAX} (nest fewer or shorter loops)",
-                    cost.pieces
-                ))
-            } else if cost.text > TEXT_MAX {
-                Some(format!(
-                    "template: its loops write up to {} bytes of text for each recipient; a \
-                     message may write at most {TEXT_MAX}",
-                    cost.text
-                ))
-            } else {
-                None
-            };
-            message.map(|m| ("for".to_string(), m))
-        } else {
-            None
+        let unsafe_shape =
+            unsafe_shape(&template.ast).map(|(name, why)| (name, format!("template: {why}")));
+        let function = || {
+            refused_function(&names).map(|name| {
+                let message = format!(
+                    "template: a message cannot call `{name}()`; it may call {}",
+                    FUNCTIONS.join(", ")
+                );
+                (name.to_string(), message)
+            })
         };
-        let recursion = recursion.or(repeats);
-        let function = refused_function(&names).map(|name| {
-            let message = format!(
-                "template: a message cannot call `{name}()`; it may call {}",
-                FUNCTIONS.join(", ")
-            );
-            (name.to_string(), message)
-        });
-        recursion.or(function).or_else(|| {
+        let variable = || {
             unknown_variable(&names).map(|name| {
                 let message = format!(
                     "template: no variable `{name}`; a message has {}",
@@ -149,7 +119,8 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
                 );
                 (name, message)
             })
-        })
+        };
+        unsafe_shape.or_else(function).or_else(variable)
     });
     if let Some((name, message)) = refused {
         let (line, column) = first_use(source, &name).unwrap_or((1, 1));
@@ -189,13 +160,19 @@ pub const FUNCTIONS: [&str; 2] = ["range", "throw"];
 /// enough that a loop cannot hold up `check` or a run.
 pub const RANGE_MAX: i64 = 1000;
 
-/// The Tera that message templates are compiled with: Tera's own, with the functions a
-/// message may not call replaced by ones that fail, and `range` bounded by [`RANGE_MAX`].
+/// The Tera that message templates are compiled with: Tera's own, with every function not
+/// in [`FUNCTIONS`] replaced by one that fails, and `range` bounded by [`RANGE_MAX`].
 /// `check` refuses such calls first; this is the last line of defence.
 pub fn tera() -> tera::Tera {
     let mut tera = tera::Tera::default();
-    for name in ["get_env", "now", "get_random"] {
-        tera.register_function(name, move |_: &HashMap<String, tera::Value>| {
+    let refused: Vec<String> = tera
+        .functions
+        .keys()
+        .filter(|name| !FUNCTIONS.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    for name in refused {
+        tera.register_function(&name.clone(), move |_: &HashMap<String, tera::Value>| {
             Err(tera::Error::msg(format!(
                 "a message cannot call `{name}()`"
             )))
@@ -203,6 +180,39 @@ pub fn tera() -> tera::Tera {
     }
     tera.register_function("range", bounded_range);
     tera
+}
+
+/// Why `ast` cannot be a message's template whatever it is rendered with: another template
+/// reached for, a macro that recurses, loops past [`WORK_MAX`] or [`TEXT_MAX`]. Each would
+/// take `check` or the daemon down. The name to place the error at, and why. `check` says
+/// it; the renderer refuses it again for runs created before `check` did.
+pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
+    if let Some(tag) = refused_tag(ast) {
+        let why = format!("a message is one template and cannot use `{{% {tag} %}}`");
+        return Some((tag.to_string(), why));
+    }
+    if let Some((name, through)) = recursive_macro(ast) {
+        let why = format!("macro `{name}` calls itself{through}: a message cannot recurse");
+        return Some((name.to_string(), why));
+    }
+    // Only once no macro recurses: the estimate follows macro calls.
+    let cost = work(ast);
+    let why = if cost.pieces > WORK_MAX {
+        format!(
+            "its loops repeat up to {} times for each recipient; a message may repeat at \
+             most {WORK_MAX} (nest fewer or shorter loops)",
+            cost.pieces
+        )
+    } else if cost.text > TEXT_MAX {
+        format!(
+            "its loops write up to {} bytes of text for each recipient; a message may write \
+             at most {TEXT_MAX}",
+            cost.text
+        )
+    } else {
+        return None;
+    };
+    Some(("for".to_string(), why))
 }
 
 /// Tera's `range(end, start=0, step_by=1)`, refusing more than [`RANGE_MAX`] numbers.
@@ -244,7 +254,7 @@ pub const TEXT_MAX: u64 = 10_000_000;
 /// counts that macro. Loops nested over whole ranges would otherwise hold up `check` and
 /// the daemon for hours, or fill memory. Call it only on a template without recursive
 /// macros.
-pub fn work(ast: &[tera::ast::Node]) -> Cost {
+fn work(ast: &[tera::ast::Node]) -> Cost {
     use tera::ast::Node;
     let macros: HashMap<&str, &[Node]> = ast
         .iter()
@@ -262,11 +272,11 @@ pub fn work(ast: &[tera::ast::Node]) -> Cost {
 
 /// What rendering costs, by [`work`]'s estimate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Cost {
+struct Cost {
     /// Pieces evaluated: text, values, tags.
-    pub pieces: u64,
+    pieces: u64,
     /// Bytes of literal text written.
-    pub text: u64,
+    text: u64,
 }
 
 impl Cost {
@@ -386,7 +396,7 @@ fn repeats(container: &tera::ast::Expr) -> u64 {
 /// The first tag of `ast` that a message may not use: `include`, `extends` or `import` (a
 /// message has no other template to reach, and the renderer's two, `subject` and `body`,
 /// could include each other, or themselves, until the stack overflows), and `set_global`.
-pub fn refused_tag(ast: &[tera::ast::Node]) -> Option<&'static str> {
+fn refused_tag(ast: &[tera::ast::Node]) -> Option<&'static str> {
     use tera::ast::Node;
     ast.iter().find_map(|node| match node {
         Node::Include(..) => Some("include"),
@@ -417,7 +427,7 @@ pub fn refused_tag(ast: &[tera::ast::Node]) -> Option<&'static str> {
 /// A macro of `ast` that calls itself, directly or through others (`" (through `b`)"`):
 /// Tera would recurse until the process's stack overflows, taking `check` or the daemon
 /// down with it.
-pub fn recursive_macro(ast: &[tera::ast::Node]) -> Option<(&str, String)> {
+fn recursive_macro(ast: &[tera::ast::Node]) -> Option<(&str, String)> {
     use skychimp_site::tera_names::{Name, names};
     let calls: HashMap<&str, Vec<&str>> = ast
         .iter()

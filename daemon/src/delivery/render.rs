@@ -152,16 +152,8 @@ impl Renderer {
         tera.add_raw_templates(vec![("subject", subject), ("body", body)])?;
         // `check` refuses these; a run created before it did must not crash the daemon.
         for name in ["subject", "body"] {
-            let ast = &tera.get_template(name)?.ast;
-            if let Some(tag) = crate::message::refused_tag(ast) {
-                return Err(tera::Error::msg(format!(
-                    "a message is one template and cannot use `{{% {tag} %}}`"
-                )));
-            }
-            if let Some((m, _)) = crate::message::recursive_macro(ast) {
-                return Err(tera::Error::msg(format!(
-                    "macro `{m}` calls itself: a message cannot recurse"
-                )));
+            if let Some((_, why)) = crate::message::unsafe_shape(&tera.get_template(name)?.ast) {
+                return Err(tera::Error::msg(why));
             }
         }
         let mut text_base = Context::new();
