@@ -52,17 +52,12 @@ pub async fn load(
     let mut out = HashMap::with_capacity(mailings.len());
     for ((m, last_run), first_seen) in mailings.into_iter().zip(last_runs).zip(first_seen) {
         let user = users.get(&m.owner);
-        let email = catalog
-            .users()
-            .get(&m.owner)
-            .map_or("", |u| u.email.as_str());
         out.insert(
             m.id.clone(),
             MailingFacts {
                 disabled: disabled.contains(&m.id),
                 owner_blocked: user.is_some_and(|u| u.blocked),
-                owner_unverified: require_verification
-                    && !user.is_some_and(|u| u.is_verified_for(email)),
+                owner_unverified: require_verification && !confirmed(catalog, user, &m.owner),
                 last_run,
                 first_seen,
                 sending: sending.contains(&m.id),
@@ -70,6 +65,13 @@ pub async fn load(
         );
     }
     Ok(out)
+}
+
+/// Whether `owner` has confirmed the address users.toml gives them now (`state`: theirs
+/// in the database, if any).
+pub fn confirmed(catalog: &Catalog, state: Option<&UserState>, owner: &str) -> bool {
+    let email = catalog.users().get(owner).map_or("", |u| u.email.as_str());
+    state.is_some_and(|s| s.is_verified_for(email))
 }
 
 /// How many of each mailing's recipients have not unsubscribed: the recipients a run created

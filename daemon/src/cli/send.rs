@@ -59,21 +59,17 @@ pub(crate) async fn refusal(
             m.owner
         )));
     }
-    if setup.config.users.require_verification {
+    if setup.config.users.require_verification
+        && !crate::facts::confirmed(catalog, user_state.as_ref(), &m.owner)
+    {
         let email = catalog
             .users()
             .get(&m.owner)
-            .map(|u| u.email.clone())
-            .unwrap_or_default();
-        if !user_state
-            .as_ref()
-            .is_some_and(|s| s.is_verified_for(&email))
-        {
-            return Ok(Some(format!(
-                "owner `{}` has not verified {email} yet: `skychimpd run` mails them a link ([users] require_verification = false turns this off)",
-                m.owner
-            )));
-        }
+            .map_or("", |u| u.email.as_str());
+        return Ok(Some(format!(
+            "owner `{}` has not verified {email} yet: `skychimpd run` mails them a link ([users] require_verification = false turns this off)",
+            m.owner
+        )));
     }
     Ok(None)
 }

@@ -492,9 +492,9 @@ impl Deliverer {
                 .collect();
             catalog
                 .users()
-                .iter()
-                .filter(|(id, u)| !states.get(*id).is_some_and(|s| s.is_verified_for(&u.email)))
-                .map(|(id, _)| id.clone())
+                .keys()
+                .filter(|id| !crate::facts::confirmed(&catalog, states.get(*id), id))
+                .cloned()
                 .collect()
         } else {
             HashSet::new()
