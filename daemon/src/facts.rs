@@ -67,6 +67,13 @@ pub async fn load(
     Ok(out)
 }
 
+/// Whether the database has runs of `mailing_id`: a mailing deleted from the repository
+/// exists while it does (its log, reports and a held run).
+pub async fn has_runs(store: &Store, mailing_id: &str) -> Result<bool, StorageError> {
+    let with_runs = store.mailings_with_runs(&[mailing_id.to_string()]).await?;
+    Ok(!with_runs.is_empty())
+}
+
 /// Whether `owner` has confirmed the address users.toml gives them now (`state`: theirs
 /// in the database, if any).
 pub fn confirmed(catalog: &Catalog, state: Option<&UserState>, owner: &str) -> bool {

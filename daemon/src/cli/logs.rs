@@ -26,7 +26,7 @@ pub fn logs(
             let page = crate::attempts::page(&store, id, limit, before.map(AttemptId)).await?;
             // An empty page (past the last one) of a mailing deleted from the repository:
             // it exists while the database has its runs.
-            let has_runs = page.attempts.is_empty() && !store.runs_of(id).await?.is_empty();
+            let has_runs = page.attempts.is_empty() && crate::facts::has_runs(&store, id).await?;
             (page.attempts, page.next_before, has_runs)
         };
         if rows.is_empty() && !has_runs {

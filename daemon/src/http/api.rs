@@ -543,11 +543,10 @@ fn logs(
     // An empty page (past the last one) of a mailing deleted from the repository: it
     // exists while the database has its runs.
     if page.attempts.is_empty()
-        && state
+        && !state
             .runtime
-            .block_on(state.store.runs_of(id))
+            .block_on(crate::facts::has_runs(&state.store, id))
             .map_err(db_error)?
-            .is_empty()
     {
         known(catalog, id)?;
     }
@@ -674,11 +673,11 @@ fn set_mailing(
     // A mailing deleted from the repository may still have a run held back: disabling it
     // is how a manager skips what is left.
     if catalog(state).mailing(id).is_none() {
-        let runs = state
+        let has_runs = state
             .runtime
-            .block_on(state.store.runs_of(id))
+            .block_on(crate::facts::has_runs(&state.store, id))
             .map_err(db_error)?;
-        if runs.is_empty() {
+        if !has_runs {
             return Err(Reply::error(
                 404,
                 "not_found",
