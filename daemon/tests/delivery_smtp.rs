@@ -25,6 +25,7 @@ on_both_backends!(
     a_halt_skips_marked_deliveries_before_their_smtp_transaction,
     rows_skipped_by_another_process_take_no_rate_slots,
     a_run_smaller_than_a_batch_goes_out_over_several_connections,
+    one_worker_goes_through_many_batches_in_order_and_once,
 );
 
 /// 120 clients in list `a`, 120 in `b`, 40 of them shared (half of those spelled in
@@ -507,5 +508,51 @@ async fn a_run_smaller_than_a_batch_goes_out_over_several_connections(db: Db) {
         deliveries
             .iter()
             .all(|d| d.status == DeliveryStatus::Sent && d.attempts == 1)
+    );
+}
+
+async fn one_worker_goes_through_many_batches_in_order_and_once(db: Db) {
+    // 300 recipients, batches of 64, one worker: it claims each next batch while the last
+    // chunk of the one before goes out. Every recipient gets one message, and the attempts
+    // follow the deliveries in the order they were claimed, across the batch boundaries.
+    let Some(sink) = Sink::start(&[]) else { return };
+    let list = clients(0, 300);
+    let repo = Repo::new(&list, &[]);
+    let catalog = repo.catalog();
+    let clock = Arc::new(FixedClock::new(start_time()));
+    let run = create_run(&db.store, &catalog, &clock).await;
+    let d = deliverer(&db.store, sink.port, &catalog, clock.clone(), 1);
+    assert!(settings(1).batch * 4 < 300);
+
+    let tally = deliver_run(&d, run).await;
+    assert_eq!((tally.sent, tally.failed, tally.deferred), (300, 0, 0));
+    let received: Vec<String> = parse_dump(&sink.wait_for_messages(300))
+        .into_iter()
+        .flat_map(|m| m.rcpt)
+        .collect();
+    let distinct: BTreeSet<&String> = received.iter().collect();
+    assert_eq!((received.len(), distinct.len()), (300, 300));
+    let expected: BTreeSet<String> = list.iter().map(|c| c.email.to_lowercase()).collect();
+    assert_eq!(
+        distinct.into_iter().cloned().collect::<BTreeSet<_>>(),
+        expected
+    );
+
+    let mut log = db
+        .store
+        .logs("alice/news", 1_000, None)
+        .await
+        .expect("logs");
+    log.reverse();
+    let order: Vec<_> = log.iter().map(|a| a.delivery_id).collect();
+    let mut claimed = deliveries(&db.store, run)
+        .await
+        .iter()
+        .map(|d| d.id)
+        .collect::<Vec<_>>();
+    claimed.sort();
+    assert_eq!(
+        order, claimed,
+        "one attempt per delivery, in the order claimed"
     );
 }

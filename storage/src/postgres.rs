@@ -1251,7 +1251,8 @@ pub mod statements {
     /// written and the ids marked.
     ///
     /// Each outcome updates its delivery and adds an attempt row fed from what the update
-    /// changed (run and address come from the row).
+    /// changed (run and address come from the row). The attempt rows are numbered in the
+    /// order of the outcomes (the order of sending), not in the join's order.
     ///
     /// The mark's status test names the statuses a row must *not* have rather than the two
     /// it may have. Written as `status IN ('queued', 'deferred')`, it implies the predicate of the
@@ -1265,7 +1266,7 @@ pub mod statements {
     pub const RECORD_AND_MARK: &str = "WITH o AS ( \
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], $4::int[], \
                                   $5::text[], $6::timestamptz[], $7::bigint[]) \
-                 AS o(id, status, next_at, code, reply, at, duration_ms)), \
+                 WITH ORDINALITY AS o(id, status, next_at, code, reply, at, duration_ms, ord)), \
          u AS ( \
              UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1, \
                     next_attempt_at = coalesce(o.next_at, d.next_attempt_at), \
@@ -1279,6 +1280,7 @@ pub mod statements {
              SELECT o.id, u.run_id, r.mailing_id, u.address, o.at, o.status, o.code, \
                     o.reply, o.duration_ms \
              FROM o JOIN u ON u.id = o.id JOIN runs r ON r.id = u.run_id \
+             ORDER BY o.ord \
              RETURNING 1), \
          m AS ( \
              UPDATE deliveries SET status = 'sending', updated_at = $10 \
