@@ -5,15 +5,16 @@
 //! loops: claim a batch of due deliveries (a lease in the database, so several daemons
 //! share the work), then send it in small chunks. While one chunk is rendered and sent, a
 //! single transaction records the previous chunk's outcomes and attempt log and marks the
-//! next chunk `sending` (one statement on PostgreSQL), and within a chunk each message's
-//! envelope is written together with the previous message's body (one SMTP round trip per
-//! message). `sending` is committed before a row's SMTP transaction starts, so a
-//! crash leaves `sending` rows (at most two chunks per worker) that the next start turns
-//! into `unknown` (never resent unless `delivery.redeliver_unknown`).
+//! next chunk `sending` (one statement on PostgreSQL); while a batch's last chunk is sent,
+//! the next batch is claimed too. Within a chunk each message's envelope is written
+//! together with the previous message's body (one SMTP round trip per message). `sending`
+//! is committed before a row's SMTP transaction starts, so a crash leaves `sending` rows
+//! (at most two chunks per worker) that the next start turns into `unknown` (never resent
+//! unless `delivery.redeliver_unknown`).
 
 pub mod render;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -650,40 +651,25 @@ impl Deliverer {
         // Whether this worker sent something since it last found nothing to claim: the
         // moment to mark finished the runs it may have completed.
         let mut worked = false;
-        // The last chunk's outcomes of the batch before, recorded with the next batch's
-        // first chunk (one statement less per batch) or as soon as there is none. A worker
+        // The last chunk's outcomes of the delivery before (which ended when a claim found
+        // nothing), recorded with the next claim's first chunk (one statement less) or as
+        // soon as that claim finds nothing too. A worker
         // holding them stays busy (`duty`): their rows are still `sending`.
         let mut carry: Vec<Outcome> = Vec::new();
         let result = loop {
             if *stop.borrow() || crew.run_done.load(Ordering::SeqCst) {
                 break Ok(());
             }
-            let now = self.clock.now();
-            let only = match scope {
-                Scope::Run(id) => Some(id),
-                Scope::All => None,
-            };
             // Registered before claiming, so a wake-up between the claim and the wait is
             // not lost.
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             duty.hold();
-            let claimed = match self
-                .store
-                .claim(
-                    &worker,
-                    self.settings.batch,
-                    self.settings.lease,
-                    now,
-                    only,
-                    &self.halts.held_runs(),
-                )
-                .await
-            {
+            let claimed = match self.claim_batch(&worker, scope, &crew, false).await {
                 Ok(c) => c,
                 // Outcomes carried are recorded (and `duty` released) after the loop.
-                Err(e) => break Err(e.into()),
+                Err(e) => break Err(e),
             };
             if claimed.is_empty() {
                 let recorded = self
@@ -720,15 +706,12 @@ impl Deliverer {
                 }
                 continue;
             }
-            let claimed = match self.share(&worker, claimed, &crew).await {
-                Ok(c) => c,
-                Err(e) => break Err(e),
-            };
             crew.delivering.fetch_add(1, Ordering::SeqCst);
             let delivered = self
                 .deliver(
                     &worker,
-                    &claimed,
+                    claimed,
+                    (scope, &crew),
                     &mut desk,
                     &stop,
                     std::mem::take(&mut carry),
@@ -746,9 +729,6 @@ impl Deliverer {
                 // done.
                 self.wake();
             }
-            if desk.renderers.len() > 256 {
-                desk.renderers.clear();
-            }
         };
         let result = if carry.is_empty() {
             result
@@ -763,34 +743,54 @@ impl Deliverer {
         result.map(|()| desk.tally)
     }
 
-    /// A claim that took all that was due (less than a batch) keeps only its share of it
-    /// and gives the rest back for the workers that are not delivering: a run smaller than
-    /// a batch would otherwise go out over one SMTP connection while the others wait. A
-    /// worker that takes the rest shares it again, so it spreads in a few round trips.
-    async fn share(
+    /// Claim a batch for `worker`. A claim that took all that was due (less than a batch)
+    /// keeps only its share of it and gives the rest back for the workers that are not
+    /// delivering: a run smaller than a batch would otherwise go out over one SMTP
+    /// connection while the others wait. A worker that takes the rest shares it again, so
+    /// it spreads in a few round trips. `delivering`: whether this worker is counted in
+    /// [`Crew::delivering`] (it claims its next batch while delivering the last).
+    async fn claim_batch(
         &self,
         worker: &str,
-        mut claimed: Vec<ClaimedDelivery>,
+        scope: Scope,
         crew: &Crew,
-    ) -> Result<Vec<ClaimedDelivery>, DeliveryError> {
+        delivering: bool,
+    ) -> Result<VecDeque<ClaimedDelivery>, DeliveryError> {
+        let only = match scope {
+            Scope::Run(id) => Some(id),
+            Scope::All => None,
+        };
+        let mut claimed = self
+            .store
+            .claim(
+                worker,
+                self.settings.batch,
+                self.settings.lease,
+                self.clock.now(),
+                only,
+                &self.halts.held_runs(),
+            )
+            .await?;
+        // The workers not delivering, and this one.
         let free = self
             .settings
             .concurrency
             .saturating_sub(crew.delivering.load(Ordering::SeqCst))
+            .saturating_add(usize::from(delivering))
             .max(1);
-        if claimed.len() >= self.settings.batch || free == 1 {
-            return Ok(claimed);
+        if claimed.len() < self.settings.batch && free > 1 {
+            let keep = claimed.len().div_ceil(free);
+            let rest: Vec<DeliveryId> = claimed.split_off(keep).iter().map(|d| d.id).collect();
+            if !rest.is_empty() {
+                self.store.release(worker, &rest).await?;
+                self.wake();
+            }
         }
-        let keep = claimed.len().div_ceil(free);
-        let rest: Vec<DeliveryId> = claimed.split_off(keep).iter().map(|d| d.id).collect();
-        if !rest.is_empty() {
-            self.store.release(worker, &rest).await?;
-            self.wake();
-        }
-        Ok(claimed)
+        Ok(claimed.into())
     }
 
-    /// Send one claimed batch in chunks; stop between messages when asked.
+    /// Send claimed rows in chunks, claiming the next batch while a batch's last chunk goes
+    /// out, until a claim finds nothing; stop between messages when asked.
     ///
     /// A chunk is marked `sending` (committed) before any of its SMTP transactions starts,
     /// and a row is marked only once its rate-limit slot is held: the rows of a chunk are
@@ -801,27 +801,33 @@ impl Deliverer {
     ///
     /// While one chunk's messages go out, one transaction records the previous chunk's
     /// outcomes and marks the next chunk: the database's commit overlaps the SMTP work
-    /// instead of stopping it, and a worker holds at most two chunks `sending`. The first
-    /// chunk is marked with `carry`, the last chunk's outcomes of the batch before; this
-    /// batch's last are returned unrecorded, for the next (none when stopped: then what
-    /// went out is recorded and the rest given back).
+    /// instead of stopping it, and a worker holds at most two chunks `sending`. When the
+    /// chunk going out is its batch's last, the next batch is claimed in that time too, and
+    /// its first chunk marked, so a worker never waits for a claim between batches. The
+    /// first chunk is marked with `carry`, the last chunk's outcomes of the delivery before;
+    /// the last chunk's outcomes are returned unrecorded, for the next (none when stopped:
+    /// then what went out is recorded and the rest given back).
     async fn deliver(
         &self,
         worker: &str,
-        claimed: &[ClaimedDelivery],
+        claimed: VecDeque<ClaimedDelivery>,
+        (scope, crew): (Scope, &Crew),
         desk: &mut Desk,
         stop: &watch::Receiver<bool>,
         carry: Vec<Outcome>,
     ) -> Result<Vec<Outcome>, DeliveryError> {
         let mut slots = Slots::default();
         let mut rest = claimed;
-        // Rows of this batch skipped or finished by another process meanwhile (a disable
+        // Whether to claim again once `rest` runs out: until a claim finds nothing.
+        let mut more = true;
+        // Rows of this delivery skipped or finished by another process meanwhile (a disable
         // or a block through `skychimpd manager` or another daemon): they take no rate slot.
         let mut gone: HashSet<DeliveryId> = HashSet::new();
         let first = self.next_chunk(&mut rest, &mut slots, &gone).await;
+        let asked = first.len();
         let mut ready = self.record_and_mark(worker, &carry, first, stop).await?;
-        if ready.len() < first.len() {
-            self.find_gone(worker, rest, &mut gone).await?;
+        if ready.len() < asked {
+            self.find_gone(worker, &rest, &mut gone).await?;
         }
         let mut outcomes: Vec<Outcome> = Vec::new();
         // The claim set the lease; a slow server or the rate limit can make a batch outlast
@@ -831,8 +837,7 @@ impl Deliverer {
         // `ready` can be empty with rows left: a disable or a block skipped a whole chunk.
         while !ready.is_empty() || !rest.is_empty() {
             if renewed.elapsed() > self.settings.lease / 3 {
-                let ids: Vec<DeliveryId> =
-                    ready.iter().copied().chain(rest).map(|d| d.id).collect();
+                let ids: Vec<DeliveryId> = ready.iter().chain(&rest).map(|d| d.id).collect();
                 self.store
                     .renew_lease(&ids, worker, self.settings.lease, self.clock.now())
                     .await?;
@@ -841,6 +846,14 @@ impl Deliverer {
             let previous = std::mem::take(&mut outcomes);
             let sending = self.send_chunk(worker, &ready, desk, stop);
             let marking = async {
+                if rest.is_empty()
+                    && std::mem::take(&mut more)
+                    && !*stop.borrow()
+                    && !crew.run_done.load(Ordering::SeqCst)
+                {
+                    rest = self.claim_batch(worker, scope, crew, true).await?;
+                    more = !rest.is_empty();
+                }
                 let next = self.next_chunk(&mut rest, &mut slots, &gone).await;
                 let asked = next.iter().filter(|d| !gone.contains(&d.id)).count();
                 let marked = self.record_and_mark(worker, &previous, next, stop).await?;
@@ -849,15 +862,15 @@ impl Deliverer {
             let (sent, next) = tokio::join!(sending, marking);
             let (asked, next) = next?;
             if next.len() < asked {
-                self.find_gone(worker, rest, &mut gone).await?;
+                self.find_gone(worker, &rest, &mut gone).await?;
                 renewed = std::time::Instant::now();
             }
             let (sent, unsent) = match sent {
                 Ok(sent) => sent,
                 Err(e) => {
                     // Marked but never started: give them back rather than leave them to
-                    // become `unknown`.
-                    let ids: Vec<DeliveryId> = next.iter().map(|d| d.id).collect();
+                    // become `unknown`; the rows not marked too, rather than at lease expiry.
+                    let ids: Vec<DeliveryId> = next.iter().chain(&rest).map(|d| d.id).collect();
                     if let Err(release) = self.store.release(worker, &ids).await {
                         tracing::warn!("giving back {} deliveries: {release}", ids.len());
                     }
@@ -871,12 +884,15 @@ impl Deliverer {
                 self.store.record_outcomes(&outcomes).await?;
                 let ids: Vec<DeliveryId> = unsent
                     .into_iter()
-                    .chain(next.iter().copied().chain(rest).map(|d| d.id))
+                    .chain(next.iter().chain(&rest).map(|d| d.id))
                     .collect();
                 self.store.release(worker, &ids).await?;
                 return Ok(Vec::new());
             }
             ready = next;
+            if desk.renderers.len() > 256 {
+                desk.renderers.clear();
+            }
         }
         Ok(outcomes)
     }
@@ -886,7 +902,7 @@ impl Deliverer {
     async fn find_gone(
         &self,
         worker: &str,
-        rest: &[ClaimedDelivery],
+        rest: &VecDeque<ClaimedDelivery>,
         gone: &mut HashSet<DeliveryId>,
     ) -> Result<(), DeliveryError> {
         let ids: Vec<DeliveryId> = rest.iter().map(|d| d.id).collect();
@@ -903,18 +919,19 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The next rows to mark: the first of `rest` once a rate slot is free, then more while
-    /// slots are free at once, up to `chunk`. Empty when `rest` is. A row whose mailing or
-    /// owner is halted, or that is `gone`, takes no slot: it is never sent, and waiting for
-    /// it at the rate would hold back this worker (and, with Redis, every daemon).
-    async fn next_chunk<'s, 'c>(
+    /// The next rows to mark, taken from the front of `rest`: the first once a rate slot is
+    /// free, then more while slots are free at once, up to `chunk`. Empty when `rest` is. A
+    /// row whose mailing or owner is halted, or that is `gone`, takes no slot: it is never
+    /// sent, and waiting for it at the rate would hold back this worker (and, with Redis,
+    /// every daemon).
+    async fn next_chunk<'s>(
         &'s self,
-        rest: &mut &'c [ClaimedDelivery],
+        rest: &mut VecDeque<ClaimedDelivery>,
         slots: &mut Slots<'s>,
         gone: &HashSet<DeliveryId>,
-    ) -> &'c [ClaimedDelivery] {
+    ) -> Vec<ClaimedDelivery> {
         if rest.is_empty() {
-            return &[];
+            return Vec::new();
         }
         let halted = |d: &ClaimedDelivery| {
             gone.contains(&d.id) || self.halts.verdict(&d.mailing_id) != Verdict::Go
@@ -943,21 +960,19 @@ impl Deliverer {
             }
             n += 1;
         }
-        let (chunk, tail) = rest.split_at(n);
-        *rest = tail;
-        chunk
+        rest.drain(..n).collect()
     }
 
     /// Record `outcomes` and mark `chunk` `sending` in one transaction. The rows marked:
     /// those still due and leased to `worker`. When stopping, only record, and give the
     /// chunk back.
-    async fn record_and_mark<'c>(
+    async fn record_and_mark(
         &self,
         worker: &str,
         outcomes: &[Outcome],
-        chunk: &'c [ClaimedDelivery],
+        chunk: Vec<ClaimedDelivery>,
         stop: &watch::Receiver<bool>,
-    ) -> Result<Vec<&'c ClaimedDelivery>, DeliveryError> {
+    ) -> Result<Vec<ClaimedDelivery>, DeliveryError> {
         let ids: Vec<DeliveryId> = chunk.iter().map(|d| d.id).collect();
         if ids.is_empty() || *stop.borrow() {
             self.store.record_outcomes(outcomes).await?;
@@ -968,9 +983,11 @@ impl Deliverer {
             .store
             .record_and_mark_sending(outcomes, &ids, worker, self.clock.now())
             .await?;
-        Ok(chunk.iter().filter(|d| marked.contains(&d.id)).collect())
+        Ok(chunk
+            .into_iter()
+            .filter(|d| marked.contains(&d.id))
+            .collect())
     }
-
     /// One SMTP transaction per row of a marked chunk, in order; stops between messages
     /// when asked, and skips a row whose mailing or owner was halted meanwhile. Each row's
     /// message is made before the previous one goes, so that its envelope can travel with
@@ -978,7 +995,7 @@ impl Deliverer {
     async fn send_chunk(
         &self,
         worker: &str,
-        chunk: &[&ClaimedDelivery],
+        chunk: &[ClaimedDelivery],
         desk: &mut Desk,
         stop: &watch::Receiver<bool>,
     ) -> Result<(Vec<Outcome>, Vec<DeliveryId>), DeliveryError> {
