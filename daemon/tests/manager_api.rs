@@ -388,6 +388,20 @@ fn refusals_have_a_status_and_a_code() {
             check(&path, ok(ts, &path), 400, "bad_query");
         }
     }
+    // A route without parameters refuses any, as the paged ones refuse unknown ones.
+    for (i, path) in [
+        "/v1/stats?limit=5",
+        "/v1/mailings?x",
+        "/v1/mailings/alice/later?x=1",
+        "/v1/mailings/alice/later/report?limit=1",
+        "/v1/users?x=1",
+        "/v1/problems?x=1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        check(path, ok(PINNED_TS + 120 + i as i64, path), 400, "bad_query");
+    }
     // The two disables above, newest first.
     let newest = ok(PINNED_TS + 110, "/v1/audit?limit=1").json();
     let entries = newest["entries"].as_array().unwrap();
@@ -414,6 +428,7 @@ fn refusals_have_a_status_and_a_code() {
         "/v1/mailings/alice/%2e%2e/x",
         "/v1//stats",
         "/v1/mailings/alice\\later",
+        "//v1/stats",
     ]
     .iter()
     .enumerate()

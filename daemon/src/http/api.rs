@@ -234,8 +234,10 @@ pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
     let get = *req.method == Method::Get;
     let post = *req.method == Method::Post;
     let result = match segments.as_slice() {
-        ["v1", "mailings"] if get => mailings(state),
-        ["v1", "mailings", owner, name] if get => mailing(state, &format!("{owner}/{name}")),
+        ["v1", "mailings"] if get => no_query(query).and_then(|()| mailings(state)),
+        ["v1", "mailings", owner, name] if get => {
+            no_query(query).and_then(|()| mailing(state, &format!("{owner}/{name}")))
+        }
         ["v1", "mailings", owner, name, "logs"] if get => {
             page_query(query, "logs").and_then(|(limit, before)| {
                 cached(state, req.path_and_query, Window::None, |catalog| {
@@ -244,32 +246,36 @@ pub fn handle(state: &HttpState, req: &ApiRequest) -> Reply {
                 })
             })
         }
-        ["v1", "mailings", owner, name, "report"] if get => {
+        ["v1", "mailings", owner, name, "report"] if get => no_query(query).and_then(|()| {
             cached(state, req.path_and_query, Window::None, |catalog| {
                 report(state, catalog, &format!("{owner}/{name}"))
             })
-        }
+        }),
         [
             "v1",
             "mailings",
             owner,
             name,
             action @ ("disable" | "enable"),
-        ] if post => set_mailing(
-            state,
-            req,
-            &key_id,
-            &format!("{owner}/{name}"),
-            *action == "disable",
-        ),
-        ["v1", "users"] if get => users(state),
-        ["v1", "users", user, action @ ("block" | "unblock")] if post => {
-            set_user(state, req, &key_id, user, *action == "block")
-        }
-        ["v1", "stats"] if get => cached(state, req.path_and_query, Window::Minute, |catalog| {
-            stats(state, catalog)
+        ] if post => no_query(query).and_then(|()| {
+            set_mailing(
+                state,
+                req,
+                &key_id,
+                &format!("{owner}/{name}"),
+                *action == "disable",
+            )
         }),
-        ["v1", "problems"] if get => problems(state),
+        ["v1", "users"] if get => no_query(query).and_then(|()| users(state)),
+        ["v1", "users", user, action @ ("block" | "unblock")] if post => {
+            no_query(query).and_then(|()| set_user(state, req, &key_id, user, *action == "block"))
+        }
+        ["v1", "stats"] if get => no_query(query).and_then(|()| {
+            cached(state, req.path_and_query, Window::Minute, |catalog| {
+                stats(state, catalog)
+            })
+        }),
+        ["v1", "problems"] if get => no_query(query).and_then(|()| problems(state)),
         ["v1", "audit"] if get => page_query(query, "audit").and_then(|(limit, before)| {
             cached(state, req.path_and_query, Window::None, |_| {
                 audit_log(state, limit, before)
@@ -478,6 +484,21 @@ fn mailing(state: &HttpState, id: &str) -> Answer {
         json!(state_row.and_then(|s| s.disabled.then_some(s.reason).flatten()));
     value["runs"] = json!(runs.len());
     Ok(Reply::json(200, &value))
+}
+
+/// The query of a route that takes none: any parameter is refused, as the paged routes
+/// refuse one they do not know, so that a misspelt one is not silently ignored (and no
+/// cache entry is made for each spelling of a route).
+fn no_query(query: &str) -> Result<(), Reply> {
+    if query.is_empty() {
+        Ok(())
+    } else {
+        Err(Reply::error(
+            400,
+            "bad_query",
+            "this route takes no parameters",
+        ))
+    }
 }
 
 /// The query of a paged route (`logs`, `audit`): `limit` (1 to 1000, default 50) and

@@ -170,6 +170,8 @@ fn handle(state: &HttpState, mut request: Request) {
     let method = request.method().clone();
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
+    // `//v1/…` too: the API refuses it (`bad_path`) as a second spelling of a route.
+    let api_path = path.trim_start_matches('/');
     let mut body = Vec::new();
     let too_big = request
         .as_reader()
@@ -178,7 +180,7 @@ fn handle(state: &HttpState, mut request: Request) {
         .map_or(true, |n| n > MAX_BODY);
     let reply = if too_big {
         Reply::error(413, "too_large", "the request body is over 64 KiB")
-    } else if path == "/v1" || path.starts_with("/v1/") {
+    } else if api_path == "v1" || api_path.starts_with("v1/") {
         let headers: Vec<(String, String)> = request
             .headers()
             .iter()
