@@ -1040,6 +1040,21 @@ fn a_deleted_mailing_keeps_its_log_and_reports() {
         "the mailing itself is gone: {}",
         gone.body
     );
+    assert!(
+        gone.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no longer in the repository; its runs and log stay"),
+        "{}",
+        gone.body
+    );
+    let never = d.call("GET", "/v1/mailings/alice/never", "");
+    assert_eq!(
+        (never.status, never.json()["error"].as_str()),
+        (404, Some("no mailing `alice/never`")),
+        "{}",
+        never.body
+    );
 
     let runs = report(&d, "alice/gone");
     assert_eq!(runs["runs"][0]["sent"], 3, "{runs}");

@@ -457,7 +457,22 @@ fn find<'c>(
 
 fn mailing(state: &HttpState, id: &str) -> Answer {
     let catalog = catalog(state);
-    let m = find(&catalog, id)?;
+    let Ok(m) = find(&catalog, id) else {
+        // Deleted from the repository: nothing to show of it, but its runs and log stay.
+        let has_runs = state
+            .runtime
+            .block_on(crate::facts::has_runs(&state.store, id))
+            .map_err(db_error)?;
+        let why = if has_runs {
+            format!(
+                "mailing `{id}` is no longer in the repository; its runs and log stay: \
+                 GET /v1/mailings/{id}/report and /v1/mailings/{id}/logs"
+            )
+        } else {
+            format!("no mailing `{id}`")
+        };
+        return Err(Reply::error(404, "not_found", &why));
+    };
     let facts = facts(state, &catalog)?;
     let runs = state
         .runtime
