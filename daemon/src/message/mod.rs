@@ -10,6 +10,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+mod size;
+
 /// The variables a template may use, as one value per recipient.
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateContext<'a> {
@@ -183,9 +185,10 @@ pub fn tera() -> tera::Tera {
 }
 
 /// Why `ast` cannot be a message's template whatever it is rendered with: another template
-/// reached for, a macro that recurses, loops past [`WORK_MAX`] or [`TEXT_MAX`]. Each would
-/// take `check` or the daemon down. The name to place the error at, and why. `check` says
-/// it; the renderer refuses it again for runs created before `check` did.
+/// reached for, a macro that recurses, loops past [`WORK_MAX`], a value that can grow past
+/// [`size::TEXT_MAX`] bytes or [`size::INPUT_TIMES_MAX`] times a recipient's values. Each
+/// would take `check` or the daemon down. The name to place the error at, and why. `check`
+/// says it; the renderer refuses it again for runs created before `check` did.
 pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
     if let Some(tag) = refused_tag(ast) {
         let why = format!("a message is one template and cannot use `{{% {tag} %}}`");
@@ -195,24 +198,41 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         let why = format!("macro `{name}` calls itself{through}: a message cannot recurse");
         return Some((name.to_string(), why));
     }
-    // Only once no macro recurses: the estimate follows macro calls.
-    let cost = work(ast);
-    let why = if cost.pieces > WORK_MAX {
+    // Only once no macro recurses: both estimates follow macro calls.
+    let pieces = work(ast);
+    if pieces > WORK_MAX {
+        let why = format!(
+            "its loops repeat up to {pieces} times for each recipient; a message may repeat \
+             at most {WORK_MAX} (nest fewer or shorter loops)"
+        );
+        return Some(("for".to_string(), why));
+    }
+    let (name, grown) = size::too_large(ast)?;
+    let at = if name == "for" {
+        "what it writes".to_string()
+    } else {
+        format!("`{name}`")
+    };
+    let why = if grown.times > size::INPUT_TIMES_MAX {
+        let times = if grown.times == u64::MAX {
+            "without bound".to_string()
+        } else {
+            format!("{} times", grown.times)
+        };
         format!(
-            "its loops repeat up to {} times for each recipient; a message may repeat at \
-             most {WORK_MAX} (nest fewer or shorter loops)",
-            cost.pieces
-        )
-    } else if cost.text > TEXT_MAX {
-        format!(
-            "its loops write up to {} bytes of text for each recipient; a message may write \
-             at most {TEXT_MAX}",
-            cost.text
+            "{at} can repeat a recipient's values {times} over; a message may use them at \
+             most {} times over",
+            size::INPUT_TIMES_MAX
         )
     } else {
-        return None;
+        format!(
+            "{at} can grow to {} bytes for each recipient, besides the recipient's values; a \
+             message may make at most {}",
+            grown.bytes,
+            size::TEXT_MAX
+        )
     };
-    Some(("for".to_string(), why))
+    Some((name, why))
 }
 
 /// Tera's `range(end, start=0, step_by=1)`, refusing more than [`RANGE_MAX`] numbers.
@@ -244,17 +264,12 @@ fn bounded_range(args: &HashMap<String, tera::Value>) -> tera::Result<tera::Valu
 /// The most a message's loops may repeat for one recipient, by [`work`]'s estimate.
 pub const WORK_MAX: u64 = 100_000;
 
-/// The most text a message's template may write for one recipient, by [`work`]'s
-/// estimate: a message is mail, and relays refuse far less than this.
-pub const TEXT_MAX: u64 = 10_000_000;
-
-/// An upper estimate of rendering `ast` once: the pieces it evaluates and the bytes of
-/// text it writes. Each loop counts its body as many times as it can repeat (a literal
-/// array's length, a literal `range`'s count, else [`RANGE_MAX`]), and each macro call
-/// counts that macro. Loops nested over whole ranges would otherwise hold up `check` and
-/// the daemon for hours, or fill memory. Call it only on a template without recursive
-/// macros.
-fn work(ast: &[tera::ast::Node]) -> Cost {
+/// An upper estimate of the pieces (text, values, tags) rendering `ast` once evaluates.
+/// Each loop counts its body as many times as it can repeat (a literal array's length, a
+/// literal `range`'s count, else [`RANGE_MAX`]), and each macro call counts that macro.
+/// Loops nested over whole ranges would otherwise hold up `check` and the daemon for
+/// hours. Call it only on a template without recursive macros.
+fn work(ast: &[tera::ast::Node]) -> u64 {
     use tera::ast::Node;
     let macros: HashMap<&str, &[Node]> = ast
         .iter()
@@ -270,83 +285,48 @@ fn work(ast: &[tera::ast::Node]) -> Cost {
     .nodes(ast)
 }
 
-/// What rendering costs, by [`work`]'s estimate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Cost {
-    /// Pieces evaluated: text, values, tags.
-    pieces: u64,
-    /// Bytes of literal text written.
-    text: u64,
-}
-
-impl Cost {
-    const ONE: Cost = Cost { pieces: 1, text: 0 };
-
-    fn plus(self, other: Cost) -> Cost {
-        Cost {
-            pieces: self.pieces.saturating_add(other.pieces),
-            text: self.text.saturating_add(other.text),
-        }
-    }
-
-    fn times(self, n: u64) -> Cost {
-        Cost {
-            pieces: self.pieces.saturating_mul(n),
-            text: self.text.saturating_mul(n),
-        }
-    }
-
-    fn max(self, other: Cost) -> Cost {
-        Cost {
-            pieces: self.pieces.max(other.pieces),
-            text: self.text.max(other.text),
-        }
-    }
-}
-
 struct Work<'a> {
     macros: &'a HashMap<&'a str, &'a [tera::ast::Node]>,
     /// Each macro's cost, once known: macros calling macros twice over would otherwise
     /// be counted an exponential number of times.
-    known: std::cell::RefCell<HashMap<&'a str, Cost>>,
+    known: std::cell::RefCell<HashMap<&'a str, u64>>,
 }
 
 impl Work<'_> {
-    fn nodes(&self, nodes: &[tera::ast::Node]) -> Cost {
+    fn nodes(&self, nodes: &[tera::ast::Node]) -> u64 {
         use tera::ast::Node;
         nodes
             .iter()
             .map(|node| match node {
-                Node::Text(text) => Cost {
-                    pieces: 1,
-                    text: text.len() as u64,
-                },
-                Node::VariableBlock(_, e) => Cost::ONE.plus(self.calls(e)),
-                Node::Set(_, set) => Cost::ONE.plus(self.calls(&set.value)),
+                Node::VariableBlock(_, e) => 1u64.saturating_add(self.calls(e)),
+                Node::Set(_, set) => 1u64.saturating_add(self.calls(&set.value)),
                 Node::FilterSection(_, section, _) => self.nodes(&section.body),
                 Node::Block(_, block, _) => self.nodes(&block.body),
                 Node::Forloop(_, each, _) => {
-                    let body = self.nodes(&each.body).max(Cost::ONE);
-                    let empty = each.empty_body.as_deref().map(|b| self.nodes(b));
-                    body.times(repeats(&each.container))
-                        .max(empty.unwrap_or_default())
-                        .plus(self.calls(&each.container))
+                    let body = self.nodes(&each.body).max(1);
+                    let empty = each.empty_body.as_deref().map_or(0, |b| self.nodes(b));
+                    body.saturating_mul(repeats(&each.container))
+                        .max(empty)
+                        .saturating_add(self.calls(&each.container))
                 }
                 Node::If(branches, _) => branches
                     .conditions
                     .iter()
-                    .map(|(_, condition, body)| self.calls(condition).plus(self.nodes(body)))
+                    .map(|(_, condition, body)| {
+                        self.calls(condition).saturating_add(self.nodes(body))
+                    })
                     .chain(branches.otherwise.iter().map(|(_, body)| self.nodes(body)))
-                    .fold(Cost::default(), Cost::max),
+                    .max()
+                    .unwrap_or(0),
                 // Counted where it is called.
-                Node::MacroDefinition(..) => Cost::default(),
-                _ => Cost::ONE,
+                Node::MacroDefinition(..) => 0,
+                _ => 1,
             })
-            .fold(Cost::default(), Cost::plus)
+            .fold(0, u64::saturating_add)
     }
 
     /// The cost of the macros an expression calls.
-    fn calls(&self, e: &tera::ast::Expr) -> Cost {
+    fn calls(&self, e: &tera::ast::Expr) -> u64 {
         use skychimp_site::tera_names::{Name, names};
         let node = tera::ast::Node::VariableBlock(tera::ast::WS::default(), e.clone());
         names(std::slice::from_ref(&node))
@@ -355,10 +335,10 @@ impl Work<'_> {
                 Name::Macro(m) => self.macro_cost(m),
                 _ => None,
             })
-            .fold(Cost::default(), Cost::plus)
+            .fold(0, u64::saturating_add)
     }
 
-    fn macro_cost(&self, name: &str) -> Option<Cost> {
+    fn macro_cost(&self, name: &str) -> Option<u64> {
         let (&name, body) = self.macros.get_key_value(name)?;
         if let Some(&cost) = self.known.borrow().get(name) {
             return Some(cost);
@@ -715,8 +695,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.message,
-            "template: its loops write up to 20000000 bytes of text for each recipient; a \
-             message may write at most 10000000"
+            "template: what it writes can grow to 20000000 bytes for each recipient, besides \
+             the recipient's values; a message may make at most 10000000"
         );
         assert_eq!(
             check("{% for a in [1, 2, 3] %}{% for b in range(end=1000) %}{% endfor %}{% endfor %}"),
@@ -741,6 +721,80 @@ mod tests {
         tera.add_raw_template("t", "{{ range(end=5, start=1) | join(sep=\",\") }}")
             .unwrap();
         assert_eq!(tera.render("t", &tera::Context::new()).unwrap(), "1,2,3,4");
+    }
+
+    /// Values that double without a loop: a chain of `set`s, of macros, of `replace`s.
+    #[test]
+    fn a_message_cannot_grow_a_value_without_bound() {
+        let doubled = |seed: &str, steps: usize, step: &dyn Fn(&str) -> String| {
+            let mut source = format!("{{% set v0 = {seed} %}}");
+            for i in 1..=steps {
+                source += &format!("{{% set v{i} = {} %}}", step(&format!("v{}", i - 1)));
+            }
+            source + &format!("{{{{ v{steps} }}}}")
+        };
+        for (source, expected, at) in [
+            (
+                doubled("\"0123456789\"", 30, &|v| format!("{v} ~ {v}")),
+                "template: `v20` can grow to 10485760 bytes for each recipient, besides the \
+                 recipient's values; a message may make at most 10000000",
+                (1, 481),
+            ),
+            (
+                doubled("client.name", 30, &|v| format!("{v} ~ {v}")),
+                "template: `v10` can repeat a recipient's values 1024 times over; a message \
+                 may use them at most 1000 times over",
+                (1, 232),
+            ),
+            (
+                doubled("\"x\"", 30, &|v| {
+                    format!("{v} | replace(from=\"x\", to=\"xxxxxxxxxx\")")
+                }),
+                "template: `replace` can grow to 100000000 bytes for each recipient, besides \
+                 the recipient's values; a message may make at most 10000000",
+                (1, 36),
+            ),
+            (
+                "{{ client.name | replace(from=\"a\", to=client.name) }}".to_string(),
+                "template: `replace` can repeat a recipient's values without bound over; a \
+                 message may use them at most 1000 times over",
+                (1, 18),
+            ),
+            (
+                "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro twice %}\
+                 {% for i in [1, 2] %}{% set a = self::twice(s=client.name) %}\
+                 {% set a = self::twice(s=self::twice(s=self::twice(s=a))) %}\
+                 {% set a = self::twice(s=self::twice(s=self::twice(s=a))) %}\
+                 {% set a = self::twice(s=self::twice(s=self::twice(s=a))) %}{% endfor %}"
+                    .to_string(),
+                "template: `a` can repeat a recipient's values 1024 times over; a message may \
+                 use them at most 1000 times over",
+                (1, 83),
+            ),
+            (
+                "{% for i in range(end=1000) %}{{ client.name }}{{ client.name }}{% endfor %}"
+                    .to_string(),
+                "template: what it writes can repeat a recipient's values 2000 times over; a \
+                 message may use them at most 1000 times over",
+                (1, 4),
+            ),
+        ] {
+            let e = check(&source).unwrap_err();
+            assert_eq!(e.message, expected, "{source}");
+            assert_eq!((e.line, e.column), at, "{source}");
+        }
+        for fine in [
+            "{{ client.name | escape | upper | urlencode }}",
+            "{{ \"Dear NAME,\" | replace(from=\"NAME\", to=client.name | title) }}",
+            "{% for i in range(end=1000) %}{{ client.name }}{% endfor %}",
+            "{% set a = client.name ~ \" \" ~ client.email %}{% set b = a ~ a %}{{ b ~ b }}",
+            "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro twice %}\
+             {{ self::twice(s=self::twice(s=client.name)) }}",
+            "{% if client.comment %}{% set c = client.comment %}{% else %}{% set c = \"-\" %}\
+             {% endif %}{{ c }} {{ [1, 2, 3] | join(sep=\", \") }}",
+        ] {
+            assert_eq!(check(fine), Ok(()), "{fine}");
+        }
     }
 
     /// Tera's functions that read the environment or differ between renders.

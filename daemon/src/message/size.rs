@@ -1,0 +1,353 @@
+//! How large a message's values can grow: an upper bound on the bytes of every value a
+//! template builds and of what it writes, read from the template alone.
+//!
+//! Loops are bounded elsewhere ([`super::WORK_MAX`]), but a value can double without one:
+//! `{% set b = a ~ a %}{% set c = b ~ b %}…`, a chain of macros each returning its argument
+//! twice, or `replace` filters each making every character ten. Thirty such steps ask for
+//! gigabytes, and a failed allocation aborts the process: `check`, or the daemon at every
+//! start. Tera has no budget of its own, so each value is bounded here as a [`Size`]: so
+//! many times the longest value a recipient brings (a client's field, the owner's, the
+//! mailing's, the unsubscribe link), plus so many bytes.
+//!
+//! `set` inside a loop does not carry over to the next pass (Tera clears the loop's frame),
+//! and `set_global` is refused, so no value grows pass by pass: a loop multiplies what its
+//! body writes, not what it sets.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use tera::ast::{Expr, ExprVal, FunctionCall, Node};
+
+use super::{RANGE_MAX, VARIABLES};
+
+/// The most bytes a message may build or write for one recipient beyond its recipient's
+/// values: a message is mail, and relays refuse far less than this.
+pub const TEXT_MAX: u64 = 10_000_000;
+
+/// The most times over a message may use a recipient's values, in any one value or in what
+/// it writes: `{{ client.name }}` in a loop of 1,000 is 1,000 times.
+pub const INPUT_TIMES_MAX: u64 = 1_000;
+
+/// An upper bound on a value's length in bytes: `times` the longest of a recipient's values
+/// plus `bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Size {
+    pub times: u64,
+    pub bytes: u64,
+}
+
+impl Size {
+    const fn bytes(bytes: u64) -> Size {
+        Size { times: 0, bytes }
+    }
+
+    /// A recipient's value.
+    const INPUT: Size = Size { times: 1, bytes: 0 };
+    /// A number, a boolean, a date: short.
+    const SCALAR: Size = Size::bytes(32);
+
+    fn plus(self, other: Size) -> Size {
+        Size {
+            times: self.times.saturating_add(other.times),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+
+    fn times(self, n: u64) -> Size {
+        Size {
+            times: self.times.saturating_mul(n),
+            bytes: self.bytes.saturating_mul(n),
+        }
+    }
+
+    fn max(self, other: Size) -> Size {
+        Size {
+            times: self.times.max(other.times),
+            bytes: self.bytes.max(other.bytes),
+        }
+    }
+
+    fn within_bounds(self) -> bool {
+        self.times <= INPUT_TIMES_MAX && self.bytes <= TEXT_MAX
+    }
+}
+
+/// The first value of `ast` (or what it writes) that can grow past the bounds, with the
+/// name to place the error at. Call it only on a template whose macros do not recurse.
+pub fn too_large(ast: &[Node]) -> Option<(String, Size)> {
+    let macros: HashMap<&str, &tera::ast::MacroDefinition> = ast
+        .iter()
+        .filter_map(|node| match node {
+            Node::MacroDefinition(_, def, _) => Some((def.name.as_str(), def)),
+            _ => None,
+        })
+        .collect();
+    let sizes = Sizes {
+        macros: &macros,
+        known: RefCell::new(HashMap::new()),
+        over: RefCell::new(None),
+    };
+    let written = sizes.nodes(ast, &mut HashMap::new());
+    sizes.note("for", written);
+    sizes.over.into_inner()
+}
+
+struct Sizes<'a> {
+    macros: &'a HashMap<&'a str, &'a tera::ast::MacroDefinition>,
+    /// What a macro writes, by its arguments' sizes: a macro called twice with the same
+    /// sizes is measured once (twenty macros each calling the next twice would otherwise
+    /// take 2^20 steps).
+    known: RefCell<HashMap<MacroCall<'a>, Size>>,
+    /// The first value past the bounds.
+    over: RefCell<Option<(String, Size)>>,
+}
+
+/// Variables `set` so far, and loop variables, by name.
+type Scope = HashMap<String, Size>;
+
+/// A macro and the sizes of the arguments it is called with, by name.
+type MacroCall<'a> = (&'a str, Vec<(String, Size)>);
+
+impl<'a> Sizes<'a> {
+    /// Remember `size` as the first value past the bounds, placed at `name`.
+    fn note(&self, name: &str, size: Size) -> Size {
+        if !size.within_bounds() && self.over.borrow().is_none() {
+            *self.over.borrow_mut() = Some((name.to_string(), size));
+        }
+        size
+    }
+
+    /// What `nodes` write; the `set`s among them go into `scope`.
+    fn nodes(&self, nodes: &'a [Node], scope: &mut Scope) -> Size {
+        let mut written = Size::default();
+        if self.over.borrow().is_some() {
+            // Found already: the rest need not be measured.
+            return written;
+        }
+        for node in nodes {
+            let size = match node {
+                Node::Text(text) | Node::Raw(_, text, _) => Size::bytes(text.len() as u64),
+                Node::VariableBlock(_, e) => self.expr(e, scope),
+                Node::Set(_, set) => {
+                    let value = self.expr(&set.value, scope);
+                    scope.insert(set.key.clone(), self.note(&set.key, value));
+                    Size::default()
+                }
+                Node::FilterSection(_, section, _) => {
+                    let body = self.nodes(&section.body, scope);
+                    self.filter(&section.filter, body, scope)
+                }
+                Node::Block(_, block, _) => self.nodes(&block.body, scope),
+                Node::Forloop(_, each, _) => {
+                    let item = self.item(&each.container, scope);
+                    // Each pass starts from the scope before the loop.
+                    let mut inner = scope.clone();
+                    for name in each.key.iter().chain([&each.value]) {
+                        inner.insert(name.clone(), item);
+                    }
+                    let body = self.nodes(&each.body, &mut inner);
+                    let empty = match &each.empty_body {
+                        Some(b) => self.nodes(b, &mut scope.clone()),
+                        None => Size::default(),
+                    };
+                    self.note("for", body.times(super::repeats(&each.container)))
+                        .max(empty)
+                }
+                Node::If(branches, _) => {
+                    // A `set` in a branch stays after the `if`: the largest of the branches'.
+                    let mut after = scope.clone();
+                    let mut most = Size::default();
+                    let bodies = branches
+                        .conditions
+                        .iter()
+                        .map(|(_, _, body)| body)
+                        .chain(branches.otherwise.iter().map(|(_, body)| body));
+                    for body in bodies {
+                        let mut branch = scope.clone();
+                        most = most.max(self.nodes(body, &mut branch));
+                        for (name, size) in branch {
+                            let kept = after.entry(name).or_default();
+                            *kept = kept.max(size);
+                        }
+                    }
+                    *scope = after;
+                    most
+                }
+                _ => Size::default(),
+            };
+            written = written.plus(size);
+        }
+        written
+    }
+
+    /// How large `e` can be, its filters applied.
+    fn expr(&self, e: &'a Expr, scope: &Scope) -> Size {
+        let value = self.value(&e.val, scope);
+        if e.negated {
+            return Size::SCALAR;
+        }
+        e.filters
+            .iter()
+            .fold(value, |size, f| self.filter(f, size, scope))
+    }
+
+    fn value(&self, val: &'a ExprVal, scope: &Scope) -> Size {
+        match val {
+            ExprVal::String(s) => Size::bytes(s.len() as u64),
+            ExprVal::Ident(name) => ident(name, scope),
+            ExprVal::StringConcat(concat) => concat
+                .values
+                .iter()
+                .map(|v| self.value(v, scope))
+                .fold(Size::default(), Size::plus),
+            // Printed as `[a, b]`: the items, and a comma and a space between.
+            ExprVal::Array(items) => items
+                .iter()
+                .map(|item| self.expr(item, scope).plus(Size::bytes(2)))
+                .fold(Size::bytes(2), Size::plus),
+            ExprVal::FunctionCall(call) if call.name == "range" => {
+                Size::SCALAR.times(RANGE_MAX as u64)
+            }
+            ExprVal::MacroCall(call) => {
+                let args = call
+                    .args
+                    .iter()
+                    .map(|(name, arg)| (name.clone(), self.expr(arg, scope)))
+                    .collect();
+                self.macro_writes(&call.name, args)
+            }
+            ExprVal::Int(_)
+            | ExprVal::Float(_)
+            | ExprVal::Bool(_)
+            | ExprVal::Math(_)
+            | ExprVal::Logic(_)
+            | ExprVal::Test(_)
+            | ExprVal::In(_)
+            | ExprVal::FunctionCall(_) => Size::SCALAR,
+        }
+    }
+
+    /// How large one item of `container` can be: a number of a `range`, the largest of a
+    /// literal array's items, else as large as the whole.
+    fn item(&self, container: &'a Expr, scope: &Scope) -> Size {
+        match &container.val {
+            _ if !container.filters.is_empty() => self.expr(container, scope),
+            ExprVal::FunctionCall(call) if call.name == "range" => Size::SCALAR,
+            ExprVal::Array(items) => items
+                .iter()
+                .map(|item| self.expr(item, scope))
+                .fold(Size::default(), Size::max),
+            _ => self.expr(container, scope),
+        }
+    }
+
+    /// What macro `name` writes when called with arguments of these sizes (its defaults for
+    /// the others).
+    fn macro_writes(&self, name: &str, mut args: Vec<(String, Size)>) -> Size {
+        let Some((&name, def)) = self.macros.get_key_value(name) else {
+            // Tera refuses the call when it compiles or renders.
+            return Size::default();
+        };
+        args.sort_by(|a, b| a.0.cmp(&b.0));
+        let key = (name, args);
+        if let Some(&size) = self.known.borrow().get(&key) {
+            return size;
+        }
+        let mut scope: Scope = def
+            .args
+            .iter()
+            .map(|(arg, default)| {
+                let size = default
+                    .as_ref()
+                    .map_or(Size::default(), |d| self.expr(d, &Scope::new()));
+                (arg.clone(), size)
+            })
+            .collect();
+        scope.extend(key.1.iter().cloned());
+        let size = self.nodes(&def.body, &mut scope);
+        self.known.borrow_mut().insert(key, size);
+        size
+    }
+
+    /// How large `input` can be after filter `f`. Filters that only shorten, select or
+    /// reorder keep the input's bound; those that escape or change case grow it by the most
+    /// bytes one input byte can become.
+    fn filter(&self, f: &'a FunctionCall, input: Size, scope: &Scope) -> Size {
+        let arg = |name: &str| f.args.get(name).map(|e| self.expr(e, scope));
+        let literal = |name: &str| match f.args.get(name).map(|e| (&e.val, e.filters.len())) {
+            Some((ExprVal::String(s), 0)) => Some(s.len() as u64),
+            _ => None,
+        };
+        let size = match f.name.as_str() {
+            // `&` becomes `&amp;`, `"` `&quot;`, `/` `&#x2F;`, a control character `\u0001`.
+            "escape" | "escape_xml" | "json_encode" | "as_str" => input.times(6),
+            // A byte becomes `%XX`; a quote `\"`; a newline `<br>`.
+            "urlencode" | "urlencode_strict" => input.times(3),
+            "addslashes" => input.times(2),
+            "linebreaksbr" => input.times(4),
+            // A character's other case can be longer (`ß` → `SS`, `ŉ` → `ʼN`).
+            "upper" | "lower" | "capitalize" | "title" | "slugify" => input.times(3),
+            // Every byte can be a line that gets the prefix (four spaces by default).
+            "indent" => input.times(1 + arg("prefix").map_or(4, |p| p.bytes.max(1))),
+            "truncate" => input.plus(arg("end").unwrap_or(Size::bytes(3))),
+            // Every item but the last gets the separator; an item is at least a byte.
+            "join" => input.plus(input.times(arg("sep").map_or(0, |s| s.bytes))),
+            "concat" => input.plus(arg("with").unwrap_or_default()),
+            "default" => input.max(arg("value").unwrap_or_default()),
+            "split" => input.times(3),
+            "group_by" => input.times(2),
+            "replace" => replaced(input, literal("from"), arg("to").unwrap_or_default()),
+            "length" | "wordcount" | "int" | "float" | "round" | "abs" | "filesizeformat"
+            | "date" | "pluralize" => Size::SCALAR,
+            // trim…, striptags, spaceless, first, last, nth, get, slice, sort, unique,
+            // reverse, filter, map, safe, and names Tera refuses itself.
+            _ => input,
+        };
+        self.note(&f.name, size)
+    }
+}
+
+/// The bound of a variable: one `set` or looped over, else a recipient's value (or
+/// several, for a name that is none of them: Tera refuses it, or `check` does).
+fn ident(name: &str, scope: &Scope) -> Size {
+    let root = name.split(['.', '[']).next().unwrap_or(name);
+    if let Some(&size) = scope.get(name).or_else(|| scope.get(root)) {
+        return size;
+    }
+    if root == "loop" {
+        return Size::SCALAR;
+    }
+    if VARIABLES.contains(&name) || ["client", "mailing", "owner"].contains(&root) {
+        return Size::INPUT;
+    }
+    // `__tera_context` prints them all.
+    Size::INPUT
+        .times(VARIABLES.len() as u64)
+        .plus(Size::bytes(1024))
+}
+
+/// `replace(from, to)` on `input`: each occurrence of `from` becomes `to`. An empty (or
+/// not literal) `from` may match at every character boundary. When both the input and `to`
+/// depend on a recipient, the result grows with the square of their values: no bound of
+/// this shape holds.
+fn replaced(input: Size, from: Option<u64>, to: Size) -> Size {
+    let occurrences = |n: u64| match from {
+        Some(from @ 1..) => n / from,
+        _ => n.saturating_add(1),
+    };
+    if to.times == 0 {
+        // Each byte matched (or boundary) becomes at most `to.bytes` more.
+        let grown = match from {
+            Some(from @ 1..) => input.times(to.bytes.div_ceil(from).max(1)),
+            _ => input.times(1 + to.bytes).plus(Size::bytes(to.bytes)),
+        };
+        return grown;
+    }
+    if input.times == 0 {
+        return input.plus(to.times(occurrences(input.bytes)));
+    }
+    Size {
+        times: u64::MAX,
+        bytes: u64::MAX,
+    }
+}
