@@ -851,8 +851,15 @@ impl Deliverer {
                     && !*stop.borrow()
                     && !crew.run_done.load(Ordering::SeqCst)
                 {
-                    rest = self.claim_batch(worker, scope, crew, true).await?;
-                    more = !rest.is_empty();
+                    // A failed claim ends this delivery, not the outcomes before it: the
+                    // worker's loop claims again (and stops there if the database is down).
+                    match self.claim_batch(worker, scope, crew, true).await {
+                        Ok(claimed) => {
+                            rest = claimed;
+                            more = !rest.is_empty();
+                        }
+                        Err(e) => tracing::warn!("{worker}: claiming the next batch: {e}"),
+                    }
                 }
                 let next = self.next_chunk(&mut rest, &mut slots, &gone).await;
                 let asked = next.iter().filter(|d| !gone.contains(&d.id)).count();
