@@ -572,9 +572,10 @@ impl Config {
                 "dkim",
                 key,
                 format!(
-                    "is empty while {} is set: DKIM signing needs selector, domain and \
+                    "is empty while {} {} set: DKIM signing needs selector, domain and \
                      private_key_file together (or none of them)",
-                    set.join(" and ")
+                    set.join(" and "),
+                    if set.len() == 1 { "is" } else { "are" }
                 ),
             ));
         }

@@ -392,3 +392,44 @@ fn an_expired_link_brings_a_new_one() {
     wait_outbox(&out, "a second link to alice", |m| links(m) == 2);
     daemon.terminate();
 }
+
+/// With `[dkim]` set, the verification link is signed like the mailings' messages: a
+/// domain whose DMARC policy rejects unsigned mail would otherwise refuse the one mail
+/// that lets its owners send.
+#[test]
+fn the_verification_mail_is_dkim_signed_like_the_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    repository(root);
+    let key = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../transport/tests/fixtures/dkim-test-rsa.pem")
+        .canonicalize()
+        .unwrap();
+    let key = key.to_str().unwrap();
+    let env = [
+        ("SKYCHIMP_NOW", NOW),
+        ("SKYCHIMP_DKIM_SELECTOR", "sky2026"),
+        ("SKYCHIMP_DKIM_DOMAIN", "example.com"),
+        ("SKYCHIMP_DKIM_PRIVATE_KEY_FILE", key),
+    ];
+    let out = root.join("var/outbox");
+    let daemon = Daemon::start("dkim-links", root, &env);
+    let mails = wait_outbox(&out, "bob's verification link", |m| {
+        to_of(m, CONFIRM).contains(&"bob@example.org".to_string())
+    });
+    let (status, page) = daemon.get(&verification_link(&mails, "bob@example.org"));
+    assert_eq!(status, 200, "{page}");
+    let mails = wait_outbox(&out, "bob's standup", |m| {
+        to_of(m, "Standup") == ["dev@example.org"]
+    });
+    for subject in [CONFIRM, "Standup"] {
+        let mail = mails.iter().find(|m| m.subject == subject).unwrap();
+        let raw = std::fs::read_to_string(&mail.path).unwrap();
+        assert!(
+            raw.lines().any(|l| l.starts_with("DKIM-Signature:")
+                && l.contains("d=example.com")
+                && l.contains("s=sky2026")),
+            "{subject} is not signed:\n{raw}"
+        );
+    }
+}

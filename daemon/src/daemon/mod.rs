@@ -181,7 +181,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         secret.clone(),
         clock.clone(),
         handle.clone(),
-        dkim,
+        dkim.clone(),
     ));
     deliverer.hold_stopped().await?;
     let scheduler = Arc::new(Scheduler::new(
@@ -199,6 +199,7 @@ async fn serve(setup: Setup) -> anyhow::Result<ExitCode> {
         config.manager.public_url.clone(),
         config.smtp.from.clone(),
         config.users.verification_ttl.0,
+        dkim,
     ));
     let state_changed = Arc::new(Notify::new());
     let runtime = tokio::runtime::Handle::current();

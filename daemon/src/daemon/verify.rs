@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use skychimp_storage::{Storage, Store};
-use skychimp_transport::{NoticeInput, SendOutcome, Sender, compose_notice};
+use skychimp_transport::{DkimSigner, NoticeInput, SendOutcome, Sender, compose_notice};
 
 use crate::catalog::User;
 use crate::clock::Clock;
@@ -47,10 +47,14 @@ pub struct Verifier {
     public_url: String,
     from: String,
     ttl: Duration,
+    /// `[dkim]`: the links are signed like every message (a domain whose DMARC policy
+    /// rejects unsigned mail would otherwise refuse the one mail that lets owners send).
+    dkim: Option<Arc<DkimSigner>>,
 }
 
 impl Verifier {
     /// A verifier; links are built from `public_url` and valid for `ttl`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         catalog: CatalogHandle,
@@ -59,6 +63,7 @@ impl Verifier {
         public_url: String,
         from: String,
         ttl: Duration,
+        dkim: Option<Arc<DkimSigner>>,
     ) -> Self {
         Self {
             store,
@@ -68,6 +73,7 @@ impl Verifier {
             public_url,
             from,
             ttl,
+            dkim,
         }
     }
 
@@ -139,7 +145,7 @@ impl Verifier {
                 text: &text,
                 html: &html,
                 date: std::time::SystemTime::from(now),
-                dkim: None,
+                dkim: self.dkim.as_deref(),
             });
             let message = match message {
                 Ok(m) => m,

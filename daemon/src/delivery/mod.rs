@@ -140,7 +140,7 @@ pub fn transport_from_config(config: &Config) -> Result<Transport, DeliveryError
 }
 
 /// The DKIM signer for `[dkim]`, when configured.
-pub fn dkim_from_config(config: &Config) -> Result<Option<DkimSigner>, DeliveryError> {
+pub fn dkim_from_config(config: &Config) -> Result<Option<Arc<DkimSigner>>, DeliveryError> {
     let d = &config.dkim;
     if d.selector.is_empty() && d.domain.is_empty() && d.private_key_file.is_empty() {
         return Ok(None);
@@ -159,8 +159,14 @@ pub fn dkim_from_config(config: &Config) -> Result<Option<DkimSigner>, DeliveryE
         domain: d.domain.clone(),
         private_key_pem: pem,
     })
-    .map_err(|e| DeliveryError::Setup(format!("[dkim]: {e}")))?;
-    Ok(Some(signer))
+    .map_err(|e| {
+        DeliveryError::Setup(format!(
+            "[dkim] private_key_file {}: {e} (expected a PKCS#1 RSA key in PEM, or the \
+             base64 of a 32-byte Ed25519 key)",
+            path.display()
+        ))
+    })?;
+    Ok(Some(Arc::new(signer)))
 }
 
 /// A run to create now for a mailing: its recipients, message and version are fixed here.
@@ -333,7 +339,7 @@ pub struct Deliverer {
     secret: TokenSecret,
     clock: Arc<dyn Clock>,
     catalog: CatalogHandle,
-    dkim: Option<DkimSigner>,
+    dkim: Option<Arc<DkimSigner>>,
     instance: String,
     /// Woken when new work may be there (a run created, a retry due).
     wake: Notify,
@@ -425,7 +431,7 @@ impl Deliverer {
         secret: TokenSecret,
         clock: Arc<dyn Clock>,
         catalog: CatalogHandle,
-        dkim: Option<DkimSigner>,
+        dkim: Option<Arc<DkimSigner>>,
     ) -> Self {
         Self {
             store,
@@ -1184,7 +1190,7 @@ impl Deliverer {
             },
             unsubscribe_url: &unsubscribe,
             date: SystemTime::from(self.clock.now()),
-            dkim: self.dkim.as_ref(),
+            dkim: self.dkim.as_deref(),
         });
         message.map_err(|e| fail(format!("compose: {e}")))
     }
