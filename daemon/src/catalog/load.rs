@@ -15,6 +15,7 @@ use super::address::{self, Caseless};
 use super::discover::{Entry, Kind, discover, name_problem, valid_name};
 use super::raw::{RawList, RawMailing, RawMessage, RawMessageRef, RawUsers};
 use super::{Catalog, Client, ClientList, LoadOptions, Mailing, Message, User, blob_id};
+use crate::delivery::render::Renderer;
 use crate::duration::HumanDuration;
 use crate::message;
 use crate::problem::{LineIndex, Pos, Problem};
@@ -44,6 +45,12 @@ pub(super) enum Good {
     List(Arc<ClientList>),
     Mailing(Arc<MailingDraft>),
     Message(Arc<Message>),
+}
+
+/// Whether `good` has a mailing file of id `id` that passed its own checks.
+pub(super) fn has_draft(good: &GoodFiles, id: &str) -> bool {
+    good.values()
+        .any(|g| matches!(g, Good::Mailing(draft) if draft.id == id))
 }
 
 /// A mailing file that passed its own checks; its lists and message are still names.
@@ -226,6 +233,19 @@ pub(super) fn load(
         if let Some(m) = mailing.filter(|m| catalog.users.contains_key(&m.owner)) {
             catalog.mailings.insert(m.id.clone(), Arc::new(m));
         }
+    }
+    // A mailing whose message fails for some of its recipients is left out like any broken
+    // one: `check`, the daemon's problems and `send` agree, and no run fails those
+    // recipients for good.
+    let failing: Vec<(String, Vec<Problem>)> = catalog
+        .mailings
+        .par_iter()
+        .map(|(id, m)| (id.clone(), render_failures(&catalog, m)))
+        .filter(|(_, failures)| !failures.is_empty())
+        .collect();
+    for (id, failures) in failing {
+        catalog.mailings.remove(&id);
+        problems.extend(failures);
     }
     let users = &catalog.users;
     catalog
@@ -866,4 +886,66 @@ fn parse_mailing(
         inline,
         blob,
     }))
+}
+
+/// A template failure: `subject` or `body`, line and column in that template, message.
+type Failure = (&'static str, usize, usize, String);
+
+/// Renders a mailing's subject and body for each of its recipients, as a send would, and
+/// returns an error per distinct failure (with how many recipients it hits and the first).
+/// Reading a message file renders each template once, for a sample recipient; a mistake in
+/// a branch only some clients take (`{% if client.comment %}{{ client.coment }}{% endif %}`)
+/// shows here. A plain template (text and variables) cannot fail and is not rendered.
+fn render_failures(catalog: &Catalog, m: &Mailing) -> Vec<Problem> {
+    let renderer = match Renderer::for_mailing(catalog, m) {
+        Ok(r) if !r.is_plain() => r,
+        // Plain, or it does not compile (reported where the file is read).
+        _ => return Vec::new(),
+    };
+    let recipients: Vec<_> = m.recipients().collect();
+    let failed: Vec<(usize, Failure)> = recipients
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, &c)| {
+            let e = renderer
+                .render(c.into(), "https://example.org/unsubscribe/check")
+                .err()?;
+            let (what, source) = if e.to_string().contains("'subject'") {
+                ("subject", m.message.subject.as_str())
+            } else {
+                ("body", m.message.body.as_str())
+            };
+            let e = crate::message::located(&e, source);
+            Some((i, (what, e.line, e.column, e.message)))
+        })
+        .collect();
+    // Each failure → how many recipients it hits, and the first of them.
+    let mut failures: BTreeMap<Failure, (usize, &str)> = BTreeMap::new();
+    for (i, key) in failed {
+        failures
+            .entry(key)
+            .or_insert((0, recipients[i].email.as_str()))
+            .0 += 1;
+    }
+    failures
+        .into_iter()
+        .map(|((what, line, column, message), (n, first))| {
+            let start = if what == "subject" {
+                m.message.subject_at
+            } else {
+                m.message.body_at
+            };
+            Problem::error(
+                &m.message.path,
+                start.within(line, column),
+                format!(
+                    "{what}: {message}, for {} of {} recipients of {} (the first: {first}); \
+                     it does not send until it renders for all",
+                    n,
+                    recipients.len(),
+                    m.id
+                ),
+            )
+        })
+        .collect()
 }

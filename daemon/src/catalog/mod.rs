@@ -193,6 +193,12 @@ impl Catalog {
         self.mailings.get(id)
     }
 
+    /// Whether mailing `id`'s own file is good but the mailing was left out: a list or
+    /// message it names is missing or broken, or its message fails for some recipient.
+    pub fn left_out(&self, id: &str) -> bool {
+        !self.mailings.contains_key(id) && load::has_draft(&self.good, id)
+    }
+
     /// Every problem found, errors first, then by path and position.
     pub fn problems(&self) -> &[Problem] {
         &self.problems

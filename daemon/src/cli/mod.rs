@@ -284,10 +284,11 @@ impl Setup {
         if let Some(m) = catalog.mailing(id) {
             return Ok(m);
         }
-        let broken = catalog
-            .problems()
-            .iter()
-            .any(|p| p.is_error() && p.path.ends_with(format!("{id}.toml")));
+        let broken = catalog.left_out(id)
+            || catalog
+                .problems()
+                .iter()
+                .any(|p| p.is_error() && p.path.ends_with(format!("{id}.toml")));
         if broken {
             anyhow::bail!("mailing `{id}` has errors: run `skychimpd check`");
         }

@@ -188,6 +188,12 @@ impl Renderer {
         })
     }
 
+    /// Whether every recipient's message is made without Tera (text and plain variables
+    /// only): such a message cannot fail to render.
+    pub fn is_plain(&self) -> bool {
+        self.plain.is_some()
+    }
+
     /// The message for one recipient.
     pub fn render(
         &self,
