@@ -329,3 +329,39 @@ fn a_second_daemon_on_one_sqlite_file_is_refused() {
     let (status, log) = Daemon::start("again", root, ENV).terminate();
     assert!(status.success(), "{status}: {}", log.join("\n"));
 }
+
+/// A mailing new to the daemon sends its latest occurrence at once however late, as the
+/// due rule says; when that is later than `catch_up` the log says so beside `run created`
+/// (its message may speak of that moment), and not for one within `catch_up`.
+#[test]
+fn a_new_mailing_sent_later_than_catch_up_is_logged_as_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    repository(root);
+    write(root, "mailings/alice/recent.toml", &marker("markers"));
+    write(
+        root,
+        "mailings/alice/old.toml",
+        &marker("markers").replace("2026-11-26T10:00:00", "2026-11-23T12:00:00"),
+    );
+    let mut daemon = Daemon::start("late", root, ENV);
+    let mark = daemon.position();
+    daemon.wait_for(&["run created", "mailing=alice/recent"]);
+    daemon.rewind(mark);
+    daemon.wait_for(&["run created", "mailing=alice/old"]);
+    let late = daemon.wait_for(&[
+        "a new mailing sends its latest occurrence at once, however late",
+        "mailing=alice/old",
+    ]);
+    assert!(late.contains("late=3d"), "{late}");
+    // The whole log, once the daemon has stopped.
+    wait_outbox(&root.join("var/outbox"), "both markers", |m| m.len() == 2);
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    let warned: Vec<&String> = log.iter().filter(|l| l.contains("however late")).collect();
+    assert_eq!(
+        warned.len(),
+        1,
+        "only the one later than catch_up: {warned:#?}"
+    );
+}

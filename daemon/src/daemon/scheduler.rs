@@ -127,6 +127,13 @@ impl Scheduler {
                         None => run.recipients.len() as i64,
                     };
                     tracing::info!(mailing = %m.id, %occurrence, run = id.0, recipients, "run created");
+                    // Only a mailing new to this database goes out later than catch_up (the
+                    // due rule): say so, since its message may speak of that moment.
+                    let late = (now - occurrence).to_std().unwrap_or_default();
+                    if late > catch_up {
+                        use crate::duration::HumanDuration;
+                        tracing::warn!(mailing = %m.id, %occurrence, late = %HumanDuration(late), "a new mailing sends its latest occurrence at once, however late; to wait for its next one, set `start` after now or deploy it with `enabled = false`");
+                    }
                     tick.created.push((m.id.clone(), occurrence, id));
                 }
             }
