@@ -390,6 +390,35 @@ fn send_exits_1_when_messages_are_only_deferred() {
         "{}",
         out.stdout_text()
     );
+
+    // Sending again (the natural "retry") would mail everyone a second copy when the
+    // daemon retries the first run: refused, and the dry run says so.
+    let refused = "run 1 of `alice/launch` is not finished (2 deferred): `skychimpd run` \
+                   delivers it (deferred deliveries at their retry), and a new run would mail \
+                   its recipients again; see `skychimpd report alice/launch`";
+    let again = skychimpd_env(&["--root", root, "send", "alice/launch"], &env);
+    assert_eq!(again.status.code(), Some(1), "{}", again.stdout_text());
+    assert!(
+        again
+            .stderr_text()
+            .contains(&format!("skychimpd: not sending: {refused}")),
+        "{}",
+        again.stderr_text()
+    );
+    let dry = skychimpd_env(&["--root", root, "send", "alice/launch", "--dry-run"], &env);
+    assert!(
+        dry.stdout_text().contains(&format!(
+            "note: a real send would be refused now: {refused}"
+        )),
+        "{}",
+        dry.stdout_text()
+    );
+    let report = skychimpd_env(
+        &["--root", root, "report", "alice/launch", "--format", "json"],
+        &env,
+    );
+    let runs: serde_json::Value = serde_json::from_str(&report.stdout_text()).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "no second run: {runs}");
 }
 
 #[test]

@@ -74,6 +74,43 @@ pub(crate) async fn refusal(
     Ok(None)
 }
 
+/// Why a new run of `m` would mail its recipients again while an earlier one still has
+/// deliveries to make (queued, retried later or going out now: a relay that was down, a
+/// `send` running elsewhere, the daemon's own run), as a sentence; `None` when none has.
+/// Sending again is the natural "retry" after deferrals, and each recipient would get
+/// every run.
+pub(crate) async fn unfinished(
+    store: &skychimp_storage::Store,
+    m: &Mailing,
+) -> anyhow::Result<Option<String>> {
+    let reports = store.report(&m.id).await?;
+    let Some(r) = reports
+        .iter()
+        .find(|r| r.queued + r.deferred + r.sending > 0)
+    else {
+        return Ok(None);
+    };
+    let mut left = Vec::new();
+    for (n, what) in [
+        (r.queued, "queued"),
+        (r.deferred, "deferred"),
+        (r.sending, "sending"),
+    ] {
+        if n > 0 {
+            left.push(format!("{n} {what}"));
+        }
+    }
+    Ok(Some(format!(
+        "run {} of `{}` is not finished ({}): `skychimpd run` delivers it (deferred deliveries \
+         at their retry), and a new run would mail its recipients again; see `skychimpd \
+         report {}`",
+        r.run_id.0,
+        m.id,
+        left.join(", "),
+        m.id
+    )))
+}
+
 /// `skychimpd send OWNER/NAME [--dry-run]`
 pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
     let setup = Setup::new(cli)?;
@@ -100,6 +137,10 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         let recovered = recover_dead_local(&setup, &store).await?;
         if recovered > 0 {
             errln!("recovered {recovered} deliveries of a process that died mid-send");
+        }
+        if let Some(why) = unfinished(&store, &mailing).await? {
+            errln!("skychimpd: not sending: {why}");
+            return Ok(ExitCode::from(1));
         }
         // Everything that can refuse to start comes before the run, which the daemon
         // would otherwise deliver later.
@@ -296,7 +337,11 @@ async fn dry_run_report(
             out += &format!("  send  {} <{}>\n", c.name, c.email);
         }
     }
-    if let Some(why) = refusal(setup, store, catalog, m).await? {
+    let unfinished = match store {
+        Some(store) => unfinished(store, m).await?,
+        None => None,
+    };
+    if let Some(why) = refusal(setup, store, catalog, m).await?.or(unfinished) {
         out += &format!("note: a real send would be refused now: {why}\n");
     }
     // What a real send reads before it creates the run.
