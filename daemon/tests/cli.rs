@@ -873,6 +873,24 @@ fn site_build_refuses_a_folder_it_did_not_make_and_exits_2() {
         std::fs::read_to_string(out_dir.join("thesis.txt")).unwrap(),
         "years of work\n"
     );
+    // An output folder inside `static/` is refused the same way: the build cannot run.
+    let inside = dir.path().join("site/static/gen");
+    let out = skychimpd(&[
+        "--root",
+        root,
+        "site",
+        "build",
+        "--out",
+        inside.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .contains("whose files are copied into it: choose --out outside it"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(!inside.exists());
 }
 
 /// A symlink within an owner's own folders is theirs to use (another owner's is refused:

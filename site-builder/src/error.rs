@@ -94,6 +94,20 @@ pub enum SiteError {
         /// The output folder.
         path: PathBuf,
     },
+    /// The output folder is inside `static/`, which is copied into it: each build would
+    /// copy the last one into itself, deeper every time.
+    #[error(
+        "{path}: the output folder is inside {static_dir}, whose files are copied into it: \
+         choose --out outside it",
+        path = .path.display(),
+        static_dir = .static_dir.display()
+    )]
+    OutputInStatic {
+        /// The output folder.
+        path: PathBuf,
+        /// The site's `static/`.
+        static_dir: PathBuf,
+    },
     /// A template failed to parse or to render.
     #[error("{location}: {message}")]
     Template {
@@ -153,7 +167,9 @@ impl SiteError {
     /// The location the error names, if it names one beyond a bare I/O path.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            SiteError::Io { .. } | SiteError::NotABuild { .. } => None,
+            SiteError::Io { .. }
+            | SiteError::NotABuild { .. }
+            | SiteError::OutputInStatic { .. } => None,
             SiteError::Toml { location, .. }
             | SiteError::Invalid { location, .. }
             | SiteError::Template { location, .. } => Some(location),

@@ -229,14 +229,10 @@ fn refuse_inside(
         return Ok(());
     };
     if parent.join(name).starts_with(&static_dir) {
-        return Err(SiteError::invalid(
-            out_dir,
-            format!(
-                "the output folder is inside {}, whose files are copied into it: choose \
-                 --out outside it",
-                static_dir.display()
-            ),
-        ));
+        return Err(SiteError::OutputInStatic {
+            path: out_dir.to_path_buf(),
+            static_dir,
+        });
     }
     Ok(())
 }

@@ -43,7 +43,9 @@ pub fn build(cli: &Cli, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::Resu
         // The output folder refused, or a file that cannot be read or written: the build
         // could not run (2); anything else is a problem in the site's files (1).
         Err(
-            e @ (skychimp_site::SiteError::NotABuild { .. } | skychimp_site::SiteError::Io { .. }),
+            e @ (skychimp_site::SiteError::NotABuild { .. }
+            | skychimp_site::SiteError::OutputInStatic { .. }
+            | skychimp_site::SiteError::Io { .. }),
         ) => {
             errln!("skychimpd: {e}");
             Ok(ExitCode::from(2))
