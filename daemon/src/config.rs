@@ -590,6 +590,22 @@ impl Config {
                 ),
             ));
         }
+        // A Redis URL that does not parse is a mistake, not an outage: read as "not
+        // reachable", each daemon would send at the full rate instead of sharing it.
+        let redis = self.redis.url.trim();
+        if !redis.is_empty()
+            && let Err(e) = redis::Client::open(redis)
+        {
+            return Err((
+                "redis",
+                "url",
+                format!(
+                    "`{}` is not a Redis URL ({e}): write redis://HOST:PORT/DB, rediss://… \
+                     (TLS) or redis+unix:///PATH",
+                    crate::cli::redact(redis)
+                ),
+            ));
+        }
         if let Some(why) = base_url_problem(&self.manager.public_url) {
             return Err((
                 "manager",
@@ -866,6 +882,18 @@ mod tests {
                 parse("", &[("SKYCHIMP_MANAGER_PUBLIC_URL", good)]).is_ok(),
                 "{good}"
             );
+        }
+
+        match parse("", &[("SKYCHIMP_REDIS_URL", "http://x")]) {
+            Err(e) => assert!(
+                e.to_string()
+                    .contains("SKYCHIMP_REDIS_URL: `http://x` is not a Redis URL"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        for good in ["redis://127.0.0.1:6379/7", "redis+unix:///run/redis.sock"] {
+            assert!(parse("", &[("SKYCHIMP_REDIS_URL", good)]).is_ok(), "{good}");
         }
 
         let text = "[smtp]\nrate = 5\n\n[manager]\nlisten = \"127.0.0.1:8025\"\n  public_url = \"ftp://x\"\n";

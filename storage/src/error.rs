@@ -31,7 +31,14 @@ pub enum StorageError {
     },
     /// A migration failed or the applied ones differ from the embedded ones.
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
+    /// The database has a migration this binary does not: a newer skychimpd migrated it
+    /// (a rolling upgrade, or a binary rolled back).
+    #[error(
+        "this database was migrated by a newer skychimpd (migration {0}, which this binary \
+         does not have): run the newer version, or upgrade this one"
+    )]
+    NewerDatabase(i64),
     /// A query failed (the cause is the message, as in `Connect`).
     #[error("{}", Reason(.0))]
     Database(sqlx::Error),
@@ -44,6 +51,17 @@ pub enum StorageError {
         /// The value found.
         value: String,
     },
+}
+
+impl From<sqlx::migrate::MigrateError> for StorageError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::VersionMissing(version) => {
+                StorageError::NewerDatabase(version)
+            }
+            e => StorageError::Migrate(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StorageError {

@@ -54,3 +54,31 @@ async fn unsupported_url_is_refused_without_its_password() {
     );
     assert!(!message.contains("hunter2"));
 }
+
+/// A database a newer binary migrated (a rolling upgrade): refused with what to do, not
+/// sqlx's "previously applied but is missing".
+#[tokio::test]
+async fn a_database_from_a_newer_binary_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let store = Store::connect(&url).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let Store::Sqlite(sqlite) = &store else {
+        panic!("expected the SQLite back end")
+    };
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(sqlite.pool())
+    .await
+    .expect("a newer migration's row");
+    let e = store.migrate().await.expect_err("refused");
+    assert!(matches!(e, StorageError::NewerDatabase(9999)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "this database was migrated by a newer skychimpd (migration 9999, which this binary \
+         does not have): run the newer version, or upgrade this one"
+    );
+    store.close().await;
+}

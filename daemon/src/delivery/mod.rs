@@ -1175,7 +1175,8 @@ impl Deliverer {
             &unsubscribe,
         ) {
             Ok(r) => r,
-            Err(e) => return Err(fail(format!("template: {}", crate::message::describe(&e)))),
+            // `describe` says `template: …` itself.
+            Err(e) => return Err(fail(crate::message::describe(&e))),
         };
         let message = compose(&ComposeInput {
             from: &self.settings.from,

@@ -135,7 +135,10 @@ fn authenticate(state: &HttpState, req: &ApiRequest) -> Result<String, Reply> {
         return Err(Reply::error(
             401,
             "unknown_key",
-            &format!("unknown key id `{key}`"),
+            &format!(
+                "unknown key id `{key}`: not in the daemon's [manager.keys], or its secret is \
+                 not set where the daemon runs (its log says which at start)"
+            ),
         ));
     };
     let Ok(ts) = timestamp.trim().parse::<i64>() else {
