@@ -207,9 +207,15 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         );
         return Some(("for".to_string(), why));
     }
-    let (name, grown) = size::too_large(ast)?;
+    let size::Over {
+        name,
+        size: grown,
+        held,
+    } = size::too_large(ast)?;
     let at = if name == "for" {
         "what it writes".to_string()
+    } else if held {
+        format!("the values set up to `{name}`, held together,")
     } else {
         format!("`{name}`")
     };
@@ -736,23 +742,25 @@ mod tests {
         for (source, expected, at) in [
             (
                 doubled("\"0123456789\"", 30, &|v| format!("{v} ~ {v}")),
-                "template: `v20` can grow to 10485760 bytes for each recipient, besides the \
-                 recipient's values; a message may make at most 10000000",
-                (1, 481),
+                "template: the values set up to `v19`, held together, can grow to 10485750 \
+                 bytes for each recipient, besides the recipient's values; a message may make \
+                 at most 10000000",
+                (1, 456),
             ),
             (
                 doubled("client.name", 30, &|v| format!("{v} ~ {v}")),
-                "template: `v10` can repeat a recipient's values 1024 times over; a message \
-                 may use them at most 1000 times over",
-                (1, 232),
+                "template: the values set up to `v9`, held together, can repeat a recipient's \
+                 values 1023 times over; a message may use them at most 1000 times over",
+                (1, 210),
             ),
             (
                 doubled("\"x\"", 30, &|v| {
                     format!("{v} | replace(from=\"x\", to=\"xxxxxxxxxx\")")
                 }),
-                "template: `replace` can grow to 100000000 bytes for each recipient, besides \
-                 the recipient's values; a message may make at most 10000000",
-                (1, 36),
+                "template: the values set up to `v7`, held together, can grow to 11111111 \
+                 bytes for each recipient, besides the recipient's values; a message may make \
+                 at most 10000000",
+                (1, 350),
             ),
             (
                 "{{ client.name | replace(from=\"a\", to=client.name) }}".to_string(),
@@ -783,7 +791,56 @@ mod tests {
             assert_eq!(e.message, expected, "{source}");
             assert_eq!((e.line, e.column), at, "{source}");
         }
+        // Growth hidden in a condition, under `not`, in a filter's argument that becomes its
+        // result, in Tera's context dump, or in many copies of one value (each within bounds).
+        let tenfold = (0..9)
+            .map(|_| " | replace(from=\"0\", to=\"0000000000\")")
+            .collect::<String>();
+        let chain = |step: &dyn Fn(&str) -> String| {
+            (1..=31)
+                .map(|i| format!("{{% set a{i} = {} %}}", step(&format!("a{}", i - 1))))
+                .collect::<String>()
+        };
+        for source in [
+            format!("{{% if \"0123456789\"{tenfold} | length > 5 %}}x{{% endif %}}"),
+            format!("{{% set b = not \"0123456789\"{tenfold} %}}"),
+            format!("{{% if client.name is containing(\"0123456789\"{tenfold}) %}}x{{% endif %}}"),
+            "{% set a0 = __tera_context %}{% set a1 = __tera_context %}{{ a1 }}".to_string(),
+            format!(
+                "{{% set a0 = \"0123456789\" %}}{}",
+                chain(&|a| format!("2 | pluralize(plural={a} ~ {a})"))
+            ),
+            format!(
+                "{{% set a0 = \"0123456789\" %}}{}",
+                chain(&|a| format!("client | get(key=\"zz\", default={a} ~ {a})"))
+            ),
+            format!(
+                "{{% set a0 = \"%c\" %}}{}",
+                chain(&|a| format!("0 | date(format={a} ~ {a})"))
+            ),
+            format!(
+                "{}{}",
+                (1..=19)
+                    .map(|i| format!("{{% set v{i} = \"{}\" %}}", "x".repeat(1 << 19)))
+                    .take(1)
+                    .collect::<String>(),
+                (0..40)
+                    .map(|i| format!("{{% set w{i} = v1 %}}"))
+                    .collect::<String>()
+            ),
+        ] {
+            let e = check(&source).unwrap_err();
+            assert!(
+                e.message
+                    .contains("a message may use them at most 1000 times over")
+                    || e.message.contains("bytes for each recipient"),
+                "{}: {}",
+                &source[..source.len().min(120)],
+                e.message
+            );
+        }
         for fine in [
+            "{% for tag in client.comment | split(pat=\",\") %}{{ tag | trim }}, {% endfor %}",
             "{{ client.name | escape | upper | urlencode }}",
             "{{ \"Dear NAME,\" | replace(from=\"NAME\", to=client.name | title) }}",
             "{% for i in range(end=1000) %}{{ client.name }}{% endfor %}",

@@ -60,6 +60,14 @@ impl Size {
         }
     }
 
+    /// What `self` has beyond `other` (nothing where it has less).
+    fn minus(self, other: Size) -> Size {
+        Size {
+            times: self.times.saturating_sub(other.times),
+            bytes: self.bytes.saturating_sub(other.bytes),
+        }
+    }
+
     fn max(self, other: Size) -> Size {
         Size {
             times: self.times.max(other.times),
@@ -74,7 +82,7 @@ impl Size {
 
 /// The first value of `ast` (or what it writes) that can grow past the bounds, with the
 /// name to place the error at. Call it only on a template whose macros do not recurse.
-pub fn too_large(ast: &[Node]) -> Option<(String, Size)> {
+pub fn too_large(ast: &[Node]) -> Option<Over> {
     let macros: HashMap<&str, &tera::ast::MacroDefinition> = ast
         .iter()
         .filter_map(|node| match node {
@@ -99,7 +107,17 @@ struct Sizes<'a> {
     /// take 2^20 steps).
     known: RefCell<HashMap<MacroCall<'a>, Size>>,
     /// The first value past the bounds.
-    over: RefCell<Option<(String, Size)>>,
+    over: RefCell<Option<Over>>,
+}
+
+/// The first value (or the first total held at once) past the bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Over {
+    /// Where to place the error: a `set`'s name, a filter's, or `for` for what is written.
+    pub name: String,
+    pub size: Size,
+    /// Whether `size` is all that the values set so far hold together when `name` is set.
+    pub held: bool,
 }
 
 /// Variables `set` so far, and loop variables, by name.
@@ -111,8 +129,16 @@ type MacroCall<'a> = (&'a str, Vec<(String, Size)>);
 impl<'a> Sizes<'a> {
     /// Remember `size` as the first value past the bounds, placed at `name`.
     fn note(&self, name: &str, size: Size) -> Size {
+        self.note_as(name, size, false)
+    }
+
+    fn note_as(&self, name: &str, size: Size, held: bool) -> Size {
         if !size.within_bounds() && self.over.borrow().is_none() {
-            *self.over.borrow_mut() = Some((name.to_string(), size));
+            *self.over.borrow_mut() = Some(Over {
+                name: name.to_string(),
+                size,
+                held,
+            });
         }
         size
     }
@@ -131,6 +157,10 @@ impl<'a> Sizes<'a> {
                 Node::Set(_, set) => {
                     let value = self.expr(&set.value, scope);
                     scope.insert(set.key.clone(), self.note(&set.key, value));
+                    // Each `set` holds its own copy: all of them at once, and what is
+                    // written so far, must fit too.
+                    let held = scope.values().copied().fold(written, Size::plus);
+                    self.note_as(&set.key, held, true);
                     Size::default()
                 }
                 Node::FilterSection(_, section, _) => {
@@ -140,18 +170,27 @@ impl<'a> Sizes<'a> {
                 Node::Block(_, block, _) => self.nodes(&block.body, scope),
                 Node::Forloop(_, each, _) => {
                     let item = self.item(&each.container, scope);
-                    // Each pass starts from the scope before the loop.
-                    let mut inner = scope.clone();
-                    for name in each.key.iter().chain([&each.value]) {
-                        inner.insert(name.clone(), item);
-                    }
-                    let body = self.nodes(&each.body, &mut inner);
-                    let empty = match &each.empty_body {
+                    // Each pass starts from the scope before the loop. What a pass writes
+                    // grows with its item at most as fast as with the largest item, and
+                    // the items together are no larger than the container: the passes
+                    // write at most `repeats` times what an empty item makes, plus what
+                    // the largest item adds to that once.
+                    let pass = |item: Size| {
+                        let mut inner = scope.clone();
+                        for name in each.key.iter().chain([&each.value]) {
+                            inner.insert(name.clone(), item);
+                        }
+                        self.nodes(&each.body, &mut inner)
+                    };
+                    let (empty_item, largest) = (pass(Size::default()), pass(item));
+                    let body = empty_item
+                        .times(super::repeats(&each.container))
+                        .plus(largest.minus(empty_item));
+                    let otherwise = match &each.empty_body {
                         Some(b) => self.nodes(b, &mut scope.clone()),
                         None => Size::default(),
                     };
-                    self.note("for", body.times(super::repeats(&each.container)))
-                        .max(empty)
+                    self.note("for", body).max(otherwise)
                 }
                 Node::If(branches, _) => {
                     // A `set` in a branch stays after the `if`: the largest of the branches'.
@@ -162,6 +201,9 @@ impl<'a> Sizes<'a> {
                         .iter()
                         .map(|(_, _, body)| body)
                         .chain(branches.otherwise.iter().map(|(_, body)| body));
+                    for (_, condition, _) in &branches.conditions {
+                        self.expr(condition, scope);
+                    }
                     for body in bodies {
                         let mut branch = scope.clone();
                         most = most.max(self.nodes(body, &mut branch));
@@ -183,12 +225,12 @@ impl<'a> Sizes<'a> {
     /// How large `e` can be, its filters applied.
     fn expr(&self, e: &'a Expr, scope: &Scope) -> Size {
         let value = self.value(&e.val, scope);
-        if e.negated {
-            return Size::SCALAR;
-        }
-        e.filters
+        let filtered = e
+            .filters
             .iter()
-            .fold(value, |size, f| self.filter(f, size, scope))
+            .fold(value, |size, f| self.filter(f, size, scope));
+        // `not …` is a boolean, but what it negates is made first.
+        if e.negated { Size::SCALAR } else { filtered }
     }
 
     fn value(&self, val: &'a ExprVal, scope: &Scope) -> Size {
@@ -205,8 +247,29 @@ impl<'a> Sizes<'a> {
                 .iter()
                 .map(|item| self.expr(item, scope).plus(Size::bytes(2)))
                 .fold(Size::bytes(2), Size::plus),
-            ExprVal::FunctionCall(call) if call.name == "range" => {
-                Size::SCALAR.times(RANGE_MAX as u64)
+            ExprVal::FunctionCall(call) => {
+                for arg in call.args.values() {
+                    self.expr(arg, scope);
+                }
+                if call.name == "range" {
+                    Size::SCALAR.times(RANGE_MAX as u64)
+                } else {
+                    Size::SCALAR
+                }
+            }
+            // Numbers and booleans, but their operands are made first.
+            ExprVal::Math(tera::ast::MathExpr { lhs, rhs, .. })
+            | ExprVal::Logic(tera::ast::LogicExpr { lhs, rhs, .. })
+            | ExprVal::In(tera::ast::In { lhs, rhs, .. }) => {
+                self.expr(lhs, scope);
+                self.expr(rhs, scope);
+                Size::SCALAR
+            }
+            ExprVal::Test(test) => {
+                for arg in &test.args {
+                    self.expr(arg, scope);
+                }
+                Size::SCALAR
             }
             ExprVal::MacroCall(call) => {
                 let args = call
@@ -216,14 +279,7 @@ impl<'a> Sizes<'a> {
                     .collect();
                 self.macro_writes(&call.name, args)
             }
-            ExprVal::Int(_)
-            | ExprVal::Float(_)
-            | ExprVal::Bool(_)
-            | ExprVal::Math(_)
-            | ExprVal::Logic(_)
-            | ExprVal::Test(_)
-            | ExprVal::In(_)
-            | ExprVal::FunctionCall(_) => Size::SCALAR,
+            ExprVal::Int(_) | ExprVal::Float(_) | ExprVal::Bool(_) => Size::SCALAR,
         }
     }
 
@@ -231,6 +287,14 @@ impl<'a> Sizes<'a> {
     /// literal array's items, else as large as the whole.
     fn item(&self, container: &'a Expr, scope: &Scope) -> Size {
         match &container.val {
+            // The pieces of a `split` are no larger than what was split.
+            _ if container.filters.last().is_some_and(|f| f.name == "split") => {
+                let before = &container.filters[..container.filters.len() - 1];
+                let value = self.value(&container.val, scope);
+                before
+                    .iter()
+                    .fold(value, |size, f| self.filter(f, size, scope))
+            }
             _ if !container.filters.is_empty() => self.expr(container, scope),
             ExprVal::FunctionCall(call) if call.name == "range" => Size::SCALAR,
             ExprVal::Array(items) => items
@@ -273,6 +337,12 @@ impl<'a> Sizes<'a> {
     /// reorder keep the input's bound; those that escape or change case grow it by the most
     /// bytes one input byte can become.
     fn filter(&self, f: &'a FunctionCall, input: Size, scope: &Scope) -> Size {
+        // Every argument is made (and measured) first, whatever the filter does with it.
+        let args = f
+            .args
+            .values()
+            .map(|e| self.expr(e, scope))
+            .fold(Size::default(), Size::plus);
         let arg = |name: &str| f.args.get(name).map(|e| self.expr(e, scope));
         let literal = |name: &str| match f.args.get(name).map(|e| (&e.val, e.filters.len())) {
             Some((ExprVal::String(s), 0)) => Some(s.len() as u64),
@@ -294,14 +364,28 @@ impl<'a> Sizes<'a> {
             "join" => input.plus(input.times(arg("sep").map_or(0, |s| s.bytes))),
             "concat" => input.plus(arg("with").unwrap_or_default()),
             "default" => input.max(arg("value").unwrap_or_default()),
-            "split" => input.times(3),
+            // Filters whose result can be an argument.
+            "get" => input.max(arg("default").unwrap_or_default()),
+            "pluralize" => args.max(Size::bytes(1)),
+            // A two-byte directive (`%c`) can print some thirty bytes.
+            "date" => arg("format")
+                .unwrap_or_default()
+                .times(16)
+                .plus(Size::SCALAR),
+            // Each piece is a value of its own, dearer in memory than its bytes.
+            "split" => input.times(8),
             "group_by" => input.times(2),
             "replace" => replaced(input, literal("from"), arg("to").unwrap_or_default()),
-            "length" | "wordcount" | "int" | "float" | "round" | "abs" | "filesizeformat"
-            | "date" | "pluralize" => Size::SCALAR,
-            // trim…, striptags, spaceless, first, last, nth, get, slice, sort, unique,
-            // reverse, filter, map, safe, and names Tera refuses itself.
-            _ => input,
+            "length" | "wordcount" | "int" | "float" | "round" | "abs" | "filesizeformat" => {
+                Size::SCALAR
+            }
+            // trim…, striptags, spaceless, first, last, nth, slice, sort, unique, reverse,
+            // filter, map, safe: no larger than their input; others (names Tera refuses
+            // itself) as large as their input and arguments together.
+            "trim" | "trim_start" | "trim_end" | "trim_start_matches" | "trim_end_matches"
+            | "striptags" | "spaceless" | "first" | "last" | "nth" | "slice" | "sort"
+            | "unique" | "reverse" | "filter" | "map" | "safe" => input,
+            _ => input.plus(args),
         };
         self.note(&f.name, size)
     }
@@ -316,6 +400,13 @@ fn ident(name: &str, scope: &Scope) -> Size {
     }
     if root == "loop" {
         return Size::SCALAR;
+    }
+    if root == "__tera_context" {
+        // Every value set so far, escaped: each use more than doubles the next one.
+        return Size {
+            times: u64::MAX,
+            bytes: u64::MAX,
+        };
     }
     if VARIABLES.contains(&name) || ["client", "mailing", "owner"].contains(&root) {
         return Size::INPUT;
