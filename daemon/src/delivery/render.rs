@@ -148,6 +148,12 @@ impl Renderer {
     ) -> Result<Self, tera::Error> {
         // No template name ends in `.html`: Tera escapes nothing; the HTML part's values
         // are escaped before they go in (see the module documentation).
+        // Before Tera parses them: `check` refuses these too.
+        for source in [subject, body] {
+            if let Some((_, why)) = crate::message::too_deep(source) {
+                return Err(tera::Error::msg(why));
+            }
+        }
         let mut tera = crate::message::tera();
         tera.add_raw_templates(vec![("subject", subject), ("body", body)])?;
         // `check` refuses these; a run created before it did must not crash the daemon.

@@ -97,6 +97,14 @@ fn sample() -> TemplateContext<'static> {
 /// Compile `source`, look for variables no message has, and render it for a sample
 /// recipient.
 pub fn check(source: &str) -> Result<(), TemplateError> {
+    if let Some((at, why)) = too_deep(source) {
+        let (line, column) = line_and_column(source, at);
+        return Err(TemplateError {
+            line,
+            column,
+            message: format!("template: {why}"),
+        });
+    }
     let mut tera = tera();
     tera.add_raw_template("template", source)
         .map_err(|e| located(&e, source))?;
@@ -239,6 +247,49 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         )
     };
     Some((name, why))
+}
+
+/// The deepest a message may nest parentheses (calls in calls' arguments) inside its tags.
+pub const NESTING_MAX: usize = 8;
+
+/// Where `source` nests parentheses inside a tag deeper than [`NESTING_MAX`], and why that
+/// is refused: Tera's parser backtracks on each level, taking about twice as long per level
+/// (twenty nested macro calls parse for minutes, even under `{% if false %}`). Checked
+/// before Tera sees the template.
+pub fn too_deep(source: &str) -> Option<(usize, String)> {
+    let mut depth = 0usize;
+    let mut in_tag = false;
+    let mut quote: Option<u8> = None;
+    let bytes = source.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let next = bytes.get(i + 1).copied();
+        match (in_tag, quote, b) {
+            (false, _, b'{') if matches!(next, Some(b'{' | b'%')) => in_tag = true,
+            (false, ..) => {}
+            (true, Some(q), _) if b == q => quote = None,
+            (true, Some(_), _) => {}
+            (true, None, b'"' | b'\'' | b'`') => quote = Some(b),
+            (true, None, b'}' | b'%') if next == Some(b'}') => {
+                in_tag = false;
+                depth = 0;
+            }
+            (true, None, b'(') => {
+                depth += 1;
+                if depth > NESTING_MAX {
+                    return Some((
+                        i,
+                        format!(
+                            "calls or parentheses nested {depth} deep; a message may nest at \
+                             most {NESTING_MAX}"
+                        ),
+                    ));
+                }
+            }
+            (true, None, b')') => depth = depth.saturating_sub(1),
+            (true, None, _) => {}
+        }
+    }
+    None
 }
 
 /// Tera's `range(end, start=0, step_by=1)`, refusing more than [`RANGE_MAX`] numbers.
@@ -852,6 +903,32 @@ mod tests {
         ] {
             assert_eq!(check(fine), Ok(()), "{fine}");
         }
+    }
+
+    /// Twenty macro calls nested in each other's arguments parse for minutes in Tera, even
+    /// in a branch never taken: refused before Tera sees them, at the ninth parenthesis.
+    #[test]
+    fn calls_nested_too_deep_are_refused_before_parsing() {
+        let nested = |n: usize| {
+            format!(
+                "{{% macro d(s=\"0\") %}}{{{{ s }}}}{{% endmacro d %}}{{% if false %}}{{{{ {}{} }}}}{{% endif %}}",
+                "self::d(s=".repeat(n),
+                ")".repeat(n)
+            )
+        };
+        let e = check(&nested(20)).unwrap_err();
+        assert_eq!(
+            e.message,
+            "template: calls or parentheses nested 9 deep; a message may nest at most 8"
+        );
+        assert_eq!((e.line, e.column), (1, 148));
+        assert_eq!(check("{{ ((((((((1 + 2)))))))) }}"), Ok(()));
+        assert!(check("{{ (((((((((1 + 2))))))))) }}").is_err());
+        // Parentheses in text, and in a tag's strings, are not nesting.
+        assert_eq!(
+            check("((((((((((x)))))))))) {{ \"((((((((((\" ~ client.name }}"),
+            Ok(())
+        );
     }
 
     /// Tera's functions that read the environment or differ between renders.
