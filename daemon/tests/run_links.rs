@@ -203,7 +203,8 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
     let (status, page) = daemon.get(&unsubscribe);
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("is unsubscribed"), "{page}");
-    assert!(!page.contains("<form"), "{page}");
+    assert!(!page.contains(">Unsubscribe</button>"), "{page}");
+    assert!(page.contains(">Subscribe again</button>"), "{page}");
     write(
         root,
         "mailings/alice/third.toml",
@@ -223,6 +224,36 @@ fn owners_verify_by_link_and_clients_unsubscribe_in_one_click() {
         ),
         (Some(1), Some(0)),
         "{report}"
+    );
+
+    // Unsubscribed by mistake: the page's button takes it back, and the next run includes
+    // him again. A GET of the undo does nothing.
+    let undo = format!("{unsubscribe}/undo");
+    let (status, _) = daemon.get(&undo);
+    assert_eq!(status, 405);
+    let (status, page) = daemon.post(&undo, "");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("receives this sender's mailings again"),
+        "{page}"
+    );
+    daemon.wait_for(&["a client subscribed again", "owner=alice"]);
+    let (_, page) = daemon.get(&unsubscribe);
+    assert!(
+        page.contains(">Unsubscribe</button>"),
+        "asked again: {page}"
+    );
+    write(
+        root,
+        "mailings/alice/fourth.toml",
+        &once("newsletter", "Fourth"),
+    );
+    let mails = wait_outbox(&out, "the fourth mailing to both", |m| {
+        to_of(m, "Fourth").len() == 2
+    });
+    assert_eq!(
+        to_of(&mails, "Fourth"),
+        ["ivan@example.com", "maria@example.org"]
     );
 
     // A changed address gets a new link; the old one is replaced.

@@ -490,6 +490,11 @@ storage_interface! {
         now: DateTime<Utc>,
     ) -> bool;
 
+    /// Takes back `email`'s unsubscribe from the owner's mailings (the recipient's own
+    /// "subscribe again"): the owner's runs created from then on include it again; what
+    /// the unsubscribe skipped stays skipped. Returns false when it had not left.
+    fn resubscribe(&self, owner: &str, email: &str) -> bool;
+
     /// Whether `email` left the owner's mailings (case-insensitive).
     fn is_unsubscribed(&self, owner: &str, email: &str) -> bool;
 

@@ -1079,6 +1079,18 @@ impl Storage for PgStore {
         Ok(added)
     }
 
+    async fn resubscribe(&self, owner: &str, email: &str) -> Result<bool, StorageError> {
+        Ok(
+            sqlx::query("DELETE FROM unsubscribes WHERE owner = $1 AND address = $2")
+                .bind(owner)
+                .bind(address_key(email))
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
     async fn is_unsubscribed(&self, owner: &str, email: &str) -> Result<bool, StorageError> {
         let found: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM unsubscribes WHERE owner = $1 AND address = $2")

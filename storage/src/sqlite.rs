@@ -1249,6 +1249,18 @@ impl Storage for SqliteStore {
         Ok(added)
     }
 
+    async fn resubscribe(&self, owner: &str, email: &str) -> Result<bool, StorageError> {
+        Ok(
+            sqlx::query("DELETE FROM unsubscribes WHERE owner = ? AND address = ?")
+                .bind(owner)
+                .bind(address_key(email))
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
     async fn is_unsubscribed(&self, owner: &str, email: &str) -> Result<bool, StorageError> {
         let found: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM unsubscribes WHERE owner = ? AND address = ?")

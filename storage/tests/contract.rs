@@ -553,6 +553,43 @@ async fn unsubscribed_addresses_are_not_recipients(store: Store) {
         ],
         "unsubscribing from alice does not leave bob"
     );
+
+    // Subscribing again (the recipient's own undo): the next run includes the address.
+    assert!(
+        store
+            .resubscribe("alice", "ivan@EXAMPLE.com")
+            .await
+            .expect("resubscribe")
+    );
+    assert!(
+        !store
+            .resubscribe("alice", "ivan@example.com")
+            .await
+            .expect("again"),
+        "a second undo changes nothing"
+    );
+    assert!(
+        !store
+            .is_unsubscribed("alice", "ivan@example.com")
+            .await
+            .expect("check")
+    );
+    let next = store
+        .create_run(
+            &new_run(
+                "alice/weekly",
+                t0() + secs(60),
+                vec![recipient("ivan@example.com", "Ivan")],
+            ),
+            t0(),
+        )
+        .await
+        .expect("create")
+        .expect("new");
+    assert_eq!(
+        statuses(&store, next).await,
+        vec![("ivan@example.com".to_string(), DeliveryStatus::Queued)]
+    );
 }
 
 async fn unsubscribing_skips_queued_deliveries(store: Store) {

@@ -222,11 +222,14 @@ fn route(state: &HttpState, method: &Method, path: &str) -> Reply {
         (Method::Get, ["verify", token]) => verify(state, token),
         (Method::Get, ["unsubscribe", token]) => unsubscribe_page(state, token),
         (Method::Post, ["unsubscribe", token]) => unsubscribe(state, token),
-        (_, ["healthz"] | ["verify", _] | ["unsubscribe", _]) => Reply::error(
-            405,
-            "method_not_allowed",
-            "this route does not take that method",
-        ),
+        (Method::Post, ["unsubscribe", token, "undo"]) => resubscribe(state, token),
+        (_, ["healthz"] | ["verify", _] | ["unsubscribe", _] | ["unsubscribe", _, "undo"]) => {
+            Reply::error(
+                405,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        }
         _ => Reply::error(404, "not_found", "no such route"),
     }
 }
@@ -324,11 +327,11 @@ fn unsubscribe_page(state: &HttpState, token: &str) -> Reply {
             {
                 Ok(true) => Reply::html(
                     200,
-                    pages::page(
-                        "Unsubscribed",
+                    pages::unsubscribed(
                         &format!(
                             "{address} is unsubscribed: it receives no more mailings from this sender."
                         ),
+                        token,
                     ),
                 ),
                 // The form does not need the database; the POST will say if it is down.
@@ -372,9 +375,9 @@ fn unsubscribe(state: &HttpState, token: &str) -> Reply {
             tracing::info!(%owner, %mailing, "a client unsubscribed");
             Reply::html(
                 200,
-                pages::page(
-                    "Unsubscribed",
+                pages::unsubscribed(
                     &format!("{address} will receive no more mailings from this sender."),
+                    token,
                 ),
             )
         }
@@ -385,6 +388,44 @@ fn unsubscribe(state: &HttpState, token: &str) -> Reply {
                 pages::page(
                     "Try again later",
                     "The unsubscribe could not be recorded right now. Please try again in a minute.",
+                ),
+            )
+        }
+    }
+}
+
+/// The "Subscribe again" button of an unsubscribed page: the link's own token proves the
+/// address, as for the unsubscribe itself. Runs created from then on include it again.
+fn resubscribe(state: &HttpState, token: &str) -> Reply {
+    let Ok((mailing, address)) = state.secret.check_unsubscribe(token) else {
+        return Reply::html(
+            400,
+            pages::page("Invalid link", "This unsubscribe link is not valid."),
+        );
+    };
+    let owner = owner_of(&mailing).to_string();
+    match state
+        .runtime
+        .block_on(state.store.resubscribe(&owner, &address))
+    {
+        Ok(_) => {
+            state.cache.invalidate();
+            tracing::info!(%owner, %mailing, "a client subscribed again");
+            Reply::html(
+                200,
+                pages::page(
+                    "Subscribed again",
+                    &format!("{address} receives this sender's mailings again."),
+                ),
+            )
+        }
+        Err(e) => {
+            tracing::error!("subscribe again: {e}");
+            Reply::html(
+                503,
+                pages::page(
+                    "Try again later",
+                    "This could not be recorded right now. Please try again in a minute.",
                 ),
             )
         }

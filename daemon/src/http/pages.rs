@@ -21,6 +21,21 @@ pub fn page(title: &str, text: &str) -> String {
     layout(title, &format!("<p>{}</p>", escape(text)))
 }
 
+/// The page of an address that is unsubscribed, with a button that takes it back (a
+/// recipient who clicked by mistake). `token` is the link's, for the form's relative
+/// action (the daemon may sit under a path prefix).
+pub fn unsubscribed(text: &str, token: &str) -> String {
+    layout(
+        "Unsubscribed",
+        &format!(
+            "<p>{}</p><p>Unsubscribed by mistake?</p>\
+             <form method=\"post\" action=\"{}/undo\"><button type=\"submit\">Subscribe again</button></form>",
+            escape(text),
+            escape(token)
+        ),
+    )
+}
+
 /// The confirmation page behind a GET of an unsubscribe link: a GET must not unsubscribe,
 /// since mail scanners follow links; the button POSTs.
 pub fn unsubscribe_form(sender: &str, address: &str) -> String {
