@@ -338,12 +338,13 @@ impl<'a> Sizes<'a> {
     /// bytes one input byte can become.
     fn filter(&self, f: &'a FunctionCall, input: Size, scope: &Scope) -> Size {
         // Every argument is made (and measured) first, whatever the filter does with it.
-        let args = f
+        let sizes: HashMap<&str, Size> = f
             .args
-            .values()
-            .map(|e| self.expr(e, scope))
-            .fold(Size::default(), Size::plus);
-        let arg = |name: &str| f.args.get(name).map(|e| self.expr(e, scope));
+            .iter()
+            .map(|(name, e)| (name.as_str(), self.expr(e, scope)))
+            .collect();
+        let args = sizes.values().copied().fold(Size::default(), Size::plus);
+        let arg = |name: &str| sizes.get(name).copied();
         let literal = |name: &str| match f.args.get(name).map(|e| (&e.val, e.filters.len())) {
             Some((ExprVal::String(s), 0)) => Some(s.len() as u64),
             _ => None,
@@ -411,7 +412,7 @@ fn ident(name: &str, scope: &Scope) -> Size {
     if VARIABLES.contains(&name) || ["client", "mailing", "owner"].contains(&root) {
         return Size::INPUT;
     }
-    // `__tera_context` prints them all.
+    // None of these: Tera or `check` refuses it; bounded as all of a recipient's values.
     Size::INPUT
         .times(VARIABLES.len() as u64)
         .plus(Size::bytes(1024))
