@@ -219,7 +219,15 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         name,
         size: grown,
         held,
+        items,
     } = size::too_large(ast)?;
+    if let Some(items) = items {
+        let why = format!(
+            "a loop goes over up to {items} items; a message may loop over at most {RANGE_MAX} \
+             (a value the template makes has up to as many items as bytes)"
+        );
+        return Some((name, why));
+    }
     let at = if name == "for" {
         "what it writes".to_string()
     } else if held {
@@ -890,7 +898,42 @@ mod tests {
                 e.message
             );
         }
+        // A loop over a value the template makes has as many items as it has bytes.
+        for (source, at) in [
+            (
+                format!(
+                    "{{% set s = \"{}\" %}}{{% for c in s %}}{{% if c == \"y\" %}}!{{% endif %}}{{% endfor %}}",
+                    "x".repeat(10_000)
+                ),
+                (1, 10_020),
+            ),
+            (
+                format!(
+                    "{{% set s = \"{}\" %}}{{% for p in s | split(pat=\"0\") %}}{{% endfor %}}",
+                    "0123456789".repeat(500)
+                ),
+                (1, 5_020),
+            ),
+            (
+                format!(
+                    "{{% set a = [{}] %}}{{% for i in a %}}{{% endfor %}}",
+                    vec!["1"; 1001].join(", ")
+                ),
+                (1, 3_021),
+            ),
+        ] {
+            let e = check(&source).unwrap_err();
+            assert!(
+                e.message
+                    .contains("items; a message may loop over at most 1000 (a value"),
+                "{}",
+                e.message
+            );
+            assert_eq!((e.line, e.column), at, "{}", e.message);
+        }
         for fine in [
+            "{% set a = [1, 2, 3] %}{% for i in a %}{{ i }}{% endfor %}",
+            "{% set s = \"a,b,c\" %}{% for p in s | split(pat=\",\") %}{{ p }}{% endfor %}",
             "{% for tag in client.comment | split(pat=\",\") %}{{ tag | trim }}, {% endfor %}",
             "{{ client.name | escape | upper | urlencode }}",
             "{{ \"Dear NAME,\" | replace(from=\"NAME\", to=client.name | title) }}",

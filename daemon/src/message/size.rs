@@ -94,6 +94,7 @@ pub fn too_large(ast: &[Node]) -> Option<Over> {
         macros: &macros,
         known: RefCell::new(HashMap::new()),
         over: RefCell::new(None),
+        lengths: RefCell::new(HashMap::new()),
     };
     let written = sizes.nodes(ast, &mut HashMap::new());
     sizes.note("for", written);
@@ -108,6 +109,9 @@ struct Sizes<'a> {
     known: RefCell<HashMap<MacroCall<'a>, Size>>,
     /// The first value past the bounds.
     over: RefCell<Option<Over>>,
+    /// Variables `set` to a literal array or a `range`: a loop over them is counted as one
+    /// over the literal.
+    lengths: RefCell<HashMap<&'a str, u64>>,
 }
 
 /// The first value (or the first total held at once) past the bounds.
@@ -118,6 +122,9 @@ pub struct Over {
     pub size: Size,
     /// Whether `size` is all that the values set so far hold together when `name` is set.
     pub held: bool,
+    /// For a loop over a value the template makes (not a literal array or a `range`): how
+    /// many items it can have, when that is past [`RANGE_MAX`].
+    pub items: Option<u64>,
 }
 
 /// Variables `set` so far, and loop variables, by name.
@@ -138,6 +145,7 @@ impl<'a> Sizes<'a> {
                 name: name.to_string(),
                 size,
                 held,
+                items: None,
             });
         }
         size
@@ -155,6 +163,18 @@ impl<'a> Sizes<'a> {
                 Node::Text(text) | Node::Raw(_, text, _) => Size::bytes(text.len() as u64),
                 Node::VariableBlock(_, e) => self.expr(e, scope),
                 Node::Set(_, set) => {
+                    let literal = set.value.filters.is_empty()
+                        && match &set.value.val {
+                            ExprVal::Array(_) => true,
+                            ExprVal::FunctionCall(call) => call.name == "range",
+                            _ => false,
+                        };
+                    if literal {
+                        let count = super::repeats(&set.value);
+                        self.lengths.borrow_mut().insert(set.key.as_str(), count);
+                    } else {
+                        self.lengths.borrow_mut().remove(set.key.as_str());
+                    }
                     let value = self.expr(&set.value, scope);
                     scope.insert(set.key.clone(), self.note(&set.key, value));
                     // Each `set` holds its own copy: all of them at once, and what is
@@ -169,6 +189,7 @@ impl<'a> Sizes<'a> {
                 }
                 Node::Block(_, block, _) => self.nodes(&block.body, scope),
                 Node::Forloop(_, each, _) => {
+                    self.count_items(&each.container, scope);
                     let item = self.item(&each.container, scope);
                     // Each pass starts from the scope before the loop. What a pass writes
                     // grows with its item at most as fast as with the largest item, and
@@ -280,6 +301,48 @@ impl<'a> Sizes<'a> {
                 self.macro_writes(&call.name, args)
             }
             ExprVal::Int(_) | ExprVal::Float(_) | ExprVal::Bool(_) => Size::SCALAR,
+        }
+    }
+
+    /// A loop over a value the template makes itself (a `set` string, a `split` of one)
+    /// repeats once for each of its items, as many as it has bytes: past [`RANGE_MAX`] it is
+    /// refused, as a `range` is (and Tera walks a string's characters from its start at each
+    /// pass). Literal arrays and `range`s are counted exactly, by the loop estimate; a
+    /// literal array `set` earlier is known by its length; what depends on a recipient's
+    /// values is as long as they are.
+    fn count_items(&self, container: &'a Expr, scope: &Scope) {
+        let counted = container.filters.is_empty()
+            && match &container.val {
+                ExprVal::Array(_) => true,
+                ExprVal::FunctionCall(call) => call.name == "range",
+                // The loop estimate counts an array it cannot see as `RANGE_MAX` items.
+                ExprVal::Ident(name) => self
+                    .lengths
+                    .borrow()
+                    .get(name.as_str())
+                    .is_some_and(|&n| n <= RANGE_MAX as u64),
+                _ => false,
+            };
+        if counted {
+            return;
+        }
+        // A literal array `set` earlier has its length; the pieces of a split are no more
+        // than the bytes of what was split, plus one; a string's characters, its bytes.
+        let whole = self.item(container, scope);
+        let known = match &container.val {
+            ExprVal::Ident(name) if container.filters.is_empty() => {
+                self.lengths.borrow().get(name.as_str()).copied()
+            }
+            _ => None,
+        };
+        let items = known.unwrap_or(whole.bytes.saturating_add(1));
+        if whole.times == 0 && items > RANGE_MAX as u64 && self.over.borrow().is_none() {
+            *self.over.borrow_mut() = Some(Over {
+                name: "for".to_string(),
+                size: whole,
+                held: false,
+                items: Some(items),
+            });
         }
     }
 
