@@ -220,7 +220,20 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         size: grown,
         held,
         items,
+        made,
     } = size::too_large(ast)?;
+    if made {
+        let why = format!(
+            "its filters and joins can make up to {} bytes and {} times a recipient's values \
+             for each recipient, counting every loop pass; a message may make at most {} \
+             bytes and {} times (fewer passes, or smaller values in loops)",
+            grown.bytes,
+            grown.times,
+            size::PROCESSED_MAX,
+            size::PROCESSED_TIMES_MAX
+        );
+        return Some((name, why));
+    }
     if let Some(items) = items {
         let why = format!(
             "a loop goes over up to {items} items; a message may loop over at most {RANGE_MAX} \
@@ -898,6 +911,27 @@ mod tests {
                 e.message
             );
         }
+        // Each value within bounds, but made again at each of many passes: 99,000 `replace`s
+        // of a 1 MB value are 99 GB of work for each recipient. Counted through a macro too.
+        let mb = "x".repeat(1 << 20);
+        for source in [
+            format!(
+                "{{% set v = \"{mb}\" %}}{{% for i in range(end=1000) %}}{{% for j in range(end=99) %}}\
+                 {{% set x = v | replace(from=\"0\", to=\"1\") %}}{{% endfor %}}{{% endfor %}}"
+            ),
+            format!(
+                "{{% macro m(s) %}}{{% set y = s | upper %}}{{% endmacro m %}}{{% set v = \"{mb}\" %}}\
+                 {{% for i in range(end=200) %}}{{{{ self::m(s=v) }}}}{{% endfor %}}"
+            ),
+        ] {
+            let e = check(&source).unwrap_err();
+            assert!(
+                e.message
+                    .contains("a message may make at most 100000000 bytes and 100000 times"),
+                "{}",
+                e.message
+            );
+        }
         // A loop over a value the template makes has as many items as it has bytes.
         for (source, at) in [
             (
@@ -932,6 +966,7 @@ mod tests {
             assert_eq!((e.line, e.column), at, "{}", e.message);
         }
         for fine in [
+            "{% for i in range(end=50) %}{{ client.name | title | escape }}{% endfor %}",
             "{% set a = [1, 2, 3] %}{% for i in a %}{{ i }}{% endfor %}",
             "{% set s = \"a,b,c\" %}{% for p in s | split(pat=\",\") %}{{ p }}{% endfor %}",
             "{% for tag in client.comment | split(pat=\",\") %}{{ tag | trim }}, {% endfor %}",

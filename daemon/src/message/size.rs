@@ -13,7 +13,7 @@
 //! and `set_global` is refused, so no value grows pass by pass: a loop multiplies what its
 //! body writes, not what it sets.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use tera::ast::{Expr, ExprVal, FunctionCall, Node};
@@ -27,6 +27,14 @@ pub const TEXT_MAX: u64 = 10_000_000;
 /// The most times over a message may use a recipient's values, in any one value or in what
 /// it writes: `{{ client.name }}` in a loop of 1,000 is 1,000 times.
 pub const INPUT_TIMES_MAX: u64 = 1_000;
+
+/// The most bytes a message's filters and joins may make for one recipient, beyond the
+/// recipient's values, counting each loop pass: each value may be 10 MB, but a loop must
+/// not make one 100,000 times.
+pub const PROCESSED_MAX: u64 = 100_000_000;
+
+/// The most times over a message's filters and joins may make a recipient's values.
+pub const PROCESSED_TIMES_MAX: u64 = 100_000;
 
 /// An upper bound on a value's length in bytes: `times` the longest of a recipient's values
 /// plus `bytes`.
@@ -95,23 +103,43 @@ pub fn too_large(ast: &[Node]) -> Option<Over> {
         known: RefCell::new(HashMap::new()),
         over: RefCell::new(None),
         lengths: RefCell::new(HashMap::new()),
+        made: Cell::new(Size::default()),
+        passes: Cell::new(1),
     };
     let written = sizes.nodes(ast, &mut HashMap::new());
     sizes.note("for", written);
+    let made = sizes.made.get();
+    if (made.times > PROCESSED_TIMES_MAX || made.bytes > PROCESSED_MAX)
+        && sizes.over.borrow().is_none()
+    {
+        *sizes.over.borrow_mut() = Some(Over {
+            name: "for".to_string(),
+            size: made,
+            held: false,
+            items: None,
+            made: true,
+        });
+    }
     sizes.over.into_inner()
 }
 
 struct Sizes<'a> {
     macros: &'a HashMap<&'a str, &'a tera::ast::MacroDefinition>,
-    /// What a macro writes, by its arguments' sizes: a macro called twice with the same
+    /// What a macro writes, and what one call makes, by its arguments' sizes: a macro
+    /// called twice with the same
     /// sizes is measured once (twenty macros each calling the next twice would otherwise
     /// take 2^20 steps).
-    known: RefCell<HashMap<MacroCall<'a>, Size>>,
+    known: RefCell<HashMap<MacroCall<'a>, (Size, Size)>>,
     /// The first value past the bounds.
     over: RefCell<Option<Over>>,
     /// Variables `set` to a literal array or a `range`: a loop over them is counted as one
     /// over the literal.
     lengths: RefCell<HashMap<&'a str, u64>>,
+    /// What the filters and joins make in all, each counted once per loop pass.
+    made: Cell<Size>,
+    /// How many times the expression being measured runs: the product of the passes of the
+    /// loops around it (0 while a loop's body is measured a second time).
+    passes: Cell<u64>,
 }
 
 /// The first value (or the first total held at once) past the bounds.
@@ -125,6 +153,8 @@ pub struct Over {
     /// For a loop over a value the template makes (not a literal array or a `range`): how
     /// many items it can have, when that is past [`RANGE_MAX`].
     pub items: Option<u64>,
+    /// Whether `size` is what the filters and joins make in all, each loop pass counted.
+    pub made: bool,
 }
 
 /// Variables `set` so far, and loop variables, by name.
@@ -134,6 +164,13 @@ type Scope = HashMap<String, Size>;
 type MacroCall<'a> = (&'a str, Vec<(String, Size)>);
 
 impl<'a> Sizes<'a> {
+    /// Count `size` as made once for each time the expression runs.
+    fn made(&self, size: Size) -> Size {
+        self.made
+            .set(self.made.get().plus(size.times(self.passes.get())));
+        size
+    }
+
     /// Remember `size` as the first value past the bounds, placed at `name`.
     fn note(&self, name: &str, size: Size) -> Size {
         self.note_as(name, size, false)
@@ -146,6 +183,7 @@ impl<'a> Sizes<'a> {
                 size,
                 held,
                 items: None,
+                made: false,
             });
         }
         size
@@ -196,17 +234,25 @@ impl<'a> Sizes<'a> {
                     // the items together are no larger than the container: the passes
                     // write at most `repeats` times what an empty item makes, plus what
                     // the largest item adds to that once.
-                    let pass = |item: Size| {
+                    let pass = |item: Size, passes: u64| {
                         let mut inner = scope.clone();
                         for name in each.key.iter().chain([&each.value]) {
                             inner.insert(name.clone(), item);
                         }
-                        self.nodes(&each.body, &mut inner)
+                        let outer = self.passes.replace(passes);
+                        let written = self.nodes(&each.body, &mut inner);
+                        self.passes.set(outer);
+                        written
                     };
-                    let (empty_item, largest) = (pass(Size::default()), pass(item));
-                    let body = empty_item
-                        .times(super::repeats(&each.container))
-                        .plus(largest.minus(empty_item));
+                    // What the body makes is counted in the pass with the largest item, as
+                    // if every pass had it; the other is only measured.
+                    let repeats = super::repeats(&each.container);
+                    let outer = self.passes.get();
+                    let (empty_item, largest) = (
+                        pass(Size::default(), 0),
+                        pass(item, outer.saturating_mul(repeats)),
+                    );
+                    let body = empty_item.times(repeats).plus(largest.minus(empty_item));
                     let otherwise = match &each.empty_body {
                         Some(b) => self.nodes(b, &mut scope.clone()),
                         None => Size::default(),
@@ -258,11 +304,13 @@ impl<'a> Sizes<'a> {
         match val {
             ExprVal::String(s) => Size::bytes(s.len() as u64),
             ExprVal::Ident(name) => ident(name, scope),
-            ExprVal::StringConcat(concat) => concat
-                .values
-                .iter()
-                .map(|v| self.value(v, scope))
-                .fold(Size::default(), Size::plus),
+            ExprVal::StringConcat(concat) => self.made(
+                concat
+                    .values
+                    .iter()
+                    .map(|v| self.value(v, scope))
+                    .fold(Size::default(), Size::plus),
+            ),
             // Printed as `[a, b]`: the items, and a comma and a space between.
             ExprVal::Array(items) => items
                 .iter()
@@ -342,6 +390,7 @@ impl<'a> Sizes<'a> {
                 size: whole,
                 held: false,
                 items: Some(items),
+                made: false,
             });
         }
     }
@@ -377,7 +426,9 @@ impl<'a> Sizes<'a> {
         };
         args.sort_by(|a, b| a.0.cmp(&b.0));
         let key = (name, args);
-        if let Some(&size) = self.known.borrow().get(&key) {
+        if let Some(&(size, made)) = self.known.borrow().get(&key) {
+            self.made
+                .set(self.made.get().plus(made.times(self.passes.get())));
             return size;
         }
         let mut scope: Scope = def
@@ -391,8 +442,13 @@ impl<'a> Sizes<'a> {
             })
             .collect();
         scope.extend(key.1.iter().cloned());
+        // What one call makes, measured once and counted at each call.
+        let (before, passes) = (self.made.replace(Size::default()), self.passes.replace(1));
         let size = self.nodes(&def.body, &mut scope);
-        self.known.borrow_mut().insert(key, size);
+        let made = self.made.replace(before);
+        self.passes.set(passes);
+        self.made.set(self.made.get().plus(made.times(passes)));
+        self.known.borrow_mut().insert(key, (size, made));
         size
     }
 
@@ -451,7 +507,7 @@ impl<'a> Sizes<'a> {
             | "unique" | "reverse" | "filter" | "map" | "safe" => input,
             _ => input.plus(args),
         };
-        self.note(&f.name, size)
+        self.note(&f.name, self.made(size))
     }
 }
 
