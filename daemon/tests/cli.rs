@@ -243,12 +243,19 @@ fn a_dry_run_or_preview_on_a_fresh_clone_writes_nothing() {
     // Nor does it or a preview make the link secret: their links are samples.
     let out = skychimpd(&["--root", root, "preview", "alice/weekly"]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
-    for text in [&text, &out.stdout_text()] {
+    // The dry run's notes are on stdout with its listing; the preview's on stderr, so
+    // that its stdout is only the message.
+    for text in [&text, &out.stderr_text()] {
         assert!(
             text.contains("note: no token secret exists yet (the first `send` or `run` makes one)"),
             "{text}"
         );
     }
+    assert!(
+        !out.stdout_text().contains("note:"),
+        "{}",
+        out.stdout_text()
+    );
     assert!(
         !dir.path().join("var").exists(),
         "nothing written under var/"

@@ -368,7 +368,11 @@ async fn dry_run_report(
         .find(|c| !unsubscribed.contains(&address_key(&c.email)));
     if let Some(first) = first {
         out += "\nthe first message:\n\n";
-        out += &render_preview(setup, &renderer, m, first)?;
+        let (message, note) = render_preview(setup, &renderer, m, first)?;
+        out += &message;
+        if let Some(note) = note {
+            out += &format!("\n{note}\n");
+        }
     }
     super::write_out(format_args!("{out}"))?;
     Ok(ExitCode::SUCCESS)
@@ -380,12 +384,14 @@ fn renderer_of(catalog: &Catalog, m: &Mailing) -> anyhow::Result<Renderer> {
 }
 
 /// The composed message for one client, headers and both parts, as text.
+/// The message as text, and a note when its unsubscribe link is only a sample (no token
+/// secret exists yet), for the caller to print where its notes go.
 fn render_preview(
     setup: &Setup,
     renderer: &Renderer,
     m: &Mailing,
     client: &Client,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Option<&'static str>)> {
     // Nothing is written here, not even a first token secret.
     let (secret, sample) = TokenSecret::load_or_sample(&setup.config)?;
     let url = tokens::unsubscribe_url(
@@ -429,13 +435,11 @@ fn render_preview(
     out.push_str(&rendered.text);
     out.push_str("\n--- text/html ---\n");
     out.push_str(&rendered.html);
-    if sample {
-        out.push_str(
-            "\nnote: no token secret exists yet (the first `send` or `run` makes one), so this \
-             unsubscribe link is a sample that opens nowhere\n",
-        );
-    }
-    Ok(out)
+    let note = sample.then_some(
+        "note: no token secret exists yet (the first `send` or `run` makes one), so this \
+         unsubscribe link is a sample that opens nowhere",
+    );
+    Ok((out, note))
 }
 
 /// `skychimpd preview OWNER/NAME [--to EMAIL]`
@@ -491,7 +495,11 @@ pub fn preview(cli: &Cli, id: &str, to: Option<&str>) -> anyhow::Result<ExitCode
             None => anyhow::bail!("mailing `{id}` has no recipients; use --to EMAIL"),
         },
     };
-    let text = render_preview(&setup, &renderer_of(&catalog, mailing)?, mailing, client)?;
+    let (text, note) = render_preview(&setup, &renderer_of(&catalog, mailing)?, mailing, client)?;
     super::write_out(format_args!("{text}"))?;
+    // On stderr with the other notes: `preview > message.txt` keeps only the message.
+    if let Some(note) = note {
+        errln!("{note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
