@@ -224,7 +224,12 @@ fn a_dry_run_or_preview_on_a_fresh_clone_writes_nothing() {
     let dir = example_copy();
     let root = dir.path().to_str().unwrap();
     let out = skychimpd(&["--root", root, "send", "alice/weekly", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a real send would not go: {}",
+        out.stderr_text()
+    );
     let text = out.stdout_text();
     assert!(text.contains("dry run, nothing is sent"), "{text}");
     assert!(
@@ -278,7 +283,12 @@ fn a_missing_dkim_key_passes_check_and_a_dry_run_says_a_send_would_stop() {
         &["--root", root, "send", "alice/weekly", "--dry-run"],
         &dkim,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a real send would not go: {}",
+        out.stderr_text()
+    );
     assert!(
         out.stdout_text().contains(
             "note: a real send would stop before starting: [dkim] private_key_file \
@@ -310,7 +320,12 @@ fn an_smtp_user_without_a_password_stops_before_starting() {
     ];
     let said = "[smtp] url names the user `mailer` but SKYCHIMP_SMTP_PASSWORD is not set";
     let out = skychimpd_env(&["--root", root, "send", "alice/weekly", "--dry-run"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a real send would not go: {}",
+        out.stderr_text()
+    );
     assert!(
         out.stdout_text().contains(&format!(
             "note: a real send would stop before starting: {said}"
@@ -624,7 +639,12 @@ fn a_paused_mailing_is_not_sent_by_hand() {
         "nothing was written to the outbox"
     );
     let out = skychimpd_env(&["--root", root, "send", "alice/launch", "--dry-run"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a real send would not go: {}",
+        out.stderr_text()
+    );
     assert!(
         out.stdout_text()
             .contains("note: a real send would be refused now: mailing `alice/launch` is paused"),
@@ -832,7 +852,12 @@ fn preview_and_dry_run_leave_out_who_unsubscribed() {
     );
     // A dry run lists them as skipped, and everyone else as sent.
     let out = skychimpd(&["--root", root, "send", "alice/weekly", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "alice is unverified: {}",
+        out.stderr_text()
+    );
     let text = out.stdout_text();
     let skipped: Vec<&str> = text.lines().filter(|l| l.starts_with("  skip  ")).collect();
     assert_eq!(skipped.len(), 1, "{text}");

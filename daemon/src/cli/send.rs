@@ -347,14 +347,18 @@ async fn dry_run_report(
         Some(store) => unfinished(store, m).await?,
         None => None,
     };
+    // A script may gate on the dry run: exit 1 when a real send would not go now.
+    let mut would_go = true;
     if let Some(why) = refusal(setup, store, catalog, m).await?.or(unfinished) {
         out += &format!("note: a real send would be refused now: {why}\n");
+        would_go = false;
     }
     // What a real send reads before it creates the run.
     let ready = delivery::transport_from_config(&setup.config)
         .and_then(|_| delivery::dkim_from_config(&setup.config));
     if let Err(why) = ready {
         out += &format!("note: a real send would stop before starting: {why}\n");
+        would_go = false;
     }
     out += &format!(
         "{} would be sent, {skipped} skipped\n",
@@ -375,7 +379,11 @@ async fn dry_run_report(
         }
     }
     super::write_out(format_args!("{out}"))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if would_go {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn renderer_of(catalog: &Catalog, m: &Mailing) -> anyhow::Result<Renderer> {
