@@ -260,11 +260,16 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
             size::INPUT_TIMES_MAX
         )
     } else {
+        // What is written becomes HTML too, at far more memory than its bytes.
+        let most = if name == "for" {
+            size::OUTPUT_MAX
+        } else {
+            size::TEXT_MAX
+        };
         format!(
             "{at} can grow to {} bytes for each recipient, besides the recipient's values; a \
-             message may make at most {}",
-            grown.bytes,
-            size::TEXT_MAX
+             message may make at most {most}",
+            grown.bytes
         )
     };
     Some((name, why))
@@ -359,12 +364,14 @@ fn work(ast: &[tera::ast::Node]) -> u64 {
     Work {
         macros: &macros,
         known: std::cell::RefCell::new(HashMap::new()),
+        lengths: literal_lengths(ast),
     }
     .nodes(ast)
 }
 
 struct Work<'a> {
     macros: &'a HashMap<&'a str, &'a [tera::ast::Node]>,
+    lengths: Lengths,
     /// Each macro's cost, once known: macros calling macros twice over would otherwise
     /// be counted an exponential number of times.
     known: std::cell::RefCell<HashMap<&'a str, u64>>,
@@ -383,7 +390,7 @@ impl Work<'_> {
                 Node::Forloop(_, each, _) => {
                     let body = self.nodes(&each.body).max(1);
                     let empty = each.empty_body.as_deref().map_or(0, |b| self.nodes(b));
-                    body.saturating_mul(repeats(&each.container))
+                    body.saturating_mul(repeats(&each.container, &self.lengths))
                         .max(empty)
                         .saturating_add(self.calls(&each.container))
                 }
@@ -427,11 +434,81 @@ impl Work<'_> {
     }
 }
 
+/// The number of items of each variable `set` to a literal array, a literal `range`, or a
+/// literal string `split` by a literal pattern, wherever it is set (the most, when set
+/// more than once); `None` for a name also set to anything else.
+pub(crate) type Lengths = HashMap<String, Option<u64>>;
+
+/// [`Lengths`] of a template: a loop over such a variable repeats as often as over the
+/// literal itself.
+pub(crate) fn literal_lengths(ast: &[tera::ast::Node]) -> Lengths {
+    use tera::ast::{ExprVal, Node};
+    fn count(value: &tera::ast::Expr) -> Option<u64> {
+        match (&value.val, value.filters.as_slice()) {
+            (ExprVal::Array(items), []) => Some(items.len() as u64),
+            (ExprVal::FunctionCall(call), []) if call.name == "range" => {
+                Some(repeats(value, &Lengths::new())).filter(|&n| n < RANGE_MAX as u64)
+            }
+            (ExprVal::String(s), [split]) if split.name == "split" => {
+                match split
+                    .args
+                    .get("pat")
+                    .map(|p| (&p.val, p.filters.is_empty()))
+                {
+                    Some((ExprVal::String(pat), true)) => {
+                        Some(s.split(pat.as_str()).count() as u64)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+    fn walk(nodes: &[Node], lengths: &mut Lengths) {
+        for node in nodes {
+            match node {
+                Node::Set(_, set) => {
+                    let n = count(&set.value);
+                    let entry = lengths.entry(set.key.clone()).or_insert(n);
+                    *entry = match (*entry, n) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+                Node::MacroDefinition(_, def, _) => walk(&def.body, lengths),
+                Node::FilterSection(_, section, _) => walk(&section.body, lengths),
+                Node::Block(_, block, _) => walk(&block.body, lengths),
+                Node::Forloop(_, each, _) => {
+                    walk(&each.body, lengths);
+                    walk(each.empty_body.as_deref().unwrap_or_default(), lengths);
+                }
+                Node::If(branches, _) => {
+                    for (_, _, body) in &branches.conditions {
+                        walk(body, lengths);
+                    }
+                    if let Some((_, body)) = &branches.otherwise {
+                        walk(body, lengths);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut lengths = Lengths::new();
+    walk(ast, &mut lengths);
+    lengths
+}
+
 /// How many times a loop over `container` can repeat.
-fn repeats(container: &tera::ast::Expr) -> u64 {
+fn repeats(container: &tera::ast::Expr, lengths: &Lengths) -> u64 {
     use tera::ast::ExprVal;
     let bound = RANGE_MAX as u64;
     match &container.val {
+        ExprVal::Ident(name) if container.filters.is_empty() => lengths
+            .get(name.as_str())
+            .copied()
+            .flatten()
+            .unwrap_or(bound),
         ExprVal::Array(items) if container.filters.is_empty() => items.len() as u64,
         ExprVal::FunctionCall(call) if call.name == "range" && container.filters.is_empty() => {
             let int = |name: &str, default: i64| match call.args.get(name).map(|e| &e.val) {
@@ -774,7 +851,7 @@ mod tests {
         assert_eq!(
             e.message,
             "template: what it writes can grow to 20000000 bytes for each recipient, besides \
-             the recipient's values; a message may make at most 10000000"
+             the recipient's values; a message may make at most 1000000"
         );
         assert_eq!(
             check("{% for a in [1, 2, 3] %}{% for b in range(end=1000) %}{% endfor %}{% endfor %}"),
@@ -948,13 +1025,6 @@ mod tests {
                 ),
                 (1, 5_020),
             ),
-            (
-                format!(
-                    "{{% set a = [{}] %}}{{% for i in a %}}{{% endfor %}}",
-                    vec!["1"; 1001].join(", ")
-                ),
-                (1, 3_021),
-            ),
         ] {
             let e = check(&source).unwrap_err();
             assert!(
@@ -965,6 +1035,46 @@ mod tests {
             );
             assert_eq!((e.line, e.column), at, "{}", e.message);
         }
+        // The template's own part of a value counts even beside a recipient's.
+        let e = check(&format!(
+            "{{% set s = client.name ~ \"{}\" %}}{{% for ch in s %}}{{% endfor %}}",
+            "q".repeat(4096)
+        ))
+        .unwrap_err();
+        assert!(
+            e.message.contains("a loop goes over up to 4097 items"),
+            "{}",
+            e.message
+        );
+        // Counted as the literal: a loop over an array or a literal list `set` earlier.
+        for fine in [
+            format!(
+                "{{% set a = [{}] %}}{{% for i in a %}}{{{{ i }}}}{{% endfor %}}",
+                vec!["1"; 1001].join(", ")
+            ),
+            "{% set links = [\"Blog\", \"Shop\"] %}{% for i in range(end=101) %}\
+             {% for l in links %}{{ l }} for {{ client.name }}{% endfor %}{% endfor %}"
+                .to_string(),
+            "{% set p = \"Oak table, Pine chair, Walnut shelf, Birch stool, Maple desk, Cherry \
+             cabinet, Ash bench, Beech wardrobe, Elm bed, Teak chest, Yew lamp\" | split(pat=\", \") %}\
+             {% for x in p %}- {{ x }}{% endfor %}"
+                .to_string(),
+        ] {
+            assert_eq!(check(&fine), Ok(()), "{fine}");
+        }
+        // What is read counts too: `wordcount` of a 4 MB value walks it at each pass.
+        let big = "ab ".repeat(1_400_000);
+        let e = check(&format!(
+            "{{% set m = \"{big}\" %}}{{% for i in range(end=1000) %}}{{% for j in range(end=40) %}}\
+             {{% set n = m | wordcount %}}{{% if \"zz\" in m %}}{{% endif %}}{{% endfor %}}{{% endfor %}}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("a message may make at most 100000000 bytes"),
+            "{}",
+            e.message
+        );
         for fine in [
             "{% for i in range(end=50) %}{{ client.name | title | escape }}{% endfor %}",
             "{% set a = [1, 2, 3] %}{% for i in a %}{{ i }}{% endfor %}",

@@ -24,6 +24,11 @@ use super::{RANGE_MAX, VARIABLES};
 /// values: a message is mail, and relays refuse far less than this.
 pub const TEXT_MAX: u64 = 10_000_000;
 
+/// The most bytes a message may write for one recipient beyond its recipient's values: its
+/// Markdown is turned into HTML, which takes about a hundred times the text in memory at
+/// worst (each `*a*` an element).
+pub const OUTPUT_MAX: u64 = 1_000_000;
+
 /// The most times over a message may use a recipient's values, in any one value or in what
 /// it writes: `{{ client.name }}` in a loop of 1,000 is 1,000 times.
 pub const INPUT_TIMES_MAX: u64 = 1_000;
@@ -83,8 +88,8 @@ impl Size {
         }
     }
 
-    fn within_bounds(self) -> bool {
-        self.times <= INPUT_TIMES_MAX && self.bytes <= TEXT_MAX
+    fn within(self, bytes: u64) -> bool {
+        self.times <= INPUT_TIMES_MAX && self.bytes <= bytes
     }
 }
 
@@ -102,7 +107,7 @@ pub fn too_large(ast: &[Node]) -> Option<Over> {
         macros: &macros,
         known: RefCell::new(HashMap::new()),
         over: RefCell::new(None),
-        lengths: RefCell::new(HashMap::new()),
+        lengths: super::literal_lengths(ast),
         made: Cell::new(Size::default()),
         passes: Cell::new(1),
     };
@@ -134,7 +139,7 @@ struct Sizes<'a> {
     over: RefCell<Option<Over>>,
     /// Variables `set` to a literal array or a `range`: a loop over them is counted as one
     /// over the literal.
-    lengths: RefCell<HashMap<&'a str, u64>>,
+    lengths: super::Lengths,
     /// What the filters and joins make in all, each counted once per loop pass.
     made: Cell<Size>,
     /// How many times the expression being measured runs: the product of the passes of the
@@ -177,7 +182,9 @@ impl<'a> Sizes<'a> {
     }
 
     fn note_as(&self, name: &str, size: Size, held: bool) -> Size {
-        if !size.within_bounds() && self.over.borrow().is_none() {
+        // `for` stands for what is written.
+        let bytes = if name == "for" { OUTPUT_MAX } else { TEXT_MAX };
+        if !size.within(bytes) && self.over.borrow().is_none() {
             *self.over.borrow_mut() = Some(Over {
                 name: name.to_string(),
                 size,
@@ -201,18 +208,6 @@ impl<'a> Sizes<'a> {
                 Node::Text(text) | Node::Raw(_, text, _) => Size::bytes(text.len() as u64),
                 Node::VariableBlock(_, e) => self.expr(e, scope),
                 Node::Set(_, set) => {
-                    let literal = set.value.filters.is_empty()
-                        && match &set.value.val {
-                            ExprVal::Array(_) => true,
-                            ExprVal::FunctionCall(call) => call.name == "range",
-                            _ => false,
-                        };
-                    if literal {
-                        let count = super::repeats(&set.value);
-                        self.lengths.borrow_mut().insert(set.key.as_str(), count);
-                    } else {
-                        self.lengths.borrow_mut().remove(set.key.as_str());
-                    }
                     let value = self.expr(&set.value, scope);
                     scope.insert(set.key.clone(), self.note(&set.key, value));
                     // Each `set` holds its own copy: all of them at once, and what is
@@ -246,7 +241,7 @@ impl<'a> Sizes<'a> {
                     };
                     // What the body makes is counted in the pass with the largest item, as
                     // if every pass had it; the other is only measured.
-                    let repeats = super::repeats(&each.container);
+                    let repeats = super::repeats(&each.container, &self.lengths);
                     let outer = self.passes.get();
                     let (empty_item, largest) = (
                         pass(Size::default(), 0),
@@ -326,18 +321,22 @@ impl<'a> Sizes<'a> {
                     Size::SCALAR
                 }
             }
-            // Numbers and booleans, but their operands are made first.
+            // Numbers and booleans, but their operands are made, and read, first (`in` and
+            // `==` walk a whole string).
             ExprVal::Math(tera::ast::MathExpr { lhs, rhs, .. })
             | ExprVal::Logic(tera::ast::LogicExpr { lhs, rhs, .. })
             | ExprVal::In(tera::ast::In { lhs, rhs, .. }) => {
-                self.expr(lhs, scope);
-                self.expr(rhs, scope);
+                let read = self.expr(lhs, scope).plus(self.expr(rhs, scope));
+                self.made(read);
                 Size::SCALAR
             }
             ExprVal::Test(test) => {
-                for arg in &test.args {
-                    self.expr(arg, scope);
-                }
+                let read = test
+                    .args
+                    .iter()
+                    .map(|arg| self.expr(arg, scope))
+                    .fold(ident(&test.ident, scope), Size::plus);
+                self.made(read);
                 Size::SCALAR
             }
             ExprVal::MacroCall(call) => {
@@ -355,36 +354,29 @@ impl<'a> Sizes<'a> {
     /// A loop over a value the template makes itself (a `set` string, a `split` of one)
     /// repeats once for each of its items, as many as it has bytes: past [`RANGE_MAX`] it is
     /// refused, as a `range` is (and Tera walks a string's characters from its start at each
-    /// pass). Literal arrays and `range`s are counted exactly, by the loop estimate; a
-    /// literal array `set` earlier is known by its length; what depends on a recipient's
-    /// values is as long as they are.
+    /// pass). Literal arrays and `range`s, and variables set to them or to a literal string
+    /// split by a literal pattern ([`super::literal_lengths`]), are counted exactly by the
+    /// loop estimates; what depends on a recipient's values is as long as they are.
     fn count_items(&self, container: &'a Expr, scope: &Scope) {
         let counted = container.filters.is_empty()
             && match &container.val {
                 ExprVal::Array(_) => true,
                 ExprVal::FunctionCall(call) => call.name == "range",
-                // The loop estimate counts an array it cannot see as `RANGE_MAX` items.
-                ExprVal::Ident(name) => self
-                    .lengths
-                    .borrow()
-                    .get(name.as_str())
-                    .is_some_and(|&n| n <= RANGE_MAX as u64),
+                ExprVal::Ident(name) => {
+                    self.lengths.get(name.as_str()).is_some_and(Option::is_some)
+                }
                 _ => false,
             };
         if counted {
             return;
         }
-        // A literal array `set` earlier has its length; the pieces of a split are no more
-        // than the bytes of what was split, plus one; a string's characters, its bytes.
+        // The pieces of a split are no more than the bytes of what was split, plus one; a
+        // string's characters, its bytes.
         let whole = self.item(container, scope);
-        let known = match &container.val {
-            ExprVal::Ident(name) if container.filters.is_empty() => {
-                self.lengths.borrow().get(name.as_str()).copied()
-            }
-            _ => None,
-        };
-        let items = known.unwrap_or(whole.bytes.saturating_add(1));
-        if whole.times == 0 && items > RANGE_MAX as u64 && self.over.borrow().is_none() {
+        let items = whole.bytes.saturating_add(1);
+        // What a recipient's values add is as long as they are; the template's own part
+        // counts (`client.name ~ big` is as long as `big`).
+        if items > RANGE_MAX as u64 && self.over.borrow().is_none() {
             *self.over.borrow_mut() = Some(Over {
                 name: "for".to_string(),
                 size: whole,
@@ -507,6 +499,9 @@ impl<'a> Sizes<'a> {
             | "unique" | "reverse" | "filter" | "map" | "safe" => input,
             _ => input.plus(args),
         };
+        // A filter reads its input as well as making its result (`wordcount` of a 4 MB
+        // value makes a number but walks 4 MB).
+        self.made(input);
         self.note(&f.name, self.made(size))
     }
 }
