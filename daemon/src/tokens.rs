@@ -10,6 +10,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -137,6 +138,33 @@ impl TokenSecret {
     pub fn check_unsubscribe(&self, token: &str) -> Result<(String, String), TokenError> {
         match <[String; 2]>::try_from(self.verify("unsubscribe", token)?) {
             Ok([mailing, address]) => Ok((mailing, address)),
+            Err(_) => Err(TokenError::Invalid),
+        }
+    }
+}
+
+impl TokenSecret {
+    /// The key of the "Subscribe again" button shown once, on the page that confirms an
+    /// unsubscribe made at `at`: the unsubscribe link alone (which an owner could collect
+    /// from their own mail's links) cannot take an unsubscribe back.
+    pub fn undo_token(&self, owner: &str, address: &str, at: DateTime<Utc>) -> String {
+        self.sign(
+            "undo",
+            &[owner, address, &at.timestamp_millis().to_string()],
+        )
+    }
+
+    /// The (owner, address, time of the unsubscribe) an undo key stands for.
+    pub fn check_undo(&self, token: &str) -> Result<(String, String, DateTime<Utc>), TokenError> {
+        match <[String; 3]>::try_from(self.verify("undo", token)?) {
+            Ok([owner, address, at]) => {
+                let at = at
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(DateTime::from_timestamp_millis)
+                    .ok_or(TokenError::Invalid)?;
+                Ok((owner, address, at))
+            }
             Err(_) => Err(TokenError::Invalid),
         }
     }

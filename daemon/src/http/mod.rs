@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use skychimp_storage::{Storage, Store, owner_of};
+use skychimp_storage::{Storage, Store, address_key, owner_of};
 use tiny_http::{Header, Method, Request, Response};
 use tokio::sync::Notify;
 
@@ -222,8 +222,8 @@ fn route(state: &HttpState, method: &Method, path: &str) -> Reply {
         (Method::Get, ["verify", token]) => verify(state, token),
         (Method::Get, ["unsubscribe", token]) => unsubscribe_page(state, token),
         (Method::Post, ["unsubscribe", token]) => unsubscribe(state, token),
-        (Method::Post, ["unsubscribe", token, "undo"]) => resubscribe(state, token),
-        (_, ["healthz"] | ["verify", _] | ["unsubscribe", _] | ["unsubscribe", _, "undo"]) => {
+        (Method::Post, ["unsubscribe", token, "undo", key]) => resubscribe(state, token, key),
+        (_, ["healthz"] | ["verify", _] | ["unsubscribe", _] | ["unsubscribe", _, "undo", _]) => {
             Reply::error(
                 405,
                 "method_not_allowed",
@@ -325,13 +325,15 @@ fn unsubscribe_page(state: &HttpState, token: &str) -> Reply {
                 .runtime
                 .block_on(state.store.is_unsubscribed(owner, &address))
             {
+                // No button to take it back here: anyone with the link (the owner collects
+                // them from their own mail) could. Only the page that confirmed it has one.
                 Ok(true) => Reply::html(
                     200,
-                    pages::unsubscribed(
+                    pages::page(
+                        "Unsubscribed",
                         &format!(
                             "{address} is unsubscribed: it receives no more mailings from this sender."
                         ),
-                        token,
                     ),
                 ),
                 // The form does not need the database; the POST will say if it is down.
@@ -370,16 +372,18 @@ fn unsubscribe(state: &HttpState, token: &str) -> Reply {
             .store
             .unsubscribe(&owner, &address, Some(&mailing), now),
     ) {
-        Ok(_) => {
+        Ok(added) => {
             state.cache.invalidate();
             tracing::info!(%owner, %mailing, "a client unsubscribed");
-            Reply::html(
-                200,
-                pages::unsubscribed(
-                    &format!("{address} will receive no more mailings from this sender."),
-                    token,
-                ),
-            )
+            let text = format!("{address} will receive no more mailings from this sender.");
+            // The button only for the unsubscribe this POST made (a repeated POST shows none).
+            let page = if added {
+                let undo = state.secret.undo_token(&owner, &address_key(&address), now);
+                pages::unsubscribed(&text, token, &undo)
+            } else {
+                pages::page("Unsubscribed", &text)
+            };
+            Reply::html(200, page)
         }
         Err(e) => {
             tracing::error!("unsubscribe: {e}");
@@ -394,16 +398,70 @@ fn unsubscribe(state: &HttpState, token: &str) -> Reply {
     }
 }
 
-/// The "Subscribe again" button of an unsubscribed page: the link's own token proves the
-/// address, as for the unsubscribe itself. Runs created from then on include it again.
-fn resubscribe(state: &HttpState, token: &str) -> Reply {
-    let Ok((mailing, address)) = state.secret.check_unsubscribe(token) else {
-        return Reply::html(
+/// The "Subscribe again" button of the page that confirmed an unsubscribe: its key names
+/// that unsubscribe (owner, address, time), signed, so neither the link alone nor an old
+/// key undoes it, and only for [`pages::UNDO_DAYS`]. Runs created from then on include
+/// the address again.
+fn resubscribe(state: &HttpState, token: &str, key: &str) -> Reply {
+    let invalid = || {
+        Reply::html(
             400,
-            pages::page("Invalid link", "This unsubscribe link is not valid."),
-        );
+            pages::page(
+                "Invalid link",
+                "This button is not valid: it takes back only the unsubscribe its page confirmed.",
+            ),
+        )
+    };
+    let (Ok((mailing, address)), Ok((key_owner, key_address, at))) = (
+        state.secret.check_unsubscribe(token),
+        state.secret.check_undo(key),
+    ) else {
+        return invalid();
     };
     let owner = owner_of(&mailing).to_string();
+    if key_owner != owner || key_address != address_key(&address) {
+        return invalid();
+    }
+    if state.clock.now() - at > chrono::Duration::days(pages::UNDO_DAYS) {
+        return Reply::html(
+            410,
+            pages::page(
+                "Too late",
+                &format!(
+                    "This page could take the unsubscribe back for {} days only.",
+                    pages::UNDO_DAYS
+                ),
+            ),
+        );
+    }
+    // Only that unsubscribe: not a later one of the same address.
+    let current = state.runtime.block_on(state.store.unsubscribes(&owner));
+    let current = match current {
+        Ok(list) => list.into_iter().find(|u| u.address == key_address),
+        Err(e) => {
+            tracing::error!("subscribe again: {e}");
+            return Reply::html(
+                503,
+                pages::page(
+                    "Try again later",
+                    "This could not be recorded right now. Please try again in a minute.",
+                ),
+            );
+        }
+    };
+    match current {
+        Some(u) if u.at == at => {}
+        // Taken back already, or unsubscribed again since.
+        _ => {
+            return Reply::html(
+                200,
+                pages::page(
+                    "Nothing to take back",
+                    &format!("{address} is not unsubscribed by this page's unsubscribe."),
+                ),
+            );
+        }
+    }
     match state
         .runtime
         .block_on(state.store.resubscribe(&owner, &address))

@@ -21,20 +21,25 @@ pub fn page(title: &str, text: &str) -> String {
     layout(title, &format!("<p>{}</p>", escape(text)))
 }
 
-/// The page of an address that is unsubscribed, with a button that takes it back (a
-/// recipient who clicked by mistake). `token` is the link's, for the form's relative
-/// action (the daemon may sit under a path prefix).
-pub fn unsubscribed(text: &str, token: &str) -> String {
+/// The page that confirms an unsubscribe, with a button that takes it back (a recipient
+/// who clicked by mistake). `token` is the link's and `undo` the button's own key, in the
+/// form's relative action (the daemon may sit under a path prefix).
+pub fn unsubscribed(text: &str, token: &str, undo: &str) -> String {
     layout(
         "Unsubscribed",
         &format!(
-            "<p>{}</p><p>Unsubscribed by mistake?</p>\
-             <form method=\"post\" action=\"{}/undo\"><button type=\"submit\">Subscribe again</button></form>",
+            "<p>{}</p><p>Unsubscribed by mistake? This page can take it back for {} days.</p>\
+             <form method=\"post\" action=\"{}/undo/{}\"><button type=\"submit\">Subscribe again</button></form>",
             escape(text),
-            escape(token)
+            UNDO_DAYS,
+            escape(token),
+            escape(undo)
         ),
     )
 }
+
+/// How long the page that confirms an unsubscribe can take it back.
+pub const UNDO_DAYS: i64 = 7;
 
 /// The confirmation page behind a GET of an unsubscribe link: a GET must not unsubscribe,
 /// since mail scanners follow links; the button POSTs.
