@@ -1004,7 +1004,7 @@ mod tests {
             let e = check(&source).unwrap_err();
             assert!(
                 e.message
-                    .contains("a message may make at most 100000000 bytes and 100000 times"),
+                    .contains("a message may make at most 10000000 bytes and 100000 times"),
                 "{}",
                 e.message
             );
@@ -1071,7 +1071,7 @@ mod tests {
         .unwrap_err();
         assert!(
             e.message
-                .contains("a message may make at most 100000000 bytes"),
+                .contains("a message may make at most 10000000 bytes"),
             "{}",
             e.message
         );

@@ -33,10 +33,11 @@ pub const OUTPUT_MAX: u64 = 1_000_000;
 /// it writes: `{{ client.name }}` in a loop of 1,000 is 1,000 times.
 pub const INPUT_TIMES_MAX: u64 = 1_000;
 
-/// The most bytes a message's filters and joins may make for one recipient, beyond the
-/// recipient's values, counting each loop pass: each value may be 10 MB, but a loop must
-/// not make one 100,000 times.
-pub const PROCESSED_MAX: u64 = 100_000_000;
+/// The most bytes a message's filters, joins and comparisons may make and read for one
+/// recipient, beyond the recipient's values, counting each loop pass: as much as one value
+/// may hold, so that a loop cannot make or walk one many times (a message is mail; real
+/// ones make a few kilobytes).
+pub const PROCESSED_MAX: u64 = 10_000_000;
 
 /// The most times over a message's filters and joins may make a recipient's values.
 pub const PROCESSED_TIMES_MAX: u64 = 100_000;
