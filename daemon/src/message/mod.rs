@@ -218,11 +218,9 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
     let size::Over {
         name,
         size: grown,
-        held,
-        items,
-        made,
+        kind,
     } = size::too_large(ast)?;
-    if made {
+    if kind == size::Kind::Made {
         let why = format!(
             "its filters and joins can make up to {} bytes and {} times a recipient's values \
              for each recipient, counting every loop pass; a message may make at most {} \
@@ -234,19 +232,17 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         );
         return Some((name, why));
     }
-    if let Some(items) = items {
+    if let size::Kind::Items(items) = kind {
         let why = format!(
             "a loop goes over up to {items} items; a message may loop over at most {RANGE_MAX} \
              (a value the template makes has up to as many items as bytes)"
         );
         return Some((name, why));
     }
-    let at = if name == "for" {
-        "what it writes".to_string()
-    } else if held {
-        format!("the values set up to `{name}`, held together,")
-    } else {
-        format!("`{name}`")
+    let at = match kind {
+        size::Kind::Written => "what it writes".to_string(),
+        size::Kind::Held => format!("the values set up to `{name}`, held together,"),
+        _ => format!("`{name}`"),
     };
     let why = if grown.times > size::INPUT_TIMES_MAX {
         let times = if grown.times == u64::MAX {
@@ -261,7 +257,7 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         )
     } else {
         // What is written becomes HTML too, at far more memory than its bytes.
-        let most = if name == "for" {
+        let most = if kind == size::Kind::Written {
             size::OUTPUT_MAX
         } else {
             size::TEXT_MAX

@@ -113,18 +113,10 @@ pub fn too_large(ast: &[Node]) -> Option<Over> {
         passes: Cell::new(1),
     };
     let written = sizes.nodes(ast, &mut HashMap::new());
-    sizes.note("for", written);
+    sizes.note_as("for", written, Kind::Written);
     let made = sizes.made.get();
-    if (made.times > PROCESSED_TIMES_MAX || made.bytes > PROCESSED_MAX)
-        && sizes.over.borrow().is_none()
-    {
-        *sizes.over.borrow_mut() = Some(Over {
-            name: "for".to_string(),
-            size: made,
-            held: false,
-            items: None,
-            made: true,
-        });
+    if made.times > PROCESSED_TIMES_MAX || made.bytes > PROCESSED_MAX {
+        sizes.over("for", made, Kind::Made);
     }
     sizes.over.into_inner()
 }
@@ -132,9 +124,8 @@ pub fn too_large(ast: &[Node]) -> Option<Over> {
 struct Sizes<'a> {
     macros: &'a HashMap<&'a str, &'a tera::ast::MacroDefinition>,
     /// What a macro writes, and what one call makes, by its arguments' sizes: a macro
-    /// called twice with the same
-    /// sizes is measured once (twenty macros each calling the next twice would otherwise
-    /// take 2^20 steps).
+    /// called twice with the same sizes is measured once (twenty macros each calling the
+    /// next twice would otherwise take 2^20 steps).
     known: RefCell<HashMap<MacroCall<'a>, (Size, Size)>>,
     /// The first value past the bounds.
     over: RefCell<Option<Over>>,
@@ -148,19 +139,30 @@ struct Sizes<'a> {
     passes: Cell<u64>,
 }
 
-/// The first value (or the first total held at once) past the bounds.
+/// The first bound a template can pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Over {
-    /// Where to place the error: a `set`'s name, a filter's, or `for` for what is written.
+    /// Where to place the error: a `set`'s name, a filter's, or `for`.
     pub name: String,
     pub size: Size,
-    /// Whether `size` is all that the values set so far hold together when `name` is set.
-    pub held: bool,
-    /// For a loop over a value the template makes (not a literal array or a `range`): how
-    /// many items it can have, when that is past [`RANGE_MAX`].
-    pub items: Option<u64>,
-    /// Whether `size` is what the filters and joins make in all, each loop pass counted.
-    pub made: bool,
+    pub kind: Kind,
+}
+
+/// Which bound [`Over::size`] passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One value ([`TEXT_MAX`]).
+    Value,
+    /// All that the values set so far hold together when `name` is set ([`TEXT_MAX`]).
+    Held,
+    /// What is written ([`OUTPUT_MAX`]).
+    Written,
+    /// What the filters, joins and comparisons make and read in all, each loop pass
+    /// counted ([`PROCESSED_MAX`]).
+    Made,
+    /// The items of a loop over a value the template makes (not a literal array or a
+    /// `range`), past [`RANGE_MAX`].
+    Items(u64),
 }
 
 /// Variables `set` so far, and loop variables, by name.
@@ -179,22 +181,29 @@ impl<'a> Sizes<'a> {
 
     /// Remember `size` as the first value past the bounds, placed at `name`.
     fn note(&self, name: &str, size: Size) -> Size {
-        self.note_as(name, size, false)
+        self.note_as(name, size, Kind::Value)
     }
 
-    fn note_as(&self, name: &str, size: Size, held: bool) -> Size {
-        // `for` stands for what is written.
-        let bytes = if name == "for" { OUTPUT_MAX } else { TEXT_MAX };
-        if !size.within(bytes) && self.over.borrow().is_none() {
-            *self.over.borrow_mut() = Some(Over {
-                name: name.to_string(),
-                size,
-                held,
-                items: None,
-                made: false,
-            });
+    /// [`Sizes::note`] for what is held together or written.
+    fn note_as(&self, name: &str, size: Size, kind: Kind) -> Size {
+        let bytes = if kind == Kind::Written {
+            OUTPUT_MAX
+        } else {
+            TEXT_MAX
+        };
+        if !size.within(bytes) {
+            self.over(name, size, kind);
         }
         size
+    }
+
+    /// Keep the first bound passed.
+    fn over(&self, name: &str, size: Size, kind: Kind) {
+        self.over.borrow_mut().get_or_insert_with(|| Over {
+            name: name.to_string(),
+            size,
+            kind,
+        });
     }
 
     /// What `nodes` write; the `set`s among them go into `scope`.
@@ -214,7 +223,7 @@ impl<'a> Sizes<'a> {
                     // Each `set` holds its own copy: all of them at once, and what is
                     // written so far, must fit too.
                     let held = scope.values().copied().fold(written, Size::plus);
-                    self.note_as(&set.key, held, true);
+                    self.note_as(&set.key, held, Kind::Held);
                     Size::default()
                 }
                 Node::FilterSection(_, section, _) => {
@@ -253,7 +262,7 @@ impl<'a> Sizes<'a> {
                         Some(b) => self.nodes(b, &mut scope.clone()),
                         None => Size::default(),
                     };
-                    self.note("for", body).max(otherwise)
+                    self.note_as("for", body, Kind::Written).max(otherwise)
                 }
                 Node::If(branches, _) => {
                     // A `set` in a branch stays after the `if`: the largest of the branches'.
@@ -377,14 +386,8 @@ impl<'a> Sizes<'a> {
         let items = whole.bytes.saturating_add(1);
         // What a recipient's values add is as long as they are; the template's own part
         // counts (`client.name ~ big` is as long as `big`).
-        if items > RANGE_MAX as u64 && self.over.borrow().is_none() {
-            *self.over.borrow_mut() = Some(Over {
-                name: "for".to_string(),
-                size: whole,
-                held: false,
-                items: Some(items),
-                made: false,
-            });
+        if items > RANGE_MAX as u64 {
+            self.over("for", whole, Kind::Items(items));
         }
     }
 
