@@ -418,6 +418,16 @@ fn resubscribe(state: &HttpState, token: &str, key: &str) -> Reply {
     ) else {
         return invalid();
     };
+    let unavailable = |e: skychimp_storage::StorageError| {
+        tracing::error!("subscribe again: {e}");
+        Reply::html(
+            503,
+            pages::page(
+                "Try again later",
+                "This could not be recorded right now. Please try again in a minute.",
+            ),
+        )
+    };
     let owner = owner_of(&mailing).to_string();
     if key_owner != owner || key_address != address_key(&address) {
         return invalid();
@@ -439,14 +449,7 @@ fn resubscribe(state: &HttpState, token: &str, key: &str) -> Reply {
     let current = match current {
         Ok(list) => list.into_iter().find(|u| u.address == key_address),
         Err(e) => {
-            tracing::error!("subscribe again: {e}");
-            return Reply::html(
-                503,
-                pages::page(
-                    "Try again later",
-                    "This could not be recorded right now. Please try again in a minute.",
-                ),
-            );
+            return unavailable(e);
         }
     };
     match current {
@@ -477,15 +480,6 @@ fn resubscribe(state: &HttpState, token: &str, key: &str) -> Reply {
                 ),
             )
         }
-        Err(e) => {
-            tracing::error!("subscribe again: {e}");
-            Reply::html(
-                503,
-                pages::page(
-                    "Try again later",
-                    "This could not be recorded right now. Please try again in a minute.",
-                ),
-            )
-        }
+        Err(e) => unavailable(e),
     }
 }
