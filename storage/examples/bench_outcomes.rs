@@ -139,7 +139,7 @@ async fn bench(store: Store, args: &Args) -> Result<(), StorageError> {
     let t = Instant::now();
     let id = store.create_run(&run, now).await?;
     let create = t.elapsed();
-    let count = match id {
+    let count = match id.created() {
         Some(id) => store.run(id).await?.map_or(0, |r| r.recipients),
         None => 0,
     };

@@ -235,12 +235,17 @@ storage_interface! {
     /// serialised across daemons by an advisory lock).
     fn migrate(&self) -> ();
 
-    /// Creates a run with its deliveries in one transaction, or returns `None` when that
-    /// (mailing, occurrence) already has one — so several daemons may all try.
+    /// Creates a run with its deliveries in one transaction, or says why not: that
+    /// (mailing, occurrence) already has one ([`Creation::Taken`]), so several daemons may
+    /// all try; or, for a [`RunKind::Manual`] run (`skychimpd send`), a run of the mailing
+    /// still has deliveries queued, deferred or in flight ([`Creation::Unfinished`]). The
+    /// check and the creation are one step: of two sends started together, one creates its
+    /// run and the other is told of it (every creation holds a lock per mailing:
+    /// PostgreSQL's advisory lock, SQLite's write lock).
     /// Addresses are deduplicated case-insensitively (the first spelling wins; the unique
     /// key on (run, address) guarantees it); recipients unsubscribed from the owner are left
     /// out.
-    fn create_run(&self, run: &NewRun, now: DateTime<Utc>) -> Option<RunId>;
+    fn create_run(&self, run: &NewRun, now: DateTime<Utc>) -> Creation;
 
     /// One run, with its templates (the sender fetches it once per run).
     fn run(&self, id: RunId) -> Option<Run>;

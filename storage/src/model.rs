@@ -185,6 +185,30 @@ pub struct NewRun {
     pub recipients: Vec<Recipient>,
 }
 
+/// What [`Storage::create_run`](crate::Storage::create_run) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// The run, with its deliveries.
+    Created(RunId),
+    /// The mailing already has a run at that instant: another daemon created this
+    /// occurrence's run, or (for a manual run) a scheduled one holds it.
+    Taken,
+    /// Only for a manual run: this run of the mailing still has deliveries to make
+    /// (queued, deferred or in flight), and a new run would mail its recipients again, so
+    /// none was created.
+    Unfinished(RunId),
+}
+
+impl Creation {
+    /// The new run, if one was created.
+    pub fn created(self) -> Option<RunId> {
+        match self {
+            Creation::Created(id) => Some(id),
+            Creation::Taken | Creation::Unfinished(_) => None,
+        }
+    }
+}
+
 /// A stored run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {

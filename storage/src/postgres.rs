@@ -25,6 +25,15 @@ const RECIPIENT_CHUNK: usize = 10_000;
 const OUTCOME_CHUNK: usize = 10_000;
 /// Default pool size: enough for a sender's claim/mark/record pipeline plus the manager API.
 const MAX_CONNECTIONS: u32 = 10;
+/// The first key of the advisory lock that serialises the creation of a mailing's runs
+/// (the second is the hash of its id); "skyc".
+const RUN_LOCK_CLASS: i32 = 0x736b_7963;
+/// The lowest run of a mailing with deliveries still to make.
+const UNFINISHED_RUN: &str = "SELECT r.id FROM runs r \
+     WHERE r.mailing_id = $1 AND r.finished_at IS NULL \
+       AND EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id \
+                   AND d.status IN ('queued', 'deferred', 'sending')) \
+     ORDER BY r.id LIMIT 1";
 
 /// The PostgreSQL back end. Cloning shares the pool.
 #[derive(Debug, Clone)]
@@ -263,15 +272,29 @@ impl Storage for PgStore {
         Ok(())
     }
 
-    async fn create_run(
-        &self,
-        run: &NewRun,
-        now: DateTime<Utc>,
-    ) -> Result<Option<RunId>, StorageError> {
+    async fn create_run(&self, run: &NewRun, now: DateTime<Utc>) -> Result<Creation, StorageError> {
         let now = to_millis(now);
         let mut tx = self.pool.begin().await?;
-        // A second daemon inserting the same (mailing, occurrence) waits here for the first
-        // to commit, then gets no row: exactly one run is created.
+        // One creation of a run per mailing at a time, until the transaction ends: a manual
+        // run's check below then sees every run created before it.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(RUN_LOCK_CLASS)
+            .bind(&run.mailing_id)
+            .execute(&mut *tx)
+            .await?;
+        if run.kind == RunKind::Manual {
+            let busy: Option<i64> = sqlx::query_scalar(UNFINISHED_RUN)
+                .bind(&run.mailing_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(id) = busy {
+                tx.rollback().await?;
+                return Ok(Creation::Unfinished(RunId(id)));
+            }
+        }
+        // A second daemon creating the same (mailing, occurrence) has waited for the lock
+        // until the first committed, and gets no row here: exactly one run is created (the
+        // unique key would also make it wait here without the lock).
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO runs (mailing_id, owner, occurrence, kind, created_at, mailing_blob, \
                                head_commit, subject, body) \
@@ -292,7 +315,7 @@ impl Storage for PgStore {
         .await?;
         let Some(run_id) = id else {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(Creation::Taken);
         };
 
         // The first spelling of an address is its recipient. Duplicates are left out here
@@ -347,7 +370,7 @@ impl Storage for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(RunId(run_id)))
+        Ok(Creation::Created(RunId(run_id)))
     }
 
     async fn run(&self, id: RunId) -> Result<Option<Run>, StorageError> {

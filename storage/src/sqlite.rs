@@ -368,12 +368,25 @@ impl Storage for SqliteStore {
         Ok(())
     }
 
-    async fn create_run(
-        &self,
-        run: &NewRun,
-        now: DateTime<Utc>,
-    ) -> Result<Option<RunId>, StorageError> {
+    async fn create_run(&self, run: &NewRun, now: DateTime<Utc>) -> Result<Creation, StorageError> {
+        // The write lock, taken first, makes the check and the creation one step.
         let mut tx = self.write_tx().await?;
+        if run.kind == RunKind::Manual {
+            let busy: Option<i64> = sqlx::query_scalar(
+                "SELECT r.id FROM runs r \
+                 WHERE r.mailing_id = ? AND r.finished_at IS NULL \
+                   AND EXISTS (SELECT 1 FROM deliveries d WHERE d.run_id = r.id \
+                               AND d.status IN ('queued', 'deferred', 'sending')) \
+                 ORDER BY r.id LIMIT 1",
+            )
+            .bind(&run.mailing_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = busy {
+                tx.rollback().await?;
+                return Ok(Creation::Unfinished(RunId(id)));
+            }
+        }
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO runs (mailing_id, owner, occurrence, kind, created_at, mailing_blob, \
                                head_commit, subject, body) \
@@ -394,7 +407,7 @@ impl Storage for SqliteStore {
         .await?;
         let Some(run_id) = id else {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(Creation::Taken);
         };
 
         // The owner's unsubscribed addresses are not recipients at all; ON CONFLICT lets the
@@ -440,7 +453,7 @@ impl Storage for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(RunId(run_id)))
+        Ok(Creation::Created(RunId(run_id)))
     }
 
     async fn run(&self, id: RunId) -> Result<Option<Run>, StorageError> {

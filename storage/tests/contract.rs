@@ -48,6 +48,8 @@ contract!(
     migrations_are_idempotent,
     run_is_created_once,
     run_is_created_once_when_daemons_race,
+    a_manual_run_waits_for_the_last_to_finish,
+    of_manual_runs_started_together_one_is_created,
     one_delivery_per_address_case_insensitively,
     unsubscribed_addresses_are_not_recipients,
     unsubscribing_skips_queued_deliveries,
@@ -268,6 +270,7 @@ async fn create(store: &Store, mailing_id: &str, occ: DateTime<Utc>, n: usize) -
         .create_run(&new_run(mailing_id, occ, numbered(n)), t0())
         .await
         .expect("create_run")
+        .created()
         .expect("a new run")
 }
 
@@ -338,7 +341,8 @@ async fn run_is_created_once(store: Store) {
     let first = store
         .create_run(&new_run("alice/weekly", t0(), numbered(3)), t0())
         .await
-        .expect("create");
+        .expect("create")
+        .created();
     let again = store
         .create_run(&new_run("alice/weekly", t0(), numbered(7)), t0() + secs(5))
         .await
@@ -347,7 +351,8 @@ async fn run_is_created_once(store: Store) {
         panic!("first create_run returned None")
     };
     assert_eq!(
-        again, None,
+        again,
+        Creation::Taken,
         "the same occurrence must not create a second run"
     );
 
@@ -379,7 +384,9 @@ async fn run_is_created_once(store: Store) {
     );
     assert_eq!(store.run(first).await.expect("run").as_ref(), Some(run));
 
-    // A manual run at a later time does not count as the last scheduled occurrence.
+    // A manual run at a later time (once the first is done) does not count as the last
+    // scheduled occurrence.
+    assert_eq!(send_n(&store, 3, t0()).await.len(), 3);
     let mut manual = new_run("alice/weekly", t0() + secs(3600), numbered(1));
     manual.kind = RunKind::Manual;
     assert!(
@@ -387,6 +394,7 @@ async fn run_is_created_once(store: Store) {
             .create_run(&manual, t0())
             .await
             .expect("manual")
+            .created()
             .is_some()
     );
     let weekly_and_other = ["alice/weekly".to_string(), "bob/other".to_string()];
@@ -426,7 +434,7 @@ async fn run_is_created_once_when_daemons_race(store: Store) {
     }
     let mut created = Vec::new();
     for task in tasks {
-        if let Some(id) = task.await.expect("task").expect("create_run") {
+        if let Some(id) = task.await.expect("task").expect("create_run").created() {
             created.push(id);
         }
     }
@@ -440,6 +448,118 @@ async fn run_is_created_once_when_daemons_race(store: Store) {
             .len(),
         500
     );
+}
+
+fn manual(mailing_id: &str, occurrence: DateTime<Utc>, n: usize) -> NewRun {
+    NewRun {
+        kind: RunKind::Manual,
+        ..new_run(mailing_id, occurrence, numbered(n))
+    }
+}
+
+async fn a_manual_run_waits_for_the_last_to_finish(store: Store) {
+    let first = create(&store, "alice/weekly", t0(), 3).await;
+    create(&store, "bob/news", t0(), 3).await;
+    let later = t0() + secs(60);
+    // A manual run of alice/weekly asked for at `at`.
+    let send = async |at: DateTime<Utc>| {
+        store
+            .create_run(&manual("alice/weekly", at, 3), at)
+            .await
+            .expect("create")
+    };
+    assert_eq!(
+        send(later).await,
+        Creation::Unfinished(first),
+        "three deliveries are still queued"
+    );
+    assert_eq!(store.runs_of("alice/weekly").await.expect("runs").len(), 1);
+    // Two of the first run's deliveries sent, one in flight: still unfinished.
+    let claimed = store
+        .claim("w", 3, Duration::from_secs(60), later, Some(first), &[])
+        .await
+        .expect("claim");
+    let ids: Vec<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+    store.mark_sending(&ids, "w", later).await.expect("mark");
+    let sent: Vec<Outcome> = ids[..2]
+        .iter()
+        .map(|&id| outcome(id, OutcomeStatus::Sent, 250, "ok", later))
+        .collect();
+    store.record_outcomes(&sent).await.expect("record");
+    assert_eq!(
+        send(later).await,
+        Creation::Unfinished(first),
+        "one delivery is in flight"
+    );
+    // The last one deferred: a retry is still to come.
+    let retry = later + secs(3600);
+    let deferred = outcome(
+        ids[2],
+        OutcomeStatus::Deferred {
+            next_attempt_at: retry,
+        },
+        451,
+        "later",
+        later,
+    );
+    store.record_outcomes(&[deferred]).await.expect("record");
+    assert_eq!(
+        send(later).await,
+        Creation::Unfinished(first),
+        "one delivery is deferred"
+    );
+    // Failed for good: the run has nothing left to do, and a new one may start (at an
+    // instant of its own).
+    let again = store
+        .claim("w", 3, Duration::from_secs(60), retry, Some(first), &[])
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    store
+        .mark_sending(&[again[0].id], "w", retry)
+        .await
+        .expect("mark");
+    let failed = outcome(again[0].id, OutcomeStatus::Failed, 550, "no", retry);
+    store.record_outcomes(&[failed]).await.expect("record");
+    assert_eq!(send(t0()).await, Creation::Taken);
+    let Creation::Created(second) = send(retry).await else {
+        panic!("the first run is done: a manual run should be created")
+    };
+    assert_eq!(store.deliveries_of(second).await.expect("rows").len(), 3);
+    // And that one holds the next back in turn.
+    assert_eq!(send(retry + secs(1)).await, Creation::Unfinished(second));
+}
+
+/// Two `skychimpd send` of one mailing at the same moment: each checks that no run is
+/// unfinished and creates its own; without one lock around both steps, every one of them
+/// would pass the check and each recipient would get the message once per send.
+async fn of_manual_runs_started_together_one_is_created(store: Store) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let at = t0() + secs(i);
+            store
+                .create_run(&manual("alice/weekly", at, 2_000), at)
+                .await
+        }));
+    }
+    let mut created = Vec::new();
+    let mut refused = Vec::new();
+    for task in tasks {
+        match task.await.expect("task").expect("create") {
+            Creation::Created(id) => created.push(id),
+            Creation::Unfinished(id) => refused.push(id),
+            Creation::Taken => panic!("each send asked for its own instant"),
+        }
+    }
+    assert_eq!(created.len(), 1, "one send creates its run: {created:?}");
+    assert_eq!(
+        refused,
+        vec![created[0]; 7],
+        "the others are told which run"
+    );
+    assert_eq!(store.runs_of("alice/weekly").await.expect("runs").len(), 1);
 }
 
 async fn one_delivery_per_address_case_insensitively(store: Store) {
@@ -457,6 +577,7 @@ async fn one_delivery_per_address_case_insensitively(store: Store) {
         .create_run(&new_run("alice/weekly", t0(), recipients), t0())
         .await
         .expect("create")
+        .created()
         .expect("new run");
     let deliveries = store.deliveries_of(run).await.expect("deliveries");
     assert_eq!(deliveries.len(), 2);
@@ -532,11 +653,13 @@ async fn unsubscribed_addresses_are_not_recipients(store: Store) {
         .create_run(&new_run("alice/weekly", t0(), both.clone()), t0())
         .await
         .expect("create")
+        .created()
         .expect("new");
     let bob_run = store
         .create_run(&new_run("bob/news", t0(), both), t0())
         .await
         .expect("create")
+        .created()
         .expect("new");
     assert_eq!(
         statuses(&store, alice_run).await,
@@ -585,6 +708,7 @@ async fn unsubscribed_addresses_are_not_recipients(store: Store) {
         )
         .await
         .expect("create")
+        .created()
         .expect("new");
     assert_eq!(
         statuses(&store, next).await,
@@ -730,6 +854,7 @@ async fn large_batches_cross_statement_chunks(store: Store) {
         .create_run(&new_run("alice/weekly", t0(), list), t0())
         .await
         .expect("create")
+        .created()
         .expect("new");
     assert_eq!(
         store.run(run).await.expect("run").map(|r| r.recipients),

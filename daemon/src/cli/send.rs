@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use skychimp_storage::{RunKind, Storage, address_key};
+use skychimp_storage::{Creation, RunKind, Storage, address_key};
 use skychimp_transport::{ComposeInput, ListId, compose};
 
 use super::{Cli, Setup};
@@ -163,11 +163,19 @@ pub fn send(cli: &Cli, id: &str, dry_run: bool) -> anyhow::Result<ExitCode> {
         let mut occurrence = now;
         let run_id = loop {
             let run = delivery::new_run(&catalog, &mailing, occurrence, RunKind::Manual);
-            if let Some(id) = store.create_run(&run, now).await? {
-                break id;
+            match store.create_run(&run, now).await? {
+                Creation::Created(id) => break id,
+                // A run already holds this exact instant (a scheduled one): take the next.
+                Creation::Taken => occurrence += chrono::Duration::milliseconds(1),
+                // Another send (or the daemon) created one since the check above.
+                Creation::Unfinished(other) => {
+                    let why = unfinished(&store, &mailing).await?.unwrap_or_else(|| {
+                        format!("run {} of `{}` was created meanwhile", other.0, mailing.id)
+                    });
+                    errln!("skychimpd: not sending: {why}");
+                    return Ok(ExitCode::from(1));
+                }
             }
-            // A run already holds this exact instant (a scheduled one): take the next.
-            occurrence += chrono::Duration::milliseconds(1);
         };
         let rate = crate::redis::rate_limit(redis.as_ref(), f64::from(setup.config.smtp.rate));
         let clock: Arc<dyn crate::clock::Clock> =

@@ -120,7 +120,7 @@ impl Scheduler {
             }
             if let Some(occurrence) = due {
                 let run = delivery::new_run(&catalog, m, occurrence, RunKind::Scheduled);
-                if let Some(id) = self.store.create_run(&run, now).await? {
+                if let Some(id) = self.store.create_run(&run, now).await?.created() {
                     // The run's own count: the catalog's less who unsubscribed.
                     let recipients = match self.store.run(id).await? {
                         Some(created) => created.recipients,

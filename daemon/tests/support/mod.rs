@@ -335,6 +335,7 @@ pub async fn create_run(store: &Store, catalog: &Catalog, clock: &FixedClock) ->
         .create_run(&new_run(catalog, mailing, now, RunKind::Manual), now)
         .await
         .expect("create run")
+        .created()
         .expect("a new run")
 }
 
