@@ -7,7 +7,7 @@
 //! limit of 32,766 parameters.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,37 @@ pub struct SqliteStore {
     watch: Option<Arc<Watch>>,
     /// Drawn at open: tells this store's generations from another process's.
     nonce: u64,
+    /// The database file's folder, locked while opening and migrating; `None` in memory.
+    setup_dir: Option<PathBuf>,
+}
+
+/// An exclusive lock (`flock`) on the database file's folder, held by a process while it
+/// opens the file and while it applies migrations. sqlx takes no lock when it migrates
+/// SQLite, so two processes starting together on a new file (two `send`s, or `send` beside
+/// `run`) both created the tables and the second failed ("table runs already exists", or
+/// "database is locked" while the first switched the file to WAL). Released when dropped.
+/// Where the folder cannot be opened or locked (not a platform this runs on), nothing is
+/// held and the steps run as before.
+struct SetupLock {
+    _folder: Option<std::fs::File>,
+}
+
+impl SetupLock {
+    async fn take(dir: Option<&Path>) -> SetupLock {
+        let Some(dir) = dir.map(Path::to_path_buf) else {
+            return SetupLock { _folder: None };
+        };
+        // Waiting for another process's lock blocks a thread: not the runtime's.
+        let file = tokio::task::spawn_blocking(move || {
+            let folder = std::fs::File::open(dir).ok()?;
+            folder.lock().ok()?;
+            Some(folder)
+        })
+        .await
+        .ok()
+        .flatten();
+        SetupLock { _folder: file }
+    }
 }
 
 /// A connection of its own that never writes, opened on first use: `PRAGMA data_version`
@@ -93,10 +124,11 @@ impl SqliteStore {
         in_memory: bool,
         url: &str,
     ) -> Result<SqliteStore, StorageError> {
-        if !in_memory
-            && let Some(dir) = options.get_filename().parent()
-            && !dir.as_os_str().is_empty()
-        {
+        let setup_dir = (!in_memory).then(|| match options.get_filename().parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        });
+        if let Some(dir) = &setup_dir {
             std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
                 path: dir.to_path_buf(),
                 source,
@@ -125,18 +157,21 @@ impl SqliteStore {
                 conn: tokio::sync::Mutex::new(None),
             })
         });
-        let pool =
+        let pool = {
+            let _setup = SetupLock::take(setup_dir.as_deref()).await;
             pool_options
                 .connect_with(options)
                 .await
                 .map_err(|cause| StorageError::Connect {
                     url: redact_url(url),
                     cause,
-                })?;
+                })?
+        };
         Ok(SqliteStore {
             pool,
             watch,
             nonce: draw(),
+            setup_dir,
         })
     }
 
@@ -364,6 +399,7 @@ const USER_COLUMNS: &str = "user_id, verified_email, verified_at, verification_e
 
 impl Storage for SqliteStore {
     async fn migrate(&self) -> Result<(), StorageError> {
+        let _setup = SetupLock::take(self.setup_dir.as_deref()).await;
         migrator().run(&self.pool).await?;
         Ok(())
     }

@@ -82,3 +82,33 @@ async fn a_database_from_a_newer_binary_is_named_as_such() {
     );
     store.close().await;
 }
+
+/// Several processes starting together on a new file (`skychimpd send` twice, or `send`
+/// beside `run`): each opens it and applies the migrations. sqlx takes no lock on SQLite,
+/// so without one of our own the second to create the tables failed ("table runs already
+/// exists", or "database is locked" while the first switched the file to WAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opened_together_on_a_new_file_all_migrate() {
+    for round in 0..5 {
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let url = format!("sqlite://{}/var/skychimp.db", scratch.path().display());
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let store = Store::connect(&url).await?;
+                store.migrate().await?;
+                let pending = store.pending_count().await?;
+                store.close().await;
+                Ok::<_, StorageError>(pending)
+            }));
+        }
+        for task in tasks {
+            let opened = task.await.expect("task");
+            assert!(
+                matches!(opened, Ok(0)),
+                "round {round}: every store opens and migrates: {opened:?}"
+            );
+        }
+    }
+}
