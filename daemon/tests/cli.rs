@@ -415,9 +415,10 @@ fn send_exits_1_when_messages_are_only_deferred() {
 
     // Sending again (the natural "retry") would mail everyone a second copy when the
     // daemon retries the first run: refused, and the dry run says so.
-    let refused = "run 1 of `alice/launch` is not finished (2 deferred): `skychimpd run` \
-                   delivers it (deferred deliveries at their retry), and a new run would mail \
-                   its recipients again; see `skychimpd report alice/launch`";
+    let refused = "run 1 of `alice/launch` is not finished (2 deferred): a `send` of it still \
+                   running or `skychimpd run` delivers it (deferred deliveries at their \
+                   retry), and a new run would mail its recipients again; see `skychimpd \
+                   report alice/launch`";
     let again = skychimpd_env(&["--root", root, "send", "alice/launch"], &env);
     assert_eq!(again.status.code(), Some(1), "{}", again.stdout_text());
     assert!(
@@ -577,6 +578,29 @@ fn mistakes_on_the_command_line_are_named_once() {
         &["--root", root, "logs", "alice/weekly", "--limit", "3"],
         &env,
     );
+    assert!(
+        out.stderr_text().contains(&format!(
+            "more: skychimpd --root {root} logs alice/weekly --limit 3 --before "
+        )),
+        "{}",
+        out.stderr_text()
+    );
+    // The JSON format gets the same hint, on stderr: stdout stays one array.
+    let out = skychimpd_env(
+        &[
+            "--root",
+            root,
+            "logs",
+            "alice/weekly",
+            "--limit",
+            "3",
+            "--format",
+            "json",
+        ],
+        &env,
+    );
+    let page: serde_json::Value = serde_json::from_str(&out.stdout_text()).expect("JSON");
+    assert_eq!(page.as_array().map(Vec::len), Some(3), "{page}");
     assert!(
         out.stderr_text().contains(&format!(
             "more: skychimpd --root {root} logs alice/weekly --limit 3 --before "

@@ -61,10 +61,11 @@ pub fn logs(
                     ]);
                 }
                 print_table(&table)?;
-                if let Some(next) = next_before {
-                    errln!("more: {}", next_page(cli, id, limit, next.0));
-                }
             }
+        }
+        // On stderr, so the JSON on stdout stays one document.
+        if let Some(next) = next_before {
+            errln!("more: {}", next_page(cli, id, limit, next.0));
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -107,9 +107,9 @@ pub(crate) async fn unfinished(
         }
     }
     Ok(Some(format!(
-        "run {} of `{}` is not finished ({}): `skychimpd run` delivers it (deferred deliveries \
-         at their retry), and a new run would mail its recipients again; see `skychimpd \
-         report {}`",
+        "run {} of `{}` is not finished ({}): a `send` of it still running or `skychimpd run` \
+         delivers it (deferred deliveries at their retry), and a new run would mail its \
+         recipients again; see `skychimpd report {}`",
         r.run_id.0,
         m.id,
         left.join(", "),
