@@ -576,6 +576,9 @@ fn parse_users(ctx: &mut FileCtx) -> Option<Vec<User>> {
             );
         }
         check_one_line(ctx, &user.name, "name");
+        if let Some(problem) = too_long(user.name.get_ref(), "name", CLIENT_NAME_MAX) {
+            ctx.error(&user.name, problem);
+        }
         users.push(User {
             id: id.into_inner(),
             email: user.email.into_inner(),
@@ -606,6 +609,23 @@ fn one_line_problem(value: &str, what: &str) -> Option<String> {
     }
 }
 
+/// The longest a client's (or a user's) name may be, in characters: a name a message puts
+/// in a subject or a greeting. Templates may repeat and transform a recipient's values (bounded in
+/// proportion to their size), so a megabyte-long name made `check` take seconds and
+/// gigabytes and a send run out of memory, and a loop over a long value's characters takes
+/// Tera time that grows with its square (a 100 KB title: minutes).
+pub const CLIENT_NAME_MAX: usize = 256;
+/// The longest a client's comment may be, in characters.
+pub const CLIENT_COMMENT_MAX: usize = 1000;
+/// The longest a mailing's title may be, in characters.
+pub const TITLE_MAX: usize = 256;
+
+/// Why `value` is too long for `what`, if it is.
+fn too_long(value: &str, what: &str, max: usize) -> Option<String> {
+    let chars = value.chars().count();
+    (chars > max).then(|| format!("`{what}` is {chars} characters long; it may have at most {max}"))
+}
+
 fn parse_list(ctx: &mut FileCtx, owner: &str, name: &str, blob: String) -> Option<ClientList> {
     let raw: RawList = toml::from_str(ctx.text)
         .map_err(|e| ctx.toml_error(&e))
@@ -626,8 +646,15 @@ fn parse_list(ctx: &mut FileCtx, owner: &str, name: &str, blob: String) -> Optio
                 ),
             ));
         }
-        if let Some(problem) = one_line_problem(c.name.get_ref(), "name") {
+        if let Some(problem) = one_line_problem(c.name.get_ref(), "name")
+            .or_else(|| too_long(c.name.get_ref(), "name", CLIENT_NAME_MAX))
+        {
             problems_at.push((c.name.span(), problem));
+        }
+        if let Some(comment) = &c.comment
+            && let Some(problem) = too_long(comment.get_ref(), "comment", CLIENT_COMMENT_MAX)
+        {
+            problems_at.push((comment.span(), problem));
         }
     }
     for (span, m) in problems_at {
@@ -735,6 +762,9 @@ fn parse_mailing(
         .map_err(|e| ctx.toml_error(&e))
         .ok()?;
     check_one_line(ctx, &raw.title, "title");
+    if let Some(problem) = too_long(raw.title.get_ref(), "title", TITLE_MAX) {
+        ctx.error(&raw.title, problem);
+    }
     if raw.lists.get_ref().is_empty() {
         ctx.error(
             &raw.lists,

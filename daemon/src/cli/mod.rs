@@ -236,10 +236,13 @@ impl Setup {
     }
 }
 
-/// A tokio runtime for one command.
+/// A tokio runtime for one command. Its threads get the main thread's 8 MiB of stack (not
+/// tokio's 2 MiB): messages render on them, and what `check` let through on the main
+/// thread must render there too.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 << 20)
         .build()?)
 }
 

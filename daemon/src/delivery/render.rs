@@ -261,12 +261,12 @@ impl Renderer {
         let mut context = self.text_base.clone();
         context.insert("client", &client);
         context.insert("unsubscribe_url", unsubscribe_url);
-        let subject = self.tera.render("subject", &context)?;
-        let text = self.tera.render("body", &context)?;
+        let subject = crate::message::render(&self.tera, "subject", &context)?;
+        let text = crate::message::render(&self.tera, "body", &context)?;
         let mut context = self.html_base.clone();
         context.insert("client", html_client);
         context.insert("unsubscribe_url", html_url);
-        let markdown = self.tera.render("body", &context)?;
+        let markdown = crate::message::render(&self.tera, "body", &context)?;
         Ok((subject, text, markdown))
     }
 
@@ -421,7 +421,7 @@ impl Splice {
             "unsubscribe_url",
             &format!("{unsubscribe_prefix}{}", markers[3]),
         );
-        let markdown = renderer.tera.render("body", &context).ok()?;
+        let markdown = crate::message::render(&renderer.tera, "body", &context).ok()?;
 
         // In the source: no marker after a `<` that no `>` has closed within its block
         // (a tag or an autolink, valid or not: a space in a value can make one valid), and

@@ -141,9 +141,43 @@ pub fn check(source: &str) -> Result<(), TemplateError> {
         });
     }
     let context = tera::Context::from_serialize(sample()).map_err(|e| to_error(&e))?;
-    tera.render("template", &context)
-        .map_err(|e| located(&e, source))?;
+    render(&tera, "template", &context).map_err(|e| located(&e, source))?;
     Ok(())
+}
+
+std::thread_local! {
+    /// Set while this thread renders a message: its panics are that message's error.
+    static RENDERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `tera.render(name, context)`, with a panic in Tera's own code turned into an error.
+/// Some of its filters panic on an owner's input (`int(base=1)`, `date` of a number too
+/// large or with `%z` and no zone, `i64::MIN % -1`); a panic would take `check` or a
+/// sending worker down instead of failing one message. The panic is not printed.
+pub fn render(tera: &tera::Tera, name: &str, context: &tera::Context) -> tera::Result<String> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !RENDERING.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = RENDERING.with(|r| r.replace(true));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tera.render(name, context)));
+    RENDERING.with(|r| r.set(was));
+    result.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no reason given".into());
+        Err(tera::Error::msg(format!(
+            "Tera failed on this template ({what}); change the tag that fails"
+        )))
+    })
 }
 
 /// Every variable a message has (see [`TemplateContext`]). The renderer's plain templates
@@ -273,45 +307,226 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
 
 /// The deepest a message may nest parentheses (calls in calls' arguments) inside its tags.
 pub const NESTING_MAX: usize = 8;
+/// The deepest a message may nest blocks (`{% if %}`, `{% for %}`, `{% filter %}`,
+/// `{% macro %}`, `{% block %}`).
+pub const BLOCKS_MAX: usize = 16;
+/// The most operators (`+`, `~`, `and`, `==`, …) one tag may hold.
+pub const OPERATORS_MAX: usize = 200;
+/// The most macros a message may define.
+pub const MACROS_MAX: usize = 32;
+/// The most tags (`{{ }}` and `{% %}`) a message may have.
+pub const TAGS_MAX: usize = 10_000;
+/// The most `{% set %}`s a message may have: the size bound carries the values set so far
+/// through every branch, so 20,000 sets before 20,000 `{% if %}`s took it minutes.
+pub const SETS_MAX: usize = 1_000;
 
-/// Where `source` nests parentheses inside a tag deeper than [`NESTING_MAX`], and why that
-/// is refused: Tera's parser backtracks on each level, taking about twice as long per level
-/// (twenty nested macro calls parse for minutes, even under `{% if false %}`). Checked
-/// before Tera sees the template.
+/// Where `source` is shaped so that Tera's parser or renderer would take too long or run
+/// out of stack, and why that is refused; checked before Tera sees the template, in `check`
+/// and again by the renderer:
+/// - parentheses inside a tag nested deeper than [`NESTING_MAX`]: Tera's parser backtracks on
+///   each level, taking about twice as long per level (twenty nested macro calls parse for
+///   minutes, even under `{% if false %}`);
+/// - blocks nested deeper than [`BLOCKS_MAX`], a tag with more than [`OPERATORS_MAX`]
+///   operators, more than [`MACROS_MAX`] macros: Tera parses and renders each of these by
+///   recursion (465 nested `{% if %}`, 4,000 terms of `1+1+…`, a chain of 1,000 macros each
+///   calling the next overflowed the stack and aborted the process), and the size bound
+///   walks nested loops once per way through them;
+/// - more than [`TAGS_MAX`] tags or [`SETS_MAX`] `{% set %}`s.
+///
+/// Comments (`{# … #}`) and `{% raw %}` blocks are skipped as Tera skips them: a quote in
+/// one does not hide the tags after it.
 pub fn too_deep(source: &str) -> Option<(usize, String)> {
-    let mut depth = 0usize;
-    let mut in_tag = false;
-    let mut quote: Option<u8> = None;
     let bytes = source.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        let next = bytes.get(i + 1).copied();
-        match (in_tag, quote, b) {
-            (false, _, b'{') if matches!(next, Some(b'{' | b'%')) => in_tag = true,
-            (false, ..) => {}
-            (true, Some(q), _) if b == q => quote = None,
-            (true, Some(_), _) => {}
-            (true, None, b'"' | b'\'' | b'`') => quote = Some(b),
-            (true, None, b'}' | b'%') if next == Some(b'}') => {
-                in_tag = false;
-                depth = 0;
-            }
-            (true, None, b'(') => {
-                depth += 1;
-                if depth > NESTING_MAX {
+    let (mut blocks, mut macros, mut tags, mut sets) = (0usize, 0usize, 0usize, 0usize);
+    let mut i = 0;
+    while let Some(open) = find(bytes, i, b"{") {
+        let kind = bytes.get(open + 1).copied();
+        i = open + 1;
+        match kind {
+            Some(b'#') => match find(bytes, open + 2, b"#}") {
+                Some(close) => i = close + 2,
+                None => return None,
+            },
+            Some(b'{' | b'%') => {
+                let (end, parens, operators) = scan_tag(bytes, open + 2);
+                if parens > NESTING_MAX {
                     return Some((
-                        i,
+                        nested_at(bytes, open + 2),
                         format!(
-                            "calls or parentheses nested {depth} deep; a message may nest at \
-                             most {NESTING_MAX}"
+                            "calls or parentheses nested {} deep; a message may nest at most \
+                             {NESTING_MAX}",
+                            NESTING_MAX + 1
                         ),
                     ));
                 }
+                if operators > OPERATORS_MAX {
+                    return Some((
+                        open,
+                        format!(
+                            "a tag with {operators} operators; a message may have at most \
+                             {OPERATORS_MAX} in one tag"
+                        ),
+                    ));
+                }
+                i = end;
+                tags += 1;
+                if tags > TAGS_MAX {
+                    return Some((
+                        open,
+                        format!("more than {TAGS_MAX} tags; a message may have at most {TAGS_MAX}"),
+                    ));
+                }
+                if kind == Some(b'{') {
+                    continue;
+                }
+                let word = keyword(&bytes[open + 2..end.min(bytes.len())]);
+                if word == b"set" {
+                    sets += 1;
+                    if sets > SETS_MAX {
+                        return Some((
+                            open,
+                            format!(
+                                "more than {SETS_MAX} `{{% set %}}`s; a message may have at most \
+                                 {SETS_MAX}"
+                            ),
+                        ));
+                    }
+                }
+                match word {
+                    b"raw" => {
+                        // Up to the next `{% endraw %}`, whatever lies between.
+                        let mut at = end;
+                        loop {
+                            let next = find(bytes, at, b"{%")?;
+                            let (tag_end, ..) = scan_tag(bytes, next + 2);
+                            at = tag_end;
+                            if keyword(&bytes[next + 2..tag_end.min(bytes.len())]) == b"endraw" {
+                                break;
+                            }
+                        }
+                        i = at;
+                    }
+                    b"if" | b"for" | b"filter" | b"macro" | b"block" => {
+                        blocks += 1;
+                        if blocks > BLOCKS_MAX {
+                            return Some((
+                                open,
+                                format!(
+                                    "blocks ({{% if %}}, {{% for %}}, …) nested {blocks} deep; a \
+                                     message may nest at most {BLOCKS_MAX}"
+                                ),
+                            ));
+                        }
+                        if word == b"macro" {
+                            macros += 1;
+                            if macros > MACROS_MAX {
+                                return Some((
+                                    open,
+                                    format!(
+                                        "{macros} macros; a message may define at most \
+                                         {MACROS_MAX}"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    w if w.starts_with(b"end") => blocks = blocks.saturating_sub(1),
+                    _ => {}
+                }
             }
-            (true, None, b')') => depth = depth.saturating_sub(1),
-            (true, None, _) => {}
+            _ => {}
         }
     }
     None
+}
+
+/// The first position of `needle` in `bytes` at or after `from`.
+fn find(bytes: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|at| from + at)
+}
+
+/// A tag's body from `from` (just past `{{` or `{%`): where it ends (past `}}` or `%}`, or
+/// the end of the source), its deepest parentheses and its operators, outside strings.
+fn scan_tag(bytes: &[u8], from: usize) -> (usize, usize, usize) {
+    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut i = from;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'' | b'`') => quote = Some(b),
+            (None, b'}' | b'%') if next == Some(b'}') => return (i + 2, deepest, operators),
+            (None, b'(') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, b')') => depth = depth.saturating_sub(1),
+            // `==`, `<=`, `**`, `//` count once.
+            (None, b'+' | b'-' | b'*' | b'/' | b'%' | b'~' | b'<' | b'>' | b'!' | b'=')
+                if !matches!(next, Some(b'=' | b'*' | b'/')) =>
+            {
+                operators += 1;
+            }
+            (None, b'a'..=b'z') if i == 0 || !is_word(bytes[i - 1]) => {
+                let word_end = (i..bytes.len())
+                    .find(|&j| !is_word(bytes[j]))
+                    .unwrap_or(bytes.len());
+                if matches!(&bytes[i..word_end], b"and" | b"or" | b"not" | b"in") {
+                    operators += 1;
+                }
+                i = word_end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (bytes.len(), deepest, operators)
+}
+
+/// Where the parentheses of the tag starting at `from` first nest deeper than
+/// [`NESTING_MAX`] (for the error's position).
+fn nested_at(bytes: &[u8], from: usize) -> usize {
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    for (i, &b) in bytes.iter().enumerate().skip(from) {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'' | b'`') => quote = Some(b),
+            (None, b'(') => {
+                depth += 1;
+                if depth > NESTING_MAX {
+                    return i;
+                }
+            }
+            (None, b')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    from
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// A block tag's first word (`if`, `endfor`, `raw`, …), past `-` and spaces.
+fn keyword(tag: &[u8]) -> &[u8] {
+    let start = tag
+        .iter()
+        .position(|&b| b != b'-' && !b.is_ascii_whitespace())
+        .unwrap_or(tag.len());
+    let rest = &tag[start..];
+    let end = rest.iter().position(|&b| !is_word(b)).unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// Tera's `range(end, start=0, step_by=1)`, refusing more than [`RANGE_MAX`] numbers.
@@ -460,6 +675,12 @@ pub(crate) fn literal_lengths(ast: &[tera::ast::Node]) -> Lengths {
             _ => None,
         }
     }
+    // A name also bound by a loop or as a macro's argument may hold anything there: it has
+    // no known length (a `{% set a = [1] %}` elsewhere made `{% for a in big %}` and a
+    // macro's `a` count as one item, and nested loops over them went unbounded).
+    fn unknown(name: &str, lengths: &mut Lengths) {
+        lengths.insert(name.to_string(), None);
+    }
     fn walk(nodes: &[Node], lengths: &mut Lengths) {
         for node in nodes {
             match node {
@@ -471,10 +692,15 @@ pub(crate) fn literal_lengths(ast: &[tera::ast::Node]) -> Lengths {
                         _ => None,
                     };
                 }
-                Node::MacroDefinition(_, def, _) => walk(&def.body, lengths),
+                Node::MacroDefinition(_, def, _) => {
+                    def.args.keys().for_each(|arg| unknown(arg, lengths));
+                    walk(&def.body, lengths);
+                }
                 Node::FilterSection(_, section, _) => walk(&section.body, lengths),
                 Node::Block(_, block, _) => walk(&block.body, lengths),
                 Node::Forloop(_, each, _) => {
+                    unknown(&each.value, lengths);
+                    each.key.iter().for_each(|key| unknown(key, lengths));
                     walk(&each.body, lengths);
                     walk(each.empty_body.as_deref().unwrap_or_default(), lengths);
                 }
@@ -1113,6 +1339,136 @@ mod tests {
             check("((((((((((x)))))))))) {{ \"((((((((((\" ~ client.name }}"),
             Ok(())
         );
+    }
+
+    /// Shapes Tera parses and renders by recursion, deep enough to overflow the stack and
+    /// abort the process (465 nested ifs, 4,000 terms, a chain of 1,000 macros, found by a
+    /// review), or to make the size bound walk nested loops for minutes: refused before
+    /// Tera sees them, comments and raw blocks skipped as Tera skips them.
+    #[test]
+    fn deep_blocks_long_tags_and_many_macros_are_refused() {
+        let ifs = |n: usize| {
+            format!(
+                "{}{{{{ client.name }}}}{}",
+                "{% if true %}".repeat(n),
+                "{% endif %}".repeat(n)
+            )
+        };
+        assert_eq!(check(&ifs(16)), Ok(()));
+        let e = check(&ifs(500)).unwrap_err();
+        assert_eq!(
+            e.message,
+            "template: blocks ({% if %}, {% for %}, …) nested 17 deep; a message may nest at \
+             most 16"
+        );
+        assert_eq!((e.line, e.column), (1, 16 * 13 + 1));
+        // Siblings are not nesting; whitespace control and `{%- endif -%}` are blocks too.
+        let siblings = "{% if true %}a{% endif %}".repeat(100);
+        assert_eq!(check(&siblings), Ok(()));
+        let loops = format!(
+            "{}x{}",
+            "{%- for i in [1] -%}".repeat(17),
+            "{%- endfor -%}".repeat(17)
+        );
+        assert!(
+            check(&loops)
+                .unwrap_err()
+                .message
+                .contains("nested 17 deep")
+        );
+
+        let sum = |n: usize| format!("{{{{ 1{} }}}}", "+1".repeat(n));
+        assert_eq!(check(&sum(200)), Ok(()));
+        assert_eq!(
+            check(&sum(4000)).unwrap_err().message,
+            "template: a tag with 4000 operators; a message may have at most 200 in one tag"
+        );
+        let and = format!("{{% if true{} %}}x{{% endif %}}", " and true".repeat(300));
+        assert!(check(&and).unwrap_err().message.contains("300 operators"));
+
+        let macros = |n: usize| {
+            (0..n)
+                .map(|i| format!("{{% macro m{i}() %}}{i}{{% endmacro m{i} %}}"))
+                .collect::<String>()
+        };
+        assert_eq!(check(&macros(32)), Ok(()));
+        let sets = |n: usize| "{% set a = \"\" %}".repeat(n);
+        assert_eq!(check(&sets(1000)), Ok(()));
+        assert_eq!(
+            check(&sets(1001)).unwrap_err().message,
+            "template: more than 1000 `{% set %}`s; a message may have at most 1000"
+        );
+        let tags = |n: usize| "{{ 1 }}".repeat(n);
+        assert_eq!(check(&tags(10_000)), Ok(()));
+        assert_eq!(
+            check(&tags(10_001)).unwrap_err().message,
+            "template: more than 10000 tags; a message may have at most 10000"
+        );
+        assert_eq!(
+            check(&macros(33)).unwrap_err().message,
+            "template: 33 macros; a message may define at most 32"
+        );
+
+        // A quote in a comment or a raw block does not hide the tag after it.
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(9), ")".repeat(9));
+        for hidden in [
+            format!("{{# {{{{ \" #}}{deep}{{# \" #}}"),
+            format!("{{% raw %}}{{{{ \"{{% endraw %}}{deep}{{% raw %}}\"{{% endraw %}}"),
+        ] {
+            assert!(
+                check(&hidden)
+                    .unwrap_err()
+                    .message
+                    .contains("nested 9 deep"),
+                "{hidden}"
+            );
+        }
+        // Inside them, nothing counts.
+        assert_eq!(
+            check(&format!(
+                "{{# {deep} #}}{{% raw %}}{deep}{}{{% endraw %}}",
+                ifs(20)
+            )),
+            Ok(())
+        );
+    }
+
+    /// A name `set` to a short literal somewhere, and also bound by a loop or as a macro's
+    /// argument, has no known length where those bind it: nested loops over it are counted
+    /// as loops over anything (a review's bypass ran 10^9 passes).
+    #[test]
+    fn a_short_set_does_not_vouch_for_a_loop_variable_of_the_same_name() {
+        let loops = "{% if false %}{% set a = [1] %}{% endif %}{% set r = range(end=1000) %}\
+                     {% set big = [r] %}{% for a in big %}{% for b in a %}{% for c in a %}\
+                     {% for d in a %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}";
+        let e = check(loops).unwrap_err();
+        assert!(e.message.contains("its loops repeat up to"), "{e:?}");
+        let arg = "{% set a = [1] %}{% macro m(a) %}{% for b in a %}{% for c in a %}\
+                   {% endfor %}{% endfor %}{% endmacro m %}{{ self::m(a=range(end=1000)) }}";
+        let e = check(arg).unwrap_err();
+        assert!(e.message.contains("its loops repeat up to"), "{e:?}");
+        // A name only ever set to short literals keeps its length.
+        let fine = "{% set a = [1, 2] %}{% for b in a %}{% for c in a %}{{ b }}{{ c }}\
+                    {% endfor %}{% endfor %}";
+        assert_eq!(check(fine), Ok(()));
+    }
+
+    /// Tera's own filters panic on some inputs; a panic is the template's error, and the
+    /// process goes on.
+    #[test]
+    fn panics_in_tera_are_the_templates_errors() {
+        for source in [
+            "{{ \"10\" | int(base=1) }}",
+            "{{ (-9223372036854775807 - 1) % -1 }}",
+            "{{ 99999999999999999 | date }}",
+            "{{ 0 | date(format=\"%z\") }}",
+        ] {
+            let e = check(source).unwrap_err();
+            assert!(
+                e.message.contains("Tera failed on this template"),
+                "{source}: {e:?}"
+            );
+        }
     }
 
     /// Tera's functions that read the environment or differ between renders.
