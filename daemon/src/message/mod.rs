@@ -266,6 +266,14 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         );
         return Some((name, why));
     }
+    if kind == size::Kind::Steps {
+        let why = format!(
+            "it is too intricate to bound: measuring it took over {} steps (nest fewer loops, \
+             or put fewer tags inside them)",
+            size::STEPS_MAX
+        );
+        return Some((name, why));
+    }
     if let size::Kind::Items(items) = kind {
         let why = format!(
             "a loop goes over up to {items} items; a message may loop over at most {RANGE_MAX} \
@@ -394,17 +402,19 @@ pub fn too_deep(source: &str) -> Option<(usize, String)> {
                 }
                 match word {
                     b"raw" => {
-                        // Up to the next `{% endraw %}`, whatever lies between.
+                        // Past the next `{% endraw %}`, read as Tera reads it: plain text,
+                        // where a quote is only a quote. Without one, Tera refuses the
+                        // template; the scan goes on past `{% raw %}` all the same.
                         let mut at = end;
-                        loop {
-                            let next = find(bytes, at, b"{%")?;
-                            let (tag_end, ..) = scan_tag(bytes, next + 2);
-                            at = tag_end;
-                            if keyword(&bytes[next + 2..tag_end.min(bytes.len())]) == b"endraw" {
+                        while let Some(next) = find(bytes, at, b"{%") {
+                            at = next + 2;
+                            if keyword(&bytes[at..]) == b"endraw" {
+                                if let Some(close) = find(bytes, at, b"%}") {
+                                    i = close + 2;
+                                }
                                 break;
                             }
                         }
-                        i = at;
                     }
                     b"if" | b"for" | b"filter" | b"macro" | b"block" => {
                         blocks += 1;
@@ -1414,6 +1424,9 @@ mod tests {
         for hidden in [
             format!("{{# {{{{ \" #}}{deep}{{# \" #}}"),
             format!("{{% raw %}}{{{{ \"{{% endraw %}}{deep}{{% raw %}}\"{{% endraw %}}"),
+            // A quote in a raw block's tag-like text does not swallow its end.
+            format!("{{% raw %}}{{% \"{{% endraw %}}{deep}"),
+            format!("{{% raw %}}{deep}"),
         ] {
             assert!(
                 check(&hidden)
@@ -1451,6 +1464,94 @@ mod tests {
         let fine = "{% set a = [1, 2] %}{% for b in a %}{% for c in a %}{{ b }}{{ c }}\
                     {% endfor %}{% endfor %}";
         assert_eq!(check(fine), Ok(()));
+    }
+
+    /// Each loop's body is measured twice, so nested loops multiply the work of measuring:
+    /// a second review's 15 loops around 20 `if`s after 1,000 `set`s ran `check` for minutes.
+    /// The measuring counts its steps and refuses past its budget.
+    #[test]
+    fn measuring_a_template_is_bounded() {
+        let sets: String = (0..1000)
+            .map(|i| format!("{{% set s{i} = \"\" %}}"))
+            .collect();
+        let intricate = format!(
+            "{sets}Hi {{{{ client.name }}}}{}{}{}",
+            "{% for i in [1] %}".repeat(15),
+            "{% if 1 %}{% endif %}".repeat(20),
+            "{% endfor %}".repeat(15)
+        );
+        let e = check(&intricate).unwrap_err();
+        assert_eq!(
+            e.message,
+            "template: it is too intricate to bound: measuring it took over 2000000 steps (nest \
+             fewer loops, or put fewer tags inside them)"
+        );
+        // Loops as deep, around a little, are measured.
+        let simple = format!(
+            "{}{{{{ client.name }}}}{}",
+            "{% for i in [1] %}".repeat(15),
+            "{% endfor %}".repeat(15)
+        );
+        assert_eq!(check(&simple), Ok(()));
+    }
+
+    /// A separator or prefix that holds a recipient's value, put between the characters of
+    /// another: a second review's three rounds of it asked for 800 MB from a 256-character
+    /// name, and aborted `check`.
+    #[test]
+    fn a_recipients_value_put_between_characters_is_counted() {
+        let rounds = |n: usize| {
+            format!(
+                "{{{{ client.name{} | length }}}}",
+                " | split(pat=\"\") | join(sep=client.name)".repeat(n)
+            )
+        };
+        for n in [1, 3] {
+            let e = check(&rounds(n)).unwrap_err();
+            assert!(
+                e.message.contains("can repeat a recipient's values"),
+                "{n}: {e:?}"
+            );
+        }
+        let indent =
+            "{{ client.name | split(pat=\"\") | join(sep=\"\\n\") | indent(prefix=client.name) }}";
+        let e = check(indent).unwrap_err();
+        assert!(
+            e.message.contains("can repeat a recipient's values"),
+            "{e:?}"
+        );
+        // A recipient's value between a few literal items is fine.
+        assert_eq!(
+            check("{{ [\"a\", \"b\", \"c\"] | join(sep=client.name) }}"),
+            Ok(())
+        );
+        assert_eq!(check("{{ client.name | indent(prefix=\"> \") }}"), Ok(()));
+    }
+
+    /// A `set`, a macro's argument and an array's item copy their value each time they run:
+    /// a second review copied a 4 MB value 99,000 times in loops (minutes of `check`).
+    #[test]
+    fn copies_in_loops_are_counted_as_made() {
+        let big = "x".repeat(100_000);
+        for copy in [
+            "{% set e = big %}",
+            "{{ self::m(s=big) }}",
+            "{% for e in [big] %}{% endfor %}",
+        ] {
+            let source = format!(
+                "{{% macro m(s) %}}{{% endmacro m %}}{{% set big = \"{big}\" %}}\
+                 {{% for i in range(end=1000) %}}{copy}{{% endfor %}}"
+            );
+            let e = check(&source).expect_err(copy);
+            assert!(
+                e.message.contains("its filters and joins can make up to"),
+                "{copy}: {e:?}"
+            );
+            // Once is fine.
+            let once =
+                format!("{{% macro m(s) %}}{{% endmacro m %}}{{% set big = \"{big}\" %}}{copy}");
+            assert_eq!(check(&once), Ok(()), "{copy}");
+        }
     }
 
     /// Tera's own filters panic on some inputs; a panic is the template's error, and the

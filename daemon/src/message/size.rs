@@ -111,6 +111,7 @@ pub fn too_large(ast: &[Node]) -> Option<Over> {
         lengths: super::literal_lengths(ast),
         made: Cell::new(Size::default()),
         passes: Cell::new(1),
+        steps: Cell::new(0),
     };
     let written = sizes.nodes(ast, &mut HashMap::new());
     sizes.note_as("for", written, Kind::Written);
@@ -137,7 +138,14 @@ struct Sizes<'a> {
     /// How many times the expression being measured runs: the product of the passes of the
     /// loops around it (0 while a loop's body is measured a second time).
     passes: Cell<u64>,
+    /// The work of measuring so far: nodes visited and the variables copied with them.
+    steps: Cell<u64>,
 }
+
+/// The most steps measuring one template may take (a node, or a variable in scope copied
+/// for a branch, a pass or a `set`). Each loop's body is measured twice, so nested loops
+/// multiply the work: 15 loops around 20 `if`s after 1,000 `set`s took minutes.
+pub const STEPS_MAX: u64 = 2_000_000;
 
 /// The first bound a template can pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +171,30 @@ pub enum Kind {
     /// The items of a loop over a value the template makes (not a literal array or a
     /// `range`), past [`RANGE_MAX`].
     Items(u64),
+    /// Measuring the template took more than [`STEPS_MAX`] steps.
+    Steps,
+}
+
+/// The longest a recipient's value can be, in bytes: a comment of 1,000 characters of up to
+/// four bytes each (names have at most 256 characters, addresses 254 bytes).
+const VALUE_BYTES_MAX: u64 = 4_000;
+
+/// What putting `piece` after each byte of `input` adds (an item of `join`, a line of
+/// `indent`, is at least a byte). When `piece` holds a recipient's values, so many copies
+/// of them are no longer a number of times the longest one: `input` has up to `times × L +
+/// bytes` bytes for the longest value's length `L`, bounded here by [`VALUE_BYTES_MAX`]
+/// (`client.name | split(pat="") | join(sep=client.name)`, three times over, asked for
+/// 800 MB from a 256-character name).
+fn each_gets(input: Size, piece: Size) -> Size {
+    let copies_of_values = input
+        .times
+        .saturating_mul(VALUE_BYTES_MAX)
+        .saturating_add(input.bytes)
+        .saturating_mul(piece.times);
+    input.times(piece.bytes).plus(Size {
+        times: copies_of_values,
+        bytes: 0,
+    })
 }
 
 /// Variables `set` so far, and loop variables, by name.
@@ -172,6 +204,16 @@ type Scope = HashMap<String, Size>;
 type MacroCall<'a> = (&'a str, Vec<(String, Size)>);
 
 impl<'a> Sizes<'a> {
+    /// Count `n` steps of measuring; past [`STEPS_MAX`], the template is refused and the
+    /// measuring stops.
+    fn step(&self, n: usize) {
+        let steps = self.steps.get().saturating_add(n as u64);
+        self.steps.set(steps);
+        if steps > STEPS_MAX {
+            self.over("for", Size::default(), Kind::Steps);
+        }
+    }
+
     /// Count `size` as made once for each time the expression runs.
     fn made(&self, size: Size) -> Size {
         self.made
@@ -214,11 +256,17 @@ impl<'a> Sizes<'a> {
             return written;
         }
         for node in nodes {
+            // A `set` adds up the scope, a branch and a loop's pass copy it.
+            self.step(1 + scope.len());
+            if self.over.borrow().is_some() {
+                return written;
+            }
             let size = match node {
                 Node::Text(text) | Node::Raw(_, text, _) => Size::bytes(text.len() as u64),
                 Node::VariableBlock(_, e) => self.expr(e, scope),
                 Node::Set(_, set) => {
-                    let value = self.expr(&set.value, scope);
+                    // The value is copied into the scope each time the `set` runs: made.
+                    let value = self.made(self.expr(&set.value, scope));
                     scope.insert(set.key.clone(), self.note(&set.key, value));
                     // Each `set` holds its own copy: all of them at once, and what is
                     // written so far, must fit too.
@@ -233,6 +281,16 @@ impl<'a> Sizes<'a> {
                 Node::Block(_, block, _) => self.nodes(&block.body, scope),
                 Node::Forloop(_, each, _) => {
                     self.count_items(&each.container, scope);
+                    // A literal array looped over is made, its items copied in, as where
+                    // it is printed.
+                    if let ExprVal::Array(items) = &each.container.val {
+                        self.made(
+                            items
+                                .iter()
+                                .map(|item| self.expr(item, scope))
+                                .fold(Size::default(), Size::plus),
+                        );
+                    }
                     let item = self.item(&each.container, scope);
                     // Each pass starts from the scope before the loop. What a pass writes
                     // grows with its item at most as fast as with the largest item, and
@@ -277,6 +335,7 @@ impl<'a> Sizes<'a> {
                         self.expr(condition, scope);
                     }
                     for body in bodies {
+                        self.step(scope.len());
                         let mut branch = scope.clone();
                         most = most.max(self.nodes(body, &mut branch));
                         for (name, size) in branch {
@@ -316,11 +375,14 @@ impl<'a> Sizes<'a> {
                     .map(|v| self.value(v, scope))
                     .fold(Size::default(), Size::plus),
             ),
-            // Printed as `[a, b]`: the items, and a comma and a space between.
-            ExprVal::Array(items) => items
-                .iter()
-                .map(|item| self.expr(item, scope).plus(Size::bytes(2)))
-                .fold(Size::bytes(2), Size::plus),
+            // Printed as `[a, b]`: the items, and a comma and a space between. Each item
+            // is copied into the array: made.
+            ExprVal::Array(items) => self.made(
+                items
+                    .iter()
+                    .map(|item| self.expr(item, scope).plus(Size::bytes(2)))
+                    .fold(Size::bytes(2), Size::plus),
+            ),
             ExprVal::FunctionCall(call) => {
                 for arg in call.args.values() {
                     self.expr(arg, scope);
@@ -350,10 +412,11 @@ impl<'a> Sizes<'a> {
                 Size::SCALAR
             }
             ExprVal::MacroCall(call) => {
+                // Each argument is copied into the call's scope: made.
                 let args = call
                     .args
                     .iter()
-                    .map(|(name, arg)| (name.clone(), self.expr(arg, scope)))
+                    .map(|(name, arg)| (name.clone(), self.made(self.expr(arg, scope))))
                     .collect();
                 self.macro_writes(&call.name, args)
             }
@@ -474,10 +537,13 @@ impl<'a> Sizes<'a> {
             // A character's other case can be longer (`ß` → `SS`, `ŉ` → `ʼN`).
             "upper" | "lower" | "capitalize" | "title" | "slugify" => input.times(3),
             // Every byte can be a line that gets the prefix (four spaces by default).
-            "indent" => input.times(1 + arg("prefix").map_or(4, |p| p.bytes.max(1))),
+            "indent" => input.plus(each_gets(
+                input,
+                arg("prefix").unwrap_or(Size::bytes(4)).max(Size::bytes(1)),
+            )),
             "truncate" => input.plus(arg("end").unwrap_or(Size::bytes(3))),
             // Every item but the last gets the separator; an item is at least a byte.
-            "join" => input.plus(input.times(arg("sep").map_or(0, |s| s.bytes))),
+            "join" => input.plus(each_gets(input, arg("sep").unwrap_or_default())),
             "concat" => input.plus(arg("with").unwrap_or_default()),
             "default" => input.max(arg("value").unwrap_or_default()),
             // Filters whose result can be an argument.
