@@ -240,6 +240,16 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
         let why = format!("macro `{name}` calls itself{through}: a message cannot recurse");
         return Some((name.to_string(), why));
     }
+    let names = skychimp_site::tera_names::names(ast);
+    if names
+        .iter()
+        .any(|n| matches!(n, skychimp_site::tera_names::Name::Test("matching")))
+    {
+        let why = "a message cannot use the test `matching`: Tera compiles its regular \
+                   expression each time it runs (thirty passes of `\\w{100}` took seconds \
+                   for one recipient)";
+        return Some(("matching".to_string(), why.to_string()));
+    }
     // Only once no macro recurses: both estimates follow macro calls.
     let pieces = work(ast);
     if pieces > WORK_MAX {
@@ -265,6 +275,11 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
             size::PROCESSED_TIMES_MAX
         );
         return Some((name, why));
+    }
+    if kind == size::Kind::PrettyJson {
+        let why = "a message cannot use `json_encode(pretty=true)`: its indentation grows with \
+                   the square of how deeply a value nests";
+        return Some((name, why.to_string()));
     }
     if kind == size::Kind::Steps {
         let why = format!(
@@ -313,8 +328,14 @@ pub fn unsafe_shape(ast: &[tera::ast::Node]) -> Option<(String, String)> {
     Some((name, why))
 }
 
-/// The deepest a message may nest parentheses (calls in calls' arguments) inside its tags.
-pub const NESTING_MAX: usize = 8;
+/// The deepest a message may nest parentheses and brackets (calls in calls' arguments,
+/// arrays in arrays) inside its tags.
+pub const NESTING_MAX: usize = 4;
+/// What parsing a message's tags may cost in all: each tag costs 8 to the power of its
+/// deepest nesting (Tera's parser backtracks on each level of a call or an array, taking 2
+/// to 7.5 times as long per level: one `range(end=range(end=…))` eight deep took 0.5 s, and
+/// twenty of them 9 s). About a quarter of a second at worst.
+pub const PARSE_COST_MAX: u64 = 32_768;
 /// The deepest a message may nest blocks (`{% if %}`, `{% for %}`, `{% filter %}`,
 /// `{% macro %}`, `{% block %}`).
 pub const BLOCKS_MAX: usize = 16;
@@ -331,9 +352,10 @@ pub const SETS_MAX: usize = 1_000;
 /// Where `source` is shaped so that Tera's parser or renderer would take too long or run
 /// out of stack, and why that is refused; checked before Tera sees the template, in `check`
 /// and again by the renderer:
-/// - parentheses inside a tag nested deeper than [`NESTING_MAX`]: Tera's parser backtracks on
-///   each level, taking about twice as long per level (twenty nested macro calls parse for
-///   minutes, even under `{% if false %}`);
+/// - parentheses and brackets inside a tag nested deeper than [`NESTING_MAX`], or costing
+///   more than [`PARSE_COST_MAX`] in all: Tera's parser backtracks on each level, taking
+///   twice as long per level or more (twenty nested macro calls parse for minutes, even
+///   under `{% if false %}`, and `1 in [1 in [… ]]` 24 deep did too);
 /// - blocks nested deeper than [`BLOCKS_MAX`], a tag with more than [`OPERATORS_MAX`]
 ///   operators, more than [`MACROS_MAX`] macros: Tera parses and renders each of these by
 ///   recursion (465 nested `{% if %}`, 4,000 terms of `1+1+…`, a chain of 1,000 macros each
@@ -346,6 +368,7 @@ pub const SETS_MAX: usize = 1_000;
 pub fn too_deep(source: &str) -> Option<(usize, String)> {
     let bytes = source.as_bytes();
     let (mut blocks, mut macros, mut tags, mut sets) = (0usize, 0usize, 0usize, 0usize);
+    let mut parse_cost = 0u64;
     let mut i = 0;
     while let Some(open) = find(bytes, i, b"{") {
         let kind = bytes.get(open + 1).copied();
@@ -361,9 +384,20 @@ pub fn too_deep(source: &str) -> Option<(usize, String)> {
                     return Some((
                         nested_at(bytes, open + 2),
                         format!(
-                            "calls or parentheses nested {} deep; a message may nest at most \
-                             {NESTING_MAX}",
+                            "calls, parentheses or brackets nested {} deep; a message may nest \
+                             at most {NESTING_MAX}",
                             NESTING_MAX + 1
+                        ),
+                    ));
+                }
+                parse_cost = parse_cost.saturating_add(8u64.pow(parens as u32));
+                if parse_cost > PARSE_COST_MAX {
+                    return Some((
+                        open,
+                        format!(
+                            "its calls, parentheses and brackets cost Tera's parser more than \
+                             {PARSE_COST_MAX} in all (each tag 8 to the power of its deepest \
+                             nesting); nest fewer of them"
                         ),
                     ));
                 }
@@ -408,10 +442,8 @@ pub fn too_deep(source: &str) -> Option<(usize, String)> {
                         let mut at = end;
                         while let Some(next) = find(bytes, at, b"{%") {
                             at = next + 2;
-                            if keyword(&bytes[at..]) == b"endraw" {
-                                if let Some(close) = find(bytes, at, b"%}") {
-                                    i = close + 2;
-                                }
+                            if let Some(close) = endraw(bytes, at) {
+                                i = close;
                                 break;
                             }
                         }
@@ -473,11 +505,11 @@ fn scan_tag(bytes: &[u8], from: usize) -> (usize, usize, usize) {
             (Some(_), _) => {}
             (None, b'"' | b'\'' | b'`') => quote = Some(b),
             (None, b'}' | b'%') if next == Some(b'}') => return (i + 2, deepest, operators),
-            (None, b'(') => {
+            (None, b'(' | b'[') => {
                 depth += 1;
                 deepest = deepest.max(depth);
             }
-            (None, b')') => depth = depth.saturating_sub(1),
+            (None, b')' | b']') => depth = depth.saturating_sub(1),
             // `==`, `<=`, `**`, `//` count once.
             (None, b'+' | b'-' | b'*' | b'/' | b'%' | b'~' | b'<' | b'>' | b'!' | b'=')
                 if !matches!(next, Some(b'=' | b'*' | b'/')) =>
@@ -511,13 +543,13 @@ fn nested_at(bytes: &[u8], from: usize) -> usize {
             (Some(q), _) if b == q => quote = None,
             (Some(_), _) => {}
             (None, b'"' | b'\'' | b'`') => quote = Some(b),
-            (None, b'(') => {
+            (None, b'(' | b'[') => {
                 depth += 1;
                 if depth > NESTING_MAX {
                     return i;
                 }
             }
-            (None, b')') => depth = depth.saturating_sub(1),
+            (None, b')' | b']') => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
@@ -526,6 +558,30 @@ fn nested_at(bytes: &[u8], from: usize) -> usize {
 
 fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Where `{% endraw %}` ends when its body (`-`, spaces, `endraw`, spaces, `-`, `%}`, as
+/// Tera's grammar has it) starts at `at`; `None` when something else stands there.
+fn endraw(bytes: &[u8], at: usize) -> Option<usize> {
+    let space = |i: usize| bytes.get(i).is_some_and(|b| b" \t\r\n".contains(b));
+    let mut i = at;
+    if bytes.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    while space(i) {
+        i += 1;
+    }
+    i += 6;
+    if bytes.get(i - 6..i) != Some(b"endraw") {
+        return None;
+    }
+    while space(i) {
+        i += 1;
+    }
+    if bytes.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    (bytes.get(i..i + 2) == Some(b"%}")).then_some(i + 2)
 }
 
 /// A block tag's first word (`if`, `endfor`, `raw`, …), past `-` and spaces.
@@ -1326,7 +1382,9 @@ mod tests {
     }
 
     /// Twenty macro calls nested in each other's arguments parse for minutes in Tera, even
-    /// in a branch never taken: refused before Tera sees them, at the ninth parenthesis.
+    /// in a branch never taken: refused before Tera sees them, at the fifth parenthesis.
+    /// Brackets count as parentheses (`1 in [1 in [… ]]` 24 deep parsed for minutes), and
+    /// many tags each within the limit add up.
     #[test]
     fn calls_nested_too_deep_are_refused_before_parsing() {
         let nested = |n: usize| {
@@ -1339,15 +1397,42 @@ mod tests {
         let e = check(&nested(20)).unwrap_err();
         assert_eq!(
             e.message,
-            "template: calls or parentheses nested 9 deep; a message may nest at most 8"
+            "template: calls, parentheses or brackets nested 5 deep; a message may nest at most 4"
         );
-        assert_eq!((e.line, e.column), (1, 148));
-        assert_eq!(check("{{ ((((((((1 + 2)))))))) }}"), Ok(()));
-        assert!(check("{{ (((((((((1 + 2))))))))) }}").is_err());
+        assert_eq!((e.line, e.column), (1, 108));
+        assert_eq!(check("{{ ((((1 + 2)))) }}"), Ok(()));
+        assert!(check("{{ (((((1 + 2))))) }}").is_err());
+        let brackets = |n: usize| {
+            let mut s = "1".to_string();
+            for _ in 0..n {
+                s = format!("1 in [{s}]");
+            }
+            format!("{{% if false %}}{{{{ {s} }}}}{{% endif %}}")
+        };
+        assert_eq!(check(&brackets(4)), Ok(()));
+        assert!(
+            check(&brackets(24))
+                .unwrap_err()
+                .message
+                .contains("nested 5 deep")
+        );
         // Parentheses in text, and in a tag's strings, are not nesting.
         assert_eq!(
             check("((((((((((x)))))))))) {{ \"((((((((((\" ~ client.name }}"),
             Ok(())
+        );
+        // Each tag costs 8 to the power of its nesting: seven tags four deep, not nine.
+        let ranges = |n: usize| {
+            format!(
+                "{{% if false %}}{}{{% endif %}}",
+                "{{ range(end=range(end=range(end=range(end=1)))) }}".repeat(n)
+            )
+        };
+        assert_eq!(check(&ranges(7)), Ok(()));
+        assert_eq!(
+            check(&ranges(9)).unwrap_err().message,
+            "template: its calls, parentheses and brackets cost Tera's parser more than 32768 \
+             in all (each tag 8 to the power of its deepest nesting); nest fewer of them"
         );
     }
 
@@ -1420,19 +1505,21 @@ mod tests {
         );
 
         // A quote in a comment or a raw block does not hide the tag after it.
-        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(9), ")".repeat(9));
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(5), ")".repeat(5));
         for hidden in [
             format!("{{# {{{{ \" #}}{deep}{{# \" #}}"),
             format!("{{% raw %}}{{{{ \"{{% endraw %}}{deep}{{% raw %}}\"{{% endraw %}}"),
-            // A quote in a raw block's tag-like text does not swallow its end.
+            // A quote in a raw block's tag-like text does not swallow its end, and only
+            // `{% endraw %}` itself ends it.
             format!("{{% raw %}}{{% \"{{% endraw %}}{deep}"),
+            format!("{{% raw %}}{{% endraw x %}}{{{{ \" {{%- endraw -%}}{deep}"),
             format!("{{% raw %}}{deep}"),
         ] {
             assert!(
                 check(&hidden)
                     .unwrap_err()
                     .message
-                    .contains("nested 9 deep"),
+                    .contains("nested 5 deep"),
                 "{hidden}"
             );
         }
@@ -1552,6 +1639,29 @@ mod tests {
                 format!("{{% macro m(s) %}}{{% endmacro m %}}{{% set big = \"{big}\" %}}{copy}");
             assert_eq!(check(&once), Ok(()), "{copy}");
         }
+    }
+
+    /// `is matching` compiles its regular expression at each use, and pretty JSON indents
+    /// each level of a value again (a third review: seconds per recipient, and an 83 MB
+    /// message from 40 encodes of a deeply nested array): neither has a place in a message.
+    #[test]
+    fn regex_tests_and_pretty_json_are_refused() {
+        let e = check("{% if client.name is matching(\"\\w{100}\") %}y{% endif %}").unwrap_err();
+        assert!(
+            e.message.contains("cannot use the test `matching`"),
+            "{e:?}"
+        );
+        assert_eq!((e.line, e.column), (1, 22));
+        let e = check("{{ [1, 2] | json_encode(pretty=true) }}").unwrap_err();
+        assert!(
+            e.message.contains("cannot use `json_encode(pretty=true)`"),
+            "{e:?}"
+        );
+        assert_eq!(check("{{ [1, 2] | json_encode }}"), Ok(()));
+        assert_eq!(
+            check("{% if client.name is starting_with(\"A\") %}y{% endif %}"),
+            Ok(())
+        );
     }
 
     /// Tera's own filters panic on some inputs; a panic is the template's error, and the

@@ -173,6 +173,8 @@ pub enum Kind {
     Items(u64),
     /// Measuring the template took more than [`STEPS_MAX`] steps.
     Steps,
+    /// `json_encode(pretty=true)`, which indents each level of a value again.
+    PrettyJson,
 }
 
 /// The longest a recipient's value can be, in bytes: a comment of 1,000 characters of up to
@@ -527,6 +529,9 @@ impl<'a> Sizes<'a> {
             Some((ExprVal::String(s), 0)) => Some(s.len() as u64),
             _ => None,
         };
+        if f.name == "json_encode" && f.args.contains_key("pretty") {
+            self.over(&f.name, input, Kind::PrettyJson);
+        }
         let size = match f.name.as_str() {
             // `&` becomes `&amp;`, `"` `&quot;`, `/` `&#x2F;`, a control character `\u0001`.
             "escape" | "escape_xml" | "json_encode" | "as_str" => input.times(6),
