@@ -374,10 +374,12 @@ pub fn too_deep(source: &str) -> Option<(usize, String)> {
         let kind = bytes.get(open + 1).copied();
         i = open + 1;
         match kind {
-            Some(b'#') => match find(bytes, open + 2, b"#}") {
-                Some(close) => i = close + 2,
-                None => return None,
-            },
+            // A comment with no end is Tera's error; the scan goes on past its start.
+            Some(b'#') => {
+                if let Some(close) = find(bytes, open + 2, b"#}") {
+                    i = close + 2;
+                }
+            }
             Some(b'{' | b'%') => {
                 let (end, parens, operators) = scan_tag(bytes, open + 2);
                 if parens > NESTING_MAX {
@@ -1514,6 +1516,7 @@ mod tests {
             format!("{{% raw %}}{{% \"{{% endraw %}}{deep}"),
             format!("{{% raw %}}{{% endraw x %}}{{{{ \" {{%- endraw -%}}{deep}"),
             format!("{{% raw %}}{deep}"),
+            format!("{{# {deep}"),
         ] {
             assert!(
                 check(&hidden)
