@@ -258,8 +258,7 @@ impl<'a> Sizes<'a> {
             return written;
         }
         for node in nodes {
-            // A `set` adds up the scope, a branch and a loop's pass copy it.
-            self.step(1 + scope.len());
+            self.step(1);
             if self.over.borrow().is_some() {
                 return written;
             }
@@ -267,6 +266,8 @@ impl<'a> Sizes<'a> {
                 Node::Text(text) | Node::Raw(_, text, _) => Size::bytes(text.len() as u64),
                 Node::VariableBlock(_, e) => self.expr(e, scope),
                 Node::Set(_, set) => {
+                    // Adding up what the scope holds walks it.
+                    self.step(scope.len());
                     // The value is copied into the scope each time the `set` runs: made.
                     let value = self.made(self.expr(&set.value, scope));
                     scope.insert(set.key.clone(), self.note(&set.key, value));
@@ -300,6 +301,7 @@ impl<'a> Sizes<'a> {
                     // write at most `repeats` times what an empty item makes, plus what
                     // the largest item adds to that once.
                     let pass = |item: Size, passes: u64| {
+                        self.step(scope.len());
                         let mut inner = scope.clone();
                         for name in each.key.iter().chain([&each.value]) {
                             inner.insert(name.clone(), item);
@@ -337,6 +339,7 @@ impl<'a> Sizes<'a> {
                         self.expr(condition, scope);
                     }
                     for body in bodies {
+                        // Each branch starts from a copy of the scope.
                         self.step(scope.len());
                         let mut branch = scope.clone();
                         most = most.max(self.nodes(body, &mut branch));
