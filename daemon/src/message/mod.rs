@@ -381,10 +381,15 @@ pub fn too_deep(source: &str) -> Option<(usize, String)> {
                 }
             }
             Some(b'{' | b'%') => {
-                let (end, parens, operators) = scan_tag(bytes, open + 2);
-                if parens > NESTING_MAX {
+                let Tag {
+                    end,
+                    deepest,
+                    too_deep_at,
+                    operators,
+                } = scan_tag(bytes, open + 2);
+                if let Some(at) = too_deep_at {
                     return Some((
-                        nested_at(bytes, open + 2),
+                        at,
                         format!(
                             "calls, parentheses or brackets nested {} deep; a message may nest \
                              at most {NESTING_MAX}",
@@ -392,7 +397,7 @@ pub fn too_deep(source: &str) -> Option<(usize, String)> {
                         ),
                     ));
                 }
-                parse_cost = parse_cost.saturating_add(8u64.pow(parens as u32));
+                parse_cost = parse_cost.saturating_add(8u64.pow(deepest as u32));
                 if parse_cost > PARSE_COST_MAX {
                     return Some((
                         open,
@@ -493,10 +498,22 @@ fn find(bytes: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
         .map(|at| from + at)
 }
 
-/// A tag's body from `from` (just past `{{` or `{%`): where it ends (past `}}` or `%}`, or
-/// the end of the source), its deepest parentheses and its operators, outside strings.
-fn scan_tag(bytes: &[u8], from: usize) -> (usize, usize, usize) {
+/// What [`scan_tag`] reads of one tag, outside its strings.
+struct Tag {
+    /// Just past its `}}` or `%}`, or the end of the source.
+    end: usize,
+    /// Its deepest parentheses and brackets.
+    deepest: usize,
+    /// Where they first nest deeper than [`NESTING_MAX`].
+    too_deep_at: Option<usize>,
+    /// Its operators.
+    operators: usize,
+}
+
+/// A tag's body from `from` (just past `{{` or `{%`).
+fn scan_tag(bytes: &[u8], from: usize) -> Tag {
     let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    let mut too_deep_at = None;
     let mut quote: Option<u8> = None;
     let mut i = from;
     while i < bytes.len() {
@@ -506,10 +523,20 @@ fn scan_tag(bytes: &[u8], from: usize) -> (usize, usize, usize) {
             (Some(q), _) if b == q => quote = None,
             (Some(_), _) => {}
             (None, b'"' | b'\'' | b'`') => quote = Some(b),
-            (None, b'}' | b'%') if next == Some(b'}') => return (i + 2, deepest, operators),
+            (None, b'}' | b'%') if next == Some(b'}') => {
+                return Tag {
+                    end: i + 2,
+                    deepest,
+                    too_deep_at,
+                    operators,
+                };
+            }
             (None, b'(' | b'[') => {
                 depth += 1;
                 deepest = deepest.max(depth);
+                if depth > NESTING_MAX {
+                    too_deep_at.get_or_insert(i);
+                }
             }
             (None, b')' | b']') => depth = depth.saturating_sub(1),
             // `==`, `<=`, `**`, `//` count once.
@@ -532,30 +559,12 @@ fn scan_tag(bytes: &[u8], from: usize) -> (usize, usize, usize) {
         }
         i += 1;
     }
-    (bytes.len(), deepest, operators)
-}
-
-/// Where the parentheses of the tag starting at `from` first nest deeper than
-/// [`NESTING_MAX`] (for the error's position).
-fn nested_at(bytes: &[u8], from: usize) -> usize {
-    let mut depth = 0usize;
-    let mut quote: Option<u8> = None;
-    for (i, &b) in bytes.iter().enumerate().skip(from) {
-        match (quote, b) {
-            (Some(q), _) if b == q => quote = None,
-            (Some(_), _) => {}
-            (None, b'"' | b'\'' | b'`') => quote = Some(b),
-            (None, b'(' | b'[') => {
-                depth += 1;
-                if depth > NESTING_MAX {
-                    return i;
-                }
-            }
-            (None, b')' | b']') => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+    Tag {
+        end: bytes.len(),
+        deepest,
+        too_deep_at,
+        operators,
     }
-    from
 }
 
 fn is_word(b: u8) -> bool {
