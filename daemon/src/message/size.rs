@@ -284,16 +284,6 @@ impl<'a> Sizes<'a> {
                 Node::Block(_, block, _) => self.nodes(&block.body, scope),
                 Node::Forloop(_, each, _) => {
                     self.count_items(&each.container, scope);
-                    // A literal array looped over is made, its items copied in, as where
-                    // it is printed.
-                    if let ExprVal::Array(items) = &each.container.val {
-                        self.made(
-                            items
-                                .iter()
-                                .map(|item| self.expr(item, scope))
-                                .fold(Size::default(), Size::plus),
-                        );
-                    }
                     let item = self.item(&each.container, scope);
                     // Each pass starts from the scope before the loop. What a pass writes
                     // grows with its item at most as fast as with the largest item, and
@@ -473,10 +463,12 @@ impl<'a> Sizes<'a> {
             }
             _ if !container.filters.is_empty() => self.expr(container, scope),
             ExprVal::FunctionCall(call) if call.name == "range" => Size::SCALAR,
-            ExprVal::Array(items) => items
-                .iter()
-                .map(|item| self.expr(item, scope))
-                .fold(Size::default(), Size::max),
+            ExprVal::Array(items) => {
+                let sizes: Vec<Size> = items.iter().map(|item| self.expr(item, scope)).collect();
+                // The array is made, its items copied in, as where it is printed.
+                self.made(sizes.iter().copied().fold(Size::default(), Size::plus));
+                sizes.into_iter().fold(Size::default(), Size::max)
+            }
             _ => self.expr(container, scope),
         }
     }
